@@ -1,0 +1,50 @@
+//! keel's error type.
+//!
+//! Every error a user can cause names the thing at fault (a file, a layer, an argument) and the
+//! problem, so the CLI can print it as is and exit non-zero. Nothing in keel panics on bad input.
+
+use std::path::{Path, PathBuf};
+
+/// The result type used throughout keel.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operating system refused an operation on a path.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file could be read but its contents are wrong for what keel needs.
+    #[error("{}: {problem}", path.display())]
+    File { path: PathBuf, problem: String },
+    /// Tensors whose shapes do not fit the operation.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// An argument or configuration that cannot work.
+    #[error("{0}")]
+    Invalid(String),
+    /// A download failed.
+    #[error("{0}")]
+    Network(String),
+}
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// A problem with the contents of the file at `path`.
+    pub fn file(path: impl AsRef<Path>, problem: impl Into<String>) -> Self {
+        Error::File {
+            path: path.as_ref().to_path_buf(),
+            problem: problem.into(),
+        }
+    }
+}

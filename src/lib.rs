@@ -1,0 +1,18 @@
+//! keel: a from-scratch tensor engine for transfer learning on VGG.
+//!
+//! It loads Keras's VGG16/VGG19 weights (`.h5`) natively, runs the network with its own kernels
+//! and reproduces Keras's numbers. The layout follows the architecture:
+//! [`tensor`] (shapes, storage, the op surface), [`cpu`] (kernels), [`nn`] (layers and VGG),
+//! [`io`] (HDF5/Keras, safetensors, images, .npy), [`cli`] (the `keel` command).
+
+pub mod cli;
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod error;
+pub mod io;
+pub mod nn;
+pub mod rng;
+pub mod tensor;
+
+pub use error::{Error, Result};

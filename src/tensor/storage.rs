@@ -1,0 +1,177 @@
+//! 64-byte aligned f32 storage, and the reduced-precision types keel can store weights in.
+//!
+//! 64 bytes is one cache line and one AVX-512 register: kernels may use aligned loads and no
+//! tensor ever straddles a line at its start. The alignment comes from the element type of the
+//! backing `Vec` (a 64-byte aligned block of 16 floats), so it needs no `unsafe`.
+
+use bytemuck::{Pod, Zeroable};
+use half::{bf16, f16};
+
+const LANES: usize = 16;
+
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C, align(64))]
+struct Block([f32; LANES]);
+
+/// A growable-once buffer of `f32` whose first element is 64-byte aligned.
+#[derive(Clone, Default)]
+pub struct AlignedVec {
+    blocks: Vec<Block>,
+    len: usize,
+}
+
+impl AlignedVec {
+    /// `len` zeros.
+    pub fn zeros(len: usize) -> Self {
+        AlignedVec {
+            blocks: vec![Block([0.0; LANES]); len.div_ceil(LANES)],
+            len,
+        }
+    }
+
+    /// A copy of `values`, aligned.
+    pub fn from_slice(values: &[f32]) -> Self {
+        let mut v = Self::zeros(values.len());
+        v.as_mut_slice().copy_from_slice(values);
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        &bytemuck::cast_slice::<Block, f32>(&self.blocks)[..self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut bytemuck::cast_slice_mut::<Block, f32>(&mut self.blocks)[..self.len]
+    }
+}
+
+impl std::fmt::Debug for AlignedVec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedVec(len={})", self.len)
+    }
+}
+
+/// Element types keel can store tensors in. Compute is always f32; f16/bf16 halve the size of
+/// converted weight files (and will feed the GPU's tensor cores).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DType {
+    #[default]
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// Encode f32 values as little-endian bytes of this type (round to nearest even).
+    pub fn encode(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            DType::F32 => bytemuck::cast_slice(values).to_vec(),
+            DType::F16 => values
+                .iter()
+                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                .collect(),
+            DType::BF16 => values
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect(),
+        }
+    }
+
+    /// Decode little-endian bytes of this type to f32. `None` if the length is not a multiple
+    /// of the element size.
+    pub fn decode(self, bytes: &[u8]) -> Option<Vec<f32>> {
+        let size = self.size_in_bytes();
+        if bytes.len() % size != 0 {
+            return None;
+        }
+        let chunks = bytes.chunks_exact(size);
+        Some(match self {
+            DType::F32 => chunks
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            DType::F16 => chunks
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            DType::BF16 => chunks
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        })
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for DType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(DType::F32),
+            "f16" | "float16" => Ok(DType::F16),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            _ => Err(format!("unknown dtype '{s}': expected f32, f16 or bf16")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_is_64_byte_aligned_for_odd_lengths() {
+        for len in [1, 3, 17, 63, 1000] {
+            let v = AlignedVec::zeros(len);
+            assert_eq!(v.len(), len);
+            assert_eq!(v.as_slice().as_ptr() as usize % 64, 0, "len {len}");
+        }
+        assert!(AlignedVec::zeros(0).is_empty());
+    }
+
+    #[test]
+    fn from_slice_round_trips() {
+        let values: Vec<f32> = (0..37).map(|i| i as f32 * 0.5 - 3.0).collect();
+        assert_eq!(
+            AlignedVec::from_slice(&values).as_slice(),
+            values.as_slice()
+        );
+    }
+
+    #[test]
+    fn half_precision_round_trip_is_within_half_an_ulp() {
+        let values: Vec<f32> = (0..101).map(|i| (i as f32 - 50.0) * 0.137).collect();
+        for (dtype, rel) in [
+            (DType::F32, 0.0),
+            (DType::F16, 1.0 / 2048.0),
+            (DType::BF16, 1.0 / 256.0),
+        ] {
+            let back = dtype.decode(&dtype.encode(&values)).unwrap();
+            for (a, b) in values.iter().zip(&back) {
+                assert!((a - b).abs() <= rel * a.abs(), "{dtype}: {a} -> {b}");
+            }
+        }
+        assert!(DType::F16.decode(&[0, 1, 2]).is_none());
+    }
+}
