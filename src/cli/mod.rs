@@ -1,1 +1,61 @@
+//! The `keel` command line: argument parsing and one file per command.
 
+mod classify;
+mod common;
+mod convert;
+mod features;
+mod fetch;
+mod summary;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// keel: Keras-exact VGG16/VGG19 from Keras .h5 weights, with its own kernels.
+#[derive(Parser, Debug)]
+#[command(name = "keel", version, about, long_about = None)]
+pub struct Cli {
+    /// Worker threads for the kernels (default: all cores; also KEEL_THREADS).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the model's layers like Keras's model.summary(), with FLOPs and activation memory.
+    Summary(summary::Args),
+    /// Classify photos with the ImageNet top: top-k classes with probabilities.
+    Classify(classify::Args),
+    /// Extract the output of a layer for every image into a .npy file.
+    Features(features::Args),
+    /// Convert a Keras .h5 weights file to safetensors.
+    Convert(convert::Args),
+    /// Download the official Keras weights into keel's cache, checking Keras's md5.
+    Fetch(fetch::Args),
+}
+
+/// Run the command line; errors are printed as one message and give exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    common::init_threads(cli.threads)?;
+    match cli.command {
+        Command::Summary(a) => summary::run(a),
+        Command::Classify(a) => classify::run(a),
+        Command::Features(a) => features::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Fetch(a) => fetch::run(a),
+    }
+}

@@ -43,6 +43,28 @@ pub fn write_atomic(
     })
 }
 
+/// Create `path` by letting `create` write a temporary path, then renaming it into place: for
+/// writers that insist on opening the file themselves. On error the temporary file is removed.
+pub fn create_atomic(path: &Path, create: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::file(
+            path,
+            "is a directory; expected a file path to write",
+        ));
+    }
+    let tmp = temp_path_for(path);
+    let result = create(&tmp).and_then(|()| {
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| Error::io(path, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,2 +1,35 @@
+//! Everything that crosses keel's edge: weight files (Keras .h5 through our own HDF5 reader,
+//! safetensors), images, .npy arrays, labels, downloads, and atomic writes.
+
 pub mod atomic;
+pub mod batch;
+pub mod fetch;
+pub mod image;
+pub mod labels;
 pub mod npy;
+pub mod safetensors;
+
+use std::path::Path;
+
+use crate::error::Result;
+use crate::nn::WeightSet;
+
+/// Load weights from a Keras `.h5` file or a keel `.safetensors` file (chosen by extension).
+pub fn load_weights(path: &Path) -> Result<WeightSet> {
+    let is_safetensors = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    if is_safetensors {
+        safetensors::read_weights(path)
+    } else {
+        todo_h5(path)
+    }
+}
+
+fn todo_h5(path: &Path) -> Result<WeightSet> {
+    Err(crate::error::Error::file(
+        path,
+        "h5 reader not integrated yet",
+    ))
+}

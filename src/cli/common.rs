@@ -1,0 +1,156 @@
+//! What several commands share: thread setup, size parsing, weights resolution, image lists.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::io::fetch;
+use crate::nn::{Arch, Identity, WeightSet};
+
+/// Size the rayon pool from `--threads`, else `KEEL_THREADS`, else all cores.
+pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    let n = match threads {
+        Some(n) => Some(n),
+        None => match std::env::var("KEEL_THREADS") {
+            Ok(v) if !v.is_empty() => Some(
+                v.parse()
+                    .with_context(|| format!("KEEL_THREADS={v} is not a number"))?,
+            ),
+            _ => None,
+        },
+    };
+    if let Some(n) = n {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot start the thread pool")?;
+    }
+    Ok(())
+}
+
+/// Parse `HxW` (`224x224`, `100x70`).
+pub fn parse_hw(s: &str) -> Result<[usize; 2], String> {
+    let (h, w) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("'{s}' is not HxW (e.g. 224x224)"))?;
+    let p = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("'{s}' is not HxW (e.g. 224x224)"))
+    };
+    Ok([p(h)?, p(w)?])
+}
+
+/// Load weights from `--weights`, or from the cache (downloading the official Keras file if it
+/// is not there). Checks `--model` against the file.
+pub fn load_weights(
+    weights: Option<&Path>,
+    model: Option<Arch>,
+    top: bool,
+) -> anyhow::Result<(WeightSet, Identity)> {
+    let path = match weights {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let file = fetch::official(model.unwrap_or(Arch::Vgg16), top);
+            match fetch::cached(&file)? {
+                Some(p) => p,
+                None => {
+                    eprintln!(
+                        "no --weights given: fetching the official Keras {} file",
+                        file.file_name
+                    );
+                    fetch::fetch(&file, true)?
+                }
+            }
+        }
+    };
+    let set = crate::io::load_weights(&path)?;
+    let id = set.identify()?;
+    if let Some(m) = model
+        && m != id.arch
+    {
+        bail!(
+            "{}: holds {} weights, but --model {} was given",
+            path.display(),
+            id.arch,
+            m.name()
+        );
+    }
+    Ok((set, id))
+}
+
+/// Image extensions keel picks up when given a directory.
+const IMAGE_EXTENSIONS: [&str; 9] = [
+    "jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "jfif",
+];
+
+/// The images named by `inputs`: files as given, directories walked recursively in sorted path
+/// order, skipping hidden entries and files without an image extension.
+pub fn collect_images(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        let meta = std::fs::metadata(input)
+            .with_context(|| format!("{}: cannot read", input.display()))?;
+        if meta.is_dir() {
+            let mut found = Vec::new();
+            walk(input, &mut found)?;
+            if found.is_empty() {
+                bail!(
+                    "{}: no images found (looked for {})",
+                    input.display(),
+                    IMAGE_EXTENSIONS.join(", ")
+                );
+            }
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(input.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list directory", dir.display()))?;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("{}: cannot list directory", dir.display()))?
+            .path();
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else {
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase);
+            if ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
+                out.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_hw("224x224").unwrap(), [224, 224]);
+        assert_eq!(parse_hw("100X70").unwrap(), [100, 70]);
+        assert!(parse_hw("224").is_err());
+        assert!(parse_hw("ax3").is_err());
+    }
+}

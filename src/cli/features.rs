@@ -1,0 +1,144 @@
+//! `keel features`: the output of one layer for every image, into a .npy file.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+use super::common::{collect_images, load_weights, parse_hw};
+use crate::cpu::CpuReference;
+use crate::io::image::Interpolation;
+use crate::nn::{Arch, Pooling, Vgg, VggConfig};
+use crate::tensor::{Backend, GlobalPool, Tensor};
+
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// Image files or directories (walked recursively, in sorted path order).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Keras weights (.h5 or converted .safetensors); default: the official conv base from
+    /// keel's cache, downloaded if missing.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// vgg16 or vgg19 (inferred from the weights and checked against them).
+    #[arg(long)]
+    model: Option<Arch>,
+    /// The layer whose output to save (Keras's name).
+    #[arg(long, default_value = "block5_pool")]
+    layer: String,
+    /// Global pooling of the layer's output over H and W: none, avg or max.
+    #[arg(long, default_value = "none")]
+    pooling: Pooling,
+    /// Input size HxW every image is resized to.
+    #[arg(long, value_parser = parse_hw, default_value = "224x224")]
+    input: [usize; 2],
+    /// Resize filter, as Keras's load_img: nearest (Keras's default) or bilinear.
+    #[arg(long, default_value = "nearest")]
+    interpolation: Interpolation,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Output .npy file: (images, ...layer shape) float32; the image paths, one per line in
+    /// row order, go to the same name with .paths.txt.
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+const TOP_LAYERS: [&str; 4] = ["flatten", "fc1", "fc2", "predictions"];
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let needs_top = TOP_LAYERS.contains(&a.layer.as_str());
+    let (set, id) = load_weights(a.weights.as_deref(), a.model, needs_top)?;
+    let (set, config) = if needs_top {
+        if !id.include_top {
+            bail!(
+                "{}: layer {} is in the top, but the file holds only the conv base",
+                set.source.display(),
+                a.layer
+            );
+        }
+        (
+            set,
+            VggConfig {
+                input: a.input,
+                ..id.config()
+            },
+        )
+    } else {
+        let config = VggConfig {
+            include_top: false,
+            input: a.input,
+            widths: id.widths,
+            ..VggConfig::notop(id.arch)
+        };
+        (set.conv_base(), config)
+    };
+    let model = Vgg::new(config, &set)?;
+    if !model.layer_names().contains(&a.layer.as_str()) {
+        bail!(
+            "{} has no layer named '{}'; its layers are: {}",
+            id.arch,
+            a.layer,
+            model.layer_names().join(", ")
+        );
+    }
+    let paths = collect_images(&a.images)?;
+    let backend = CpuReference;
+
+    let bar = indicatif::ProgressBar::new(paths.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut rows: Vec<Tensor> = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(a.batch) {
+        let x = crate::io::batch::load_preprocessed(chunk, a.input, a.interpolation)?;
+        let mut y = model
+            .forward_outputs(&backend, &x, &[a.layer.as_str()])?
+            .remove(0);
+        if a.pooling != Pooling::None {
+            if y.shape().rank() != 4 {
+                bail!(
+                    "--pooling needs a spatial layer, but {} outputs {}",
+                    a.layer,
+                    y.shape()
+                );
+            }
+            let kind = if a.pooling == Pooling::Avg {
+                GlobalPool::Avg
+            } else {
+                GlobalPool::Max
+            };
+            y = backend.global_pool(&y, kind)?;
+        }
+        for i in 0..chunk.len() {
+            rows.push(y.index0(i)?);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let features = Tensor::stack(&rows)?;
+    let list_path = paths_file_for(&a.output);
+    let listing: String = paths.iter().map(|p| format!("{}\n", p.display())).collect();
+    crate::io::atomic::write_atomic(&list_path, |w| {
+        std::io::Write::write_all(w, listing.as_bytes())
+    })
+    .with_context(|| "cannot write the path list")?;
+    crate::io::npy::write_f32(&a.output, &features)?;
+    eprintln!(
+        "wrote {}: {} features of {} images ({})",
+        a.output.display(),
+        features.shape(),
+        paths.len(),
+        list_path.display()
+    );
+    Ok(())
+}
+
+/// `f.npy` -> `f.paths.txt`.
+fn paths_file_for(output: &std::path::Path) -> PathBuf {
+    output.with_extension("paths.txt")
+}

@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests: where the shared data lives, and comparisons.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use keel::io::npy::NpyArray;
+use keel::tensor::Tensor;
+
+/// `../shared` next to the checkout, or `None` (with a printed reason) when it is absent, so
+/// the suite still passes on a machine without the data.
+pub fn shared(what: &str) -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    let probe = dir.join(what);
+    if probe.exists() {
+        Some(dir)
+    } else {
+        eprintln!(
+            "SKIPPED: {} is absent (tests that need ../shared/{what} did not run)",
+            probe.display()
+        );
+        None
+    }
+}
+
+/// keel's own test data.
+pub fn test_data(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
+}
+
+/// A fresh, empty temporary directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `max|got - want| <= rel * max|want|`, element by element, with the shapes equal. NaN in
+/// either fails (the comparison is written so that NaN is never "within tolerance").
+/// Returns the measured max|diff| / max|want|.
+pub fn assert_close(what: &str, got: &Tensor, want: &NpyArray, rel: f64) -> f64 {
+    assert_eq!(got.dims(), want.shape.as_slice(), "{what}: shape");
+    let scale = want.data.iter().fold(0f64, |m, &v| m.max((v as f64).abs()));
+    assert!(
+        scale > 0.0,
+        "{what}: reference is all zeros; the comparison would prove nothing"
+    );
+    let mut worst = 0f64;
+    for (i, (&g, &w)) in got.data().iter().zip(&want.data).enumerate() {
+        let err = (g as f64 - w as f64).abs();
+        assert!(
+            err <= rel * scale,
+            "{what}: element {i}: got {g}, want {w} (|diff| {err:e} > {rel:e} * {scale})"
+        );
+        worst = worst.max(err);
+    }
+    worst / scale
+}

@@ -1,0 +1,79 @@
+//! The real ImageNet VGG16 conv base reproduces Keras's block5_pool on five 224x224 images,
+//! loaded from the Keras download-layout .h5 and from its safetensors conversion.
+//! Tolerance `max|diff| <= 1e-4 * max|ref|` (weights/README: a float64 pass lands at ~1e-6).
+
+mod common;
+
+use keel::cpu::CpuReference;
+use keel::io::npy;
+use keel::nn::{Arch, Vgg, VggConfig};
+use keel::tensor::DType;
+
+const TOL: f64 = 1e-4;
+const IMAGES: [&str; 5] = [
+    "img0_gradient",
+    "img1_checker_circles",
+    "img2_uniform_noise",
+    "img3_smooth_noise",
+    "img4_photo_f3board",
+];
+
+#[test]
+fn vgg16_imagenet_base_matches_keras_via_h5_and_safetensors() {
+    let Some(shared) = common::shared("weights/vgg16_imagenet_notop.h5") else {
+        return;
+    };
+    let weights_dir = shared.join("weights");
+    let h5 = keel::io::load_weights(&weights_dir.join("vgg16_imagenet_notop.h5")).unwrap();
+    assert_eq!(h5.num_params(), 14_714_688);
+    let id = h5.identify().unwrap();
+    assert_eq!((id.arch, id.include_top), (Arch::Vgg16, false));
+
+    let dir = common::temp_dir("imagenet");
+    let st_path = dir.join("vgg16_notop.safetensors");
+    keel::io::safetensors::write_weights(&st_path, &h5, &id, DType::F32).unwrap();
+    let st = keel::io::load_weights(&st_path).unwrap();
+    assert_eq!(st.layers.len(), h5.layers.len());
+    for (a, b) in h5.layers.iter().zip(&st.layers) {
+        assert_eq!(a.layer, b.layer);
+        for (x, y) in a.tensors.iter().zip(&b.tensors) {
+            assert_eq!(x.tensor.dims(), y.tensor.dims());
+            assert!(
+                x.tensor.data() == y.tensor.data(),
+                "{}: values changed in conversion",
+                a.layer
+            );
+        }
+    }
+
+    let config = VggConfig::notop(Arch::Vgg16);
+    let paths: Vec<_> = IMAGES
+        .iter()
+        .map(|n| weights_dir.join(format!("ref/images/{n}.png")))
+        .collect();
+    let x = keel::io::batch::load_preprocessed(&paths, [224, 224], Default::default()).unwrap();
+    for (i, name) in IMAGES.iter().enumerate() {
+        let want = npy::read(&weights_dir.join(format!("ref/preprocess/{name}.npy"))).unwrap();
+        let got = x.index0(i).unwrap();
+        assert!(
+            got.data()
+                .iter()
+                .zip(&want.data)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}: preprocess_input differs from Keras's"
+        );
+    }
+    for (label, weights) in [("h5", &h5), ("safetensors", &st)] {
+        let model = Vgg::new(config.clone(), weights).unwrap();
+        let y = model.forward(&CpuReference, &x).unwrap();
+        for (i, name) in IMAGES.iter().enumerate() {
+            let want =
+                npy::read(&weights_dir.join(format!("ref/block5_pool/{name}_block5_pool.npy")))
+                    .unwrap();
+            let got = y.index0(i).unwrap().reshape([1, 7, 7, 512]).unwrap();
+            let rel = common::assert_close(&format!("{label} {name}"), &got, &want, TOL);
+            eprintln!("{label} {name}: max|diff|/max|ref| = {rel:.2e}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
