@@ -123,11 +123,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let features = Tensor::stack(&rows)?;
     let list_path = paths_file_for(&a.output);
     let listing: String = paths.iter().map(|p| format!("{}\n", p.display())).collect();
-    crate::io::atomic::write_atomic(&list_path, |w| {
-        std::io::Write::write_all(w, listing.as_bytes())
-    })
-    .with_context(|| "cannot write the path list")?;
     crate::io::npy::write_f32(&a.output, &features)?;
+    let written = crate::io::atomic::write_atomic(&list_path, |w| {
+        std::io::Write::write_all(w, listing.as_bytes())
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&a.output); // both files or neither
+        return Err(e).context("cannot write the path list");
+    }
     eprintln!(
         "wrote {}: {} features of {} images ({})",
         a.output.display(),

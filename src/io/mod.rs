@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod image;
 pub mod labels;
 pub mod npy;
+mod resize;
 pub mod safetensors;
 
 use std::path::Path;

@@ -60,21 +60,7 @@ impl Vgg {
             let lw = weights
                 .get(&spec.name)
                 .ok_or_else(|| bad(format!("layer {} is missing", spec.name)))?;
-            let names: Vec<&str> = lw.tensors.iter().map(|t| t.name.as_str()).collect();
-            if lw.tensors.len() != 2 {
-                let what = if lw.tensors.len() < 2 {
-                    "the bias is missing"
-                } else {
-                    "too many"
-                };
-                return Err(bad(format!(
-                    "layer {} has {} weight(s) [{}] but a {} needs 2 (kernel, bias): {what}",
-                    spec.name,
-                    lw.tensors.len(),
-                    names.join(", "),
-                    spec.keras_type()
-                )));
-            }
+            // identify() has checked that every weighted layer has exactly a kernel and a bias.
             for (t, want) in lw.tensors.iter().zip(&expected) {
                 if t.tensor.shape() != want {
                     let mut problem = format!(

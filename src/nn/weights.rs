@@ -96,41 +96,51 @@ impl WeightSet {
         Error::file(&self.source, problem)
     }
 
-    /// Infer the architecture from layer names and kernel shapes.
+    /// Infer the architecture from layer names and check every tensor's shape against it, so
+    /// that a broken file is named as such before any model is built. The input size is not
+    /// known here; [`crate::nn::Vgg::new`] checks fc1 against it.
     pub fn identify(&self) -> Result<Identity> {
         let names: Vec<&str> = self.layers.iter().map(|l| l.layer.as_str()).collect();
-        let mut counts = [0usize; 5];
-        let mut unknown = Vec::new();
-        for &name in &names {
-            match parse_conv_name(name) {
-                Some((b @ 1..=5, _)) => counts[b - 1] += 1,
-                _ if TOP_LAYERS.contains(&name) => {}
-                _ => unknown.push(name),
-            }
-        }
-        if counts == [0; 5] || !unknown.is_empty() {
+        let is_vgg_layer =
+            |n: &str| TOP_LAYERS.contains(&n) || matches!(parse_conv_name(n), Some((1..=5, 1..=4)));
+        let unknown: Vec<&str> = names.iter().copied().filter(|n| !is_vgg_layer(n)).collect();
+        if !unknown.is_empty() || !names.iter().any(|n| parse_conv_name(n).is_some()) {
             let shown: Vec<&str> = names.iter().take(8).copied().collect();
             let more = if names.len() > 8 { ", ..." } else { "" };
             return Err(self.err(format!(
                 "not a VGG16/VGG19 weights file: its weighted layers are {}{more} \
-                 (VGG's are block1_conv1, block1_conv2, ..., block5_pool)",
-                if shown.is_empty() {
-                    "none".to_string()
-                } else {
-                    shown.join(", ")
-                }
+                 (VGG's are block1_conv1, block1_conv2, ..., block5_conv3, [fc1, fc2, predictions])",
+                if shown.is_empty() { "none".to_string() } else { shown.join(", ") }
             )));
         }
-        let arch = Arch::from_convs_per_block(counts).ok_or_else(|| {
-            self.err(format!(
-                "not a VGG16/VGG19 weights file: it has {counts:?} convolutions in blocks 1-5 \
-                 (VGG16 has [2, 2, 3, 3, 3], VGG19 [2, 2, 4, 4, 4])"
-            ))
-        })?;
+        // VGG19 is the one with a fourth convolution in blocks 3-5.
+        let arch = if names
+            .iter()
+            .any(|n| matches!(parse_conv_name(n), Some((_, 4))))
+        {
+            Arch::Vgg19
+        } else {
+            Arch::Vgg16
+        };
+        let mut cin = 3;
         let mut widths = [0; 5];
-        for (b, &n) in arch.convs_per_block().iter().enumerate() {
-            let name = format!("block{}_conv{n}", b + 1);
-            widths[b] = self.kernel_dim(&name, 3)?;
+        for (b, &convs) in arch.convs_per_block().iter().enumerate() {
+            for i in 1..=convs {
+                let name = format!("block{}_conv{i}", b + 1);
+                let [kernel, bias] = self.pair(&name, "Conv2D", arch)?;
+                let cout = match kernel.tensor.dims() {
+                    &[3, 3, c, o] if c == cin => o,
+                    _ => return Err(self.err(format!(
+                        "layer {name}: kernel {} has shape {}, but {arch} expects (3, 3, {cin}, Cout): \
+                         a 3x3 convolution over the {cin} channels of the layer before",
+                        kernel.name,
+                        kernel.tensor.shape()
+                    ))),
+                };
+                self.check_bias(&name, bias, cout)?;
+                cin = cout;
+            }
+            widths[b] = cin;
         }
         let present: Vec<&str> = TOP_LAYERS
             .iter()
@@ -138,25 +148,33 @@ impl WeightSet {
             .filter(|n| names.contains(n))
             .collect();
         let include_top = !present.is_empty();
-        if include_top && present.len() != TOP_LAYERS.len() {
-            let missing: Vec<&str> = TOP_LAYERS
-                .iter()
-                .copied()
-                .filter(|n| !names.contains(n))
-                .collect();
-            return Err(self.err(format!(
-                "{arch} top is incomplete: layer {} is missing",
-                missing.join(", ")
-            )));
+        let (mut fc_units, mut classes) = (0, 0);
+        if include_top {
+            let [k1, b1] = self.pair("fc1", "Dense", arch)?;
+            let [k2, b2] = self.pair("fc2", "Dense", arch)?;
+            let [k3, b3] = self.pair("predictions", "Dense", arch)?;
+            match k1.tensor.dims() {
+                &[fin, units] if fin % cin == 0 && fin > 0 => fc_units = units,
+                _ => return Err(self.err(format!(
+                    "layer fc1: kernel {} has shape {}, but {arch} expects (H * W * {cin}, units): \
+                     the flattened block5_pool",
+                    k1.name,
+                    k1.tensor.shape()
+                ))),
+            }
+            self.check_bias("fc1", b1, fc_units)?;
+            self.check_dense("fc2", k2, fc_units, fc_units)?;
+            self.check_bias("fc2", b2, fc_units)?;
+            classes = match k3.tensor.dims() {
+                &[u, c] if u == fc_units => c,
+                _ => return Err(self.err(format!(
+                    "layer predictions: kernel {} has shape {}, but {arch} expects ({fc_units}, classes)",
+                    k3.name,
+                    k3.tensor.shape()
+                ))),
+            };
+            self.check_bias("predictions", b3, classes)?;
         }
-        let (fc_units, classes) = if include_top {
-            (
-                self.kernel_dim("fc1", 1)?,
-                self.kernel_dim("predictions", 1)?,
-            )
-        } else {
-            (0, 0)
-        };
         Ok(Identity {
             arch,
             include_top,
@@ -166,27 +184,63 @@ impl WeightSet {
         })
     }
 
-    /// Dimension `axis` of layer `name`'s kernel (its first tensor).
-    fn kernel_dim(&self, name: &str, axis: usize) -> Result<usize> {
-        let layer = self
-            .get(name)
-            .ok_or_else(|| self.err(format!("layer {name} is missing")))?;
-        let kernel = layer
-            .tensors
-            .first()
-            .ok_or_else(|| self.err(format!("layer {name} has no weights")))?;
-        kernel.tensor.dims().get(axis).copied().ok_or_else(|| {
+    /// The kernel and bias of layer `name`, with a clear error when the layer or one of the two
+    /// is missing.
+    fn pair(&self, name: &str, keras_type: &str, arch: Arch) -> Result<[&NamedTensor; 2]> {
+        let layer = self.get(name).ok_or_else(|| {
+            let top = if TOP_LAYERS.contains(&name) {
+                " (the top has fc1, fc2 and predictions)"
+            } else {
+                ""
+            };
             self.err(format!(
-                "layer {name}: kernel {} has shape {}, which is not a {} kernel",
-                kernel.name,
-                kernel.tensor.shape(),
-                if axis == 3 {
-                    "3x3 convolution"
-                } else {
-                    "dense"
-                }
+                "layer {name} is missing: the file looks like {arch}, which has it{top}"
             ))
-        })
+        })?;
+        match layer.tensors.as_slice() {
+            [k, b] => Ok([k, b]),
+            ts => {
+                let names: Vec<&str> = ts.iter().map(|t| t.name.as_str()).collect();
+                let what = if ts.len() < 2 {
+                    "the bias is missing"
+                } else {
+                    "expected only kernel and bias"
+                };
+                Err(self.err(format!(
+                    "layer {name} has {} weight(s) [{}] but a {keras_type} has 2 (kernel, bias): {what}",
+                    ts.len(),
+                    names.join(", ")
+                )))
+            }
+        }
+    }
+
+    fn check_bias(&self, layer: &str, bias: &NamedTensor, n: usize) -> Result<()> {
+        if bias.tensor.dims() != [n] {
+            return Err(self.err(format!(
+                "layer {layer}: bias {} has shape {}, expected ({n},)",
+                bias.name,
+                bias.tensor.shape()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_dense(
+        &self,
+        layer: &str,
+        kernel: &NamedTensor,
+        fin: usize,
+        fout: usize,
+    ) -> Result<()> {
+        if kernel.tensor.dims() != [fin, fout] {
+            return Err(self.err(format!(
+                "layer {layer}: kernel {} has shape {}, expected ({fin}, {fout})",
+                kernel.name,
+                kernel.tensor.shape()
+            )));
+        }
+        Ok(())
     }
 
     /// Keep only the convolutional base: an explicit choice to use a file with the top for
