@@ -144,7 +144,9 @@ mod tests {
     #[test]
     fn matches_the_definition_on_odd_shapes() {
         let mut rng = Rng::new(42);
-        let cases: &[([usize; 4], [usize; 4], [usize; 2], Padding)] = &[
+        // (input NHWC, kernel HWIO, stride, padding)
+        type Case = ([usize; 4], [usize; 4], [usize; 2], Padding);
+        let cases: &[Case] = &[
             ([1, 1, 1, 1], [1, 1, 1, 1], [1, 1], Padding::Valid),
             ([1, 3, 3, 1], [3, 3, 1, 3], [1, 1], Padding::Same),
             ([2, 17, 13, 3], [3, 3, 3, 17], [1, 1], Padding::Same),

@@ -48,7 +48,7 @@ pub fn from_h5(file: &hdf5::File, path: &Path) -> Result<WeightSet> {
             None => (root, "Keras 1 download layout .h5".to_string()),
         }
     } else if let Some(layers) = root.group("layers").map_err(h5)? {
-        let weights = read_keras3(&layers, file, path)?;
+        let weights = read_keras3(&layers, path)?;
         return finish(path, "Keras 3 .weights.h5".into(), weights);
     } else {
         let members = root.member_names().map_err(h5)?;
@@ -61,7 +61,7 @@ pub fn from_h5(file: &hdf5::File, path: &Path) -> Result<WeightSet> {
             ),
         ));
     };
-    let weights = read_layer_names_layout(&base, file, path)?;
+    let weights = read_layer_names_layout(&base, path)?;
     finish(path, format, weights)
 }
 
@@ -87,7 +87,7 @@ fn read_split_attr(group: &hdf5::Group, name: &str) -> hdf5::Result<Option<Vec<S
 }
 
 /// Keras 1/2 and full-model files: `layer_names`, then each layer's `weight_names`.
-fn read_layer_names_layout(base: &hdf5::Group, file: &hdf5::File, path: &Path) -> Result<Vec<LayerWeights>> {
+fn read_layer_names_layout(base: &hdf5::Group, path: &Path) -> Result<Vec<LayerWeights>> {
     let bad = |problem: String| Error::file(path, problem);
     let h5 = |e: hdf5::Error| Error::file(path, format!("malformed HDF5 file: {e}"));
     let names = read_split_attr(base, "layer_names")
@@ -110,7 +110,7 @@ fn read_layer_names_layout(base: &hdf5::Group, file: &hdf5::File, path: &Path) -
             let ds = group.dataset(&wname).map_err(h5)?.ok_or_else(|| {
                 bad(format!("layer {name}: weight_names lists {wname} but there is no such dataset"))
             })?;
-            tensors.push(NamedTensor { tensor: read_tensor(&ds, file, path, name)?, name: wname });
+            tensors.push(NamedTensor { tensor: read_tensor(&ds, path, name)?, name: wname });
         }
         if !tensors.is_empty() {
             layers.push(LayerWeights { layer: name.clone(), tensors });
@@ -120,7 +120,7 @@ fn read_layer_names_layout(base: &hdf5::Group, file: &hdf5::File, path: &Path) -
 }
 
 /// Keras 3 `.weights.h5`: `/layers/<key>/vars/<i>`.
-fn read_keras3(layers_group: &hdf5::Group, file: &hdf5::File, path: &Path) -> Result<Vec<LayerWeights>> {
+fn read_keras3(layers_group: &hdf5::Group, path: &Path) -> Result<Vec<LayerWeights>> {
     let bad = |problem: String| Error::file(path, problem);
     let h5 = |e: hdf5::Error| Error::file(path, format!("malformed HDF5 file: {e}"));
     // (class, counter, key, layer name from the `name` attribute)
@@ -178,7 +178,7 @@ fn read_keras3(layers_group: &hdf5::Group, file: &hdf5::File, path: &Path) -> Re
                 break;
             };
             tensors.push(NamedTensor {
-                tensor: read_tensor(&ds, file, path, &name)?,
+                tensor: read_tensor(&ds, path, &name)?,
                 name: format!("/layers/{key}/vars/{i}"),
             });
         }
@@ -188,7 +188,7 @@ fn read_keras3(layers_group: &hdf5::Group, file: &hdf5::File, path: &Path) -> Re
 }
 
 /// Read one weight dataset as f32 into aligned storage, refusing non-float data.
-fn read_tensor(ds: &hdf5::Dataset, file: &hdf5::File, path: &Path, layer: &str) -> Result<Tensor> {
+fn read_tensor(ds: &hdf5::Dataset, path: &Path, layer: &str) -> Result<Tensor> {
     let bad = |problem: String| Error::file(path, format!("layer {layer}: weight {}: {problem}", ds.path()));
     let dims: Vec<usize> = ds
         .shape()
@@ -200,12 +200,12 @@ fn read_tensor(ds: &hdf5::Dataset, file: &hdf5::File, path: &Path, layer: &str) 
         hdf5::Dtype::Float { .. } => {}
         other => return Err(bad(format!("has dtype {other}; weights must be floating point"))),
     }
-    // A corrupt header can declare any shape: refuse one the file cannot hold before allocating.
-    let numel = shape.checked_numel().ok_or_else(|| bad(format!("shape {shape} is too large")))?;
-    if numel as u64 > file.len() {
-        return Err(bad(format!("shape {shape} needs more data than the whole file holds")));
-    }
+    // A corrupt header can declare any shape: make sure the file holds the data before
+    // allocating room for it.
+    // (The reader's own errors already name the dataset.)
+    let h5 = |e: hdf5::Error| Error::file(path, format!("layer {layer}: {e}"));
+    ds.check_readable().map_err(h5)?;
     let mut t = Tensor::zeros(shape)?;
-    ds.read_f32_into(t.data_mut()).map_err(|e| bad(e.to_string()))?;
+    ds.read_f32_into(t.data_mut()).map_err(h5)?;
     Ok(t)
 }

@@ -4,7 +4,9 @@
 pub mod atomic;
 pub mod batch;
 pub mod fetch;
+pub mod hdf5;
 pub mod image;
+pub mod keras;
 pub mod labels;
 pub mod npy;
 mod resize;
@@ -24,13 +26,6 @@ pub fn load_weights(path: &Path) -> Result<WeightSet> {
     if is_safetensors {
         safetensors::read_weights(path)
     } else {
-        todo_h5(path)
+        keras::read_weights(path)
     }
-}
-
-fn todo_h5(path: &Path) -> Result<WeightSet> {
-    Err(crate::error::Error::file(
-        path,
-        "h5 reader not integrated yet",
-    ))
 }

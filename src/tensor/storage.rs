@@ -96,7 +96,7 @@ impl DType {
     /// of the element size.
     pub fn decode(self, bytes: &[u8]) -> Option<Vec<f32>> {
         let size = self.size_in_bytes();
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return None;
         }
         let chunks = bytes.chunks_exact(size);
