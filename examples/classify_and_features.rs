@@ -15,16 +15,30 @@ use keel::nn::{Pooling, Vgg, VggConfig};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1).map(PathBuf::from);
-    let weights_path = args.next().ok_or_else(|| anyhow::anyhow!("usage: WEIGHTS.h5 IMAGE..."))?;
+    let weights_path = args
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("usage: WEIGHTS.h5 IMAGE..."))?;
     let images: Vec<PathBuf> = args.collect();
 
     // Any Keras flavour (.h5) or a keel safetensors file; the architecture comes from the file.
     let weights = keel::io::load_weights(&weights_path)?;
     let id = weights.identify()?;
-    println!("{}: {} ({})", weights_path.display(), id.describe(), weights.format);
+    println!(
+        "{}: {} ({})",
+        weights_path.display(),
+        id.describe(),
+        weights.format
+    );
 
     // Keras's defaults for what the file holds; without the top, add global average pooling.
-    let config = if id.include_top { id.config() } else { VggConfig { pooling: Pooling::Avg, ..id.config() } };
+    let config = if id.include_top {
+        id.config()
+    } else {
+        VggConfig {
+            pooling: Pooling::Avg,
+            ..id.config()
+        }
+    };
     let model = Vgg::new(config.clone(), &weights)?;
 
     // load_img(target_size=(224, 224)) + preprocess_input, stacked into one batch.
@@ -32,8 +46,14 @@ fn main() -> anyhow::Result<()> {
     let y = model.forward(&CpuReference, &x)?;
 
     if id.include_top && id.classes == 1000 {
-        for (path, top) in images.iter().zip(keel::io::labels::decode_predictions(&y, 3)?) {
-            let best: Vec<String> = top.iter().map(|p| format!("{} {:.3}", p.name, p.score)).collect();
+        for (path, top) in images
+            .iter()
+            .zip(keel::io::labels::decode_predictions(&y, 3)?)
+        {
+            let best: Vec<String> = top
+                .iter()
+                .map(|p| format!("{} {:.3}", p.name, p.score))
+                .collect();
             println!("{}: {}", path.display(), best.join(", "));
         }
     } else {

@@ -5,37 +5,28 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Parser;
 
-use super::common::{collect_images, load_weights, parse_hw};
+use super::common::{ModelArgs, collect_images, load_weights, parse_hw};
 use crate::cpu::CpuReference;
-use crate::io::image::Interpolation;
 use crate::io::labels::{IMAGENET_CLASS_COUNT, decode_predictions, top_k};
-use crate::nn::{Arch, Vgg};
+use crate::nn::Vgg;
 
 #[derive(Parser, Debug)]
 pub struct Args {
     /// Image files or directories.
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    /// Keras weights with the top (.h5 or converted .safetensors); default: the official file
-    /// from keel's cache, downloaded if missing.
-    #[arg(long, value_name = "FILE")]
-    weights: Option<PathBuf>,
-    /// vgg16 or vgg19 (inferred from the weights and checked against them).
-    #[arg(long)]
-    model: Option<Arch>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// How many classes to show per image.
     #[arg(long, default_value_t = 5)]
     top: usize,
-    /// Resize filter, as Keras's load_img: nearest (Keras's default) or bilinear.
-    #[arg(long, default_value = "nearest")]
-    interpolation: Interpolation,
     /// Input size HxW (default: the size the file's fc1 was trained for, 224x224 for ImageNet).
     #[arg(long, value_parser = parse_hw)]
     input: Option<[usize; 2]>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let (set, id) = load_weights(a.weights.as_deref(), a.model, true)?;
+    let (set, id) = load_weights(a.model.weights.as_deref(), a.model.model, true)?;
     if !id.include_top {
         bail!(
             "{}: holds only the {} conv base (no fc1, fc2, predictions); classify needs the file with the top (keel fetch {} --top)",
@@ -56,7 +47,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let x = crate::io::batch::load_preprocessed(
             std::slice::from_ref(path),
             config.input,
-            a.interpolation,
+            a.model.interpolation,
         )?;
         let probs = model.forward(&backend, &x)?;
         println!("{}", path.display());

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use crate::io::fetch;
+use crate::io::image::Interpolation;
 use crate::nn::{Arch, Identity, WeightSet};
 
 /// Size the rayon pool from `--threads`, else `KEEL_THREADS`, else all cores.
@@ -42,6 +43,21 @@ pub fn parse_hw(s: &str) -> Result<[usize; 2], String> {
             .map_err(|_| format!("'{s}' is not HxW (e.g. 224x224)"))
     };
     Ok([p(h)?, p(w)?])
+}
+
+/// The options every command that runs the network takes.
+#[derive(clap::Args, Debug)]
+pub struct ModelArgs {
+    /// Keras weights (.h5, any flavour, or a keel .safetensors); default: the official Keras
+    /// file from keel's cache, downloaded if missing.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// vgg16 or vgg19 (inferred from the weights and checked against them).
+    #[arg(long)]
+    pub model: Option<Arch>,
+    /// Resize filter, as Keras's load_img: nearest (Keras's default) or bilinear.
+    #[arg(long, default_value = "nearest")]
+    pub interpolation: Interpolation,
 }
 
 /// Load weights from `--weights`, or from the cache (downloading the official Keras file if it

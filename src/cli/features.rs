@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Parser;
 
-use super::common::{collect_images, load_weights, parse_hw};
+use super::common::{ModelArgs, collect_images, load_weights, parse_hw};
 use crate::cpu::CpuReference;
-use crate::io::image::Interpolation;
-use crate::nn::{Arch, Pooling, Vgg, VggConfig};
+use crate::nn::{Pooling, Vgg, VggConfig};
 use crate::tensor::{Backend, GlobalPool, Tensor};
 
 #[derive(Parser, Debug)]
@@ -16,13 +15,8 @@ pub struct Args {
     /// Image files or directories (walked recursively, in sorted path order).
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    /// Keras weights (.h5 or converted .safetensors); default: the official conv base from
-    /// keel's cache, downloaded if missing.
-    #[arg(long, value_name = "FILE")]
-    weights: Option<PathBuf>,
-    /// vgg16 or vgg19 (inferred from the weights and checked against them).
-    #[arg(long)]
-    model: Option<Arch>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The layer whose output to save (Keras's name).
     #[arg(long, default_value = "block5_pool")]
     layer: String,
@@ -32,9 +26,6 @@ pub struct Args {
     /// Input size HxW every image is resized to.
     #[arg(long, value_parser = parse_hw, default_value = "224x224")]
     input: [usize; 2],
-    /// Resize filter, as Keras's load_img: nearest (Keras's default) or bilinear.
-    #[arg(long, default_value = "nearest")]
-    interpolation: Interpolation,
     /// Images per forward pass.
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -51,7 +42,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         bail!("--batch must be at least 1");
     }
     let needs_top = TOP_LAYERS.contains(&a.layer.as_str());
-    let (set, id) = load_weights(a.weights.as_deref(), a.model, needs_top)?;
+    let (set, id) = load_weights(a.model.weights.as_deref(), a.model.model, needs_top)?;
     let (set, config) = if needs_top {
         if !id.include_top {
             bail!(
@@ -95,7 +86,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     let mut rows: Vec<Tensor> = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(a.batch) {
-        let x = crate::io::batch::load_preprocessed(chunk, a.input, a.interpolation)?;
+        let x = crate::io::batch::load_preprocessed(chunk, a.input, a.model.interpolation)?;
         let mut y = model
             .forward_outputs(&backend, &x, &[a.layer.as_str()])?
             .remove(0);

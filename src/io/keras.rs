@@ -25,13 +25,22 @@ use crate::tensor::{Shape, Tensor};
 /// Read the weights of a Keras `.h5` file.
 pub fn read_weights(path: &Path) -> Result<WeightSet> {
     if path.is_dir() {
-        return Err(Error::file(path, "is a directory, not a Keras .h5 weights file"));
+        return Err(Error::file(
+            path,
+            "is a directory, not a Keras .h5 weights file",
+        ));
     }
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
     if len == 0 {
-        return Err(Error::file(path, "is empty (0 bytes), not a Keras .h5 weights file"));
+        return Err(Error::file(
+            path,
+            "is empty (0 bytes), not a Keras .h5 weights file",
+        ));
     }
-    let file = hdf5::File::open(path).map_err(|e| Error::file(path, format!("not a readable HDF5 file: {e}")))?;
+    let file = hdf5::File::open(path)
+        .map_err(|e| Error::file(path, format!("not a readable HDF5 file: {e}")))?;
     from_h5(&file, path)
 }
 
@@ -39,9 +48,18 @@ pub fn read_weights(path: &Path) -> Result<WeightSet> {
 pub fn from_h5(file: &hdf5::File, path: &Path) -> Result<WeightSet> {
     let h5 = |e: hdf5::Error| Error::file(path, format!("malformed HDF5 file: {e}"));
     let root = file.root().map_err(h5)?;
-    let keras_version = root.attr("keras_version").map_err(h5)?.and_then(|a| a.read_string().ok());
+    let keras_version = root
+        .attr("keras_version")
+        .map_err(h5)?
+        .and_then(|a| a.read_string().ok());
     let (base, format) = if let Some(g) = root.group("model_weights").map_err(h5)? {
-        (g, format!("Keras full model .h5 (keras {})", keras_version.as_deref().unwrap_or("?")))
+        (
+            g,
+            format!(
+                "Keras full model .h5 (keras {})",
+                keras_version.as_deref().unwrap_or("?")
+            ),
+        )
     } else if read_split_attr(&root, "layer_names").map_err(h5)?.is_some() {
         match keras_version {
             Some(v) => (root, format!("Keras save_weights .h5 (keras {v})")),
@@ -57,7 +75,11 @@ pub fn from_h5(file: &hdf5::File, path: &Path) -> Result<WeightSet> {
             format!(
                 "not a Keras weights file: no `layer_names` attribute, no /model_weights and no \
                  /layers group (top-level members: {})",
-                if members.is_empty() { "none".to_string() } else { members.join(", ") }
+                if members.is_empty() {
+                    "none".to_string()
+                } else {
+                    members.join(", ")
+                }
             ),
         ));
     };
@@ -66,7 +88,11 @@ pub fn from_h5(file: &hdf5::File, path: &Path) -> Result<WeightSet> {
 }
 
 fn finish(path: &Path, format: String, layers: Vec<LayerWeights>) -> Result<WeightSet> {
-    let set = WeightSet { source: path.to_path_buf(), format, layers };
+    let set = WeightSet {
+        source: path.to_path_buf(),
+        format,
+        layers,
+    };
     set.check_finite()?;
     Ok(set)
 }
@@ -92,28 +118,42 @@ fn read_layer_names_layout(base: &hdf5::Group, path: &Path) -> Result<Vec<LayerW
     let h5 = |e: hdf5::Error| Error::file(path, format!("malformed HDF5 file: {e}"));
     let names = read_split_attr(base, "layer_names")
         .map_err(|e| bad(format!("cannot read attribute layer_names: {e}")))?
-        .ok_or_else(|| bad(format!("group {} has no layer_names attribute", base.path())))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "group {} has no layer_names attribute",
+                base.path()
+            ))
+        })?;
     let mut layers = Vec::new();
     for (i, name) in names.iter().enumerate() {
         if names[..i].contains(name) {
             return Err(bad(format!("layer_names lists layer {name} twice")));
         }
-        let group = base
-            .group(name)
-            .map_err(h5)?
-            .ok_or_else(|| bad(format!("layer_names lists layer {name} but the file has no group for it")))?;
+        let group = base.group(name).map_err(h5)?.ok_or_else(|| {
+            bad(format!(
+                "layer_names lists layer {name} but the file has no group for it"
+            ))
+        })?;
         let weight_names = read_split_attr(&group, "weight_names")
             .map_err(|e| bad(format!("layer {name}: cannot read weight_names: {e}")))?
             .unwrap_or_default();
         let mut tensors = Vec::new();
         for wname in weight_names {
             let ds = group.dataset(&wname).map_err(h5)?.ok_or_else(|| {
-                bad(format!("layer {name}: weight_names lists {wname} but there is no such dataset"))
+                bad(format!(
+                    "layer {name}: weight_names lists {wname} but there is no such dataset"
+                ))
             })?;
-            tensors.push(NamedTensor { tensor: read_tensor(&ds, path, name)?, name: wname });
+            tensors.push(NamedTensor {
+                tensor: read_tensor(&ds, path, name)?,
+                name: wname,
+            });
         }
         if !tensors.is_empty() {
-            layers.push(LayerWeights { layer: name.clone(), tensors });
+            layers.push(LayerWeights {
+                layer: name.clone(),
+                tensors,
+            });
         }
     }
     Ok(layers)
@@ -133,7 +173,10 @@ fn read_keras3(layers_group: &hdf5::Group, path: &Path) -> Result<Vec<LayerWeigh
             continue; // pooling, flatten, input: no weights
         }
         let name = match vars.attr("name").map_err(h5)? {
-            Some(a) => Some(a.read_string().map_err(|e| bad(format!("/layers/{key}/vars: name attribute: {e}")))?),
+            Some(a) => Some(
+                a.read_string()
+                    .map_err(|e| bad(format!("/layers/{key}/vars: name attribute: {e}")))?,
+            ),
             None => None,
         };
         let (class, counter) = match key.rsplit_once('_') {
@@ -144,8 +187,12 @@ fn read_keras3(layers_group: &hdf5::Group, path: &Path) -> Result<Vec<LayerWeigh
     }
     entries.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
     let needs_names = entries.iter().any(|e| e.3.is_none());
-    let convs: Vec<usize> = (0..entries.len()).filter(|&i| entries[i].0 == "conv2d").collect();
-    let denses: Vec<usize> = (0..entries.len()).filter(|&i| entries[i].0 == "dense").collect();
+    let convs: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].0 == "conv2d")
+        .collect();
+    let denses: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].0 == "dense")
+        .collect();
     if needs_names {
         // Older Keras 3 files: name layers by position within their class, as Keras assigns them.
         let arch = [Arch::Vgg16, Arch::Vgg19]
@@ -170,8 +217,15 @@ fn read_keras3(layers_group: &hdf5::Group, path: &Path) -> Result<Vec<LayerWeigh
     }
     let mut layers = Vec::new();
     for (class, _, key, name) in entries {
-        let name = name.ok_or_else(|| bad(format!("/layers/{key}: cannot tell which layer this {class} is")))?;
-        let vars = layers_group.group(&format!("{key}/vars")).map_err(h5)?.ok_or_else(|| bad(format!("/layers/{key}/vars vanished")))?;
+        let name = name.ok_or_else(|| {
+            bad(format!(
+                "/layers/{key}: cannot tell which layer this {class} is"
+            ))
+        })?;
+        let vars = layers_group
+            .group(&format!("{key}/vars"))
+            .map_err(h5)?
+            .ok_or_else(|| bad(format!("/layers/{key}/vars vanished")))?;
         let mut tensors = Vec::new();
         for i in 0.. {
             let Some(ds) = vars.dataset(&i.to_string()).map_err(h5)? else {
@@ -182,14 +236,22 @@ fn read_keras3(layers_group: &hdf5::Group, path: &Path) -> Result<Vec<LayerWeigh
                 name: format!("/layers/{key}/vars/{i}"),
             });
         }
-        layers.push(LayerWeights { layer: name, tensors });
+        layers.push(LayerWeights {
+            layer: name,
+            tensors,
+        });
     }
     Ok(layers)
 }
 
 /// Read one weight dataset as f32 into aligned storage, refusing non-float data.
 fn read_tensor(ds: &hdf5::Dataset, path: &Path, layer: &str) -> Result<Tensor> {
-    let bad = |problem: String| Error::file(path, format!("layer {layer}: weight {}: {problem}", ds.path()));
+    let bad = |problem: String| {
+        Error::file(
+            path,
+            format!("layer {layer}: weight {}: {problem}", ds.path()),
+        )
+    };
     let dims: Vec<usize> = ds
         .shape()
         .iter()
@@ -198,7 +260,11 @@ fn read_tensor(ds: &hdf5::Dataset, path: &Path, layer: &str) -> Result<Tensor> {
     let shape = Shape::new(dims);
     match ds.dtype() {
         hdf5::Dtype::Float { .. } => {}
-        other => return Err(bad(format!("has dtype {other}; weights must be floating point"))),
+        other => {
+            return Err(bad(format!(
+                "has dtype {other}; weights must be floating point"
+            )));
+        }
     }
     // A corrupt header can declare any shape: make sure the file holds the data before
     // allocating room for it.

@@ -198,8 +198,15 @@ impl Dataset {
     /// Element size and byte order of a floating-point dataset; an error for any other type.
     fn float_size(&self) -> Result<(usize, bool)> {
         match self.dtype {
-            Dtype::Float { size, little_endian } if matches!(size, 2 | 4 | 8) => Ok((size, little_endian)),
-            _ => bail!("dataset {} has dtype {}; expected floating point", self.path, self.dtype),
+            Dtype::Float {
+                size,
+                little_endian,
+            } if matches!(size, 2 | 4 | 8) => Ok((size, little_endian)),
+            _ => bail!(
+                "dataset {} has dtype {}; expected floating point",
+                self.path,
+                self.dtype
+            ),
         }
     }
 

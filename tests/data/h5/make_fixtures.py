@@ -226,6 +226,30 @@ def keras_files():
                  rename={"block1_conv2/kernel:0": "block1_conv2/kernel_1:0"})
     write_keras2(out("chunked.h5"), v16, chunked=True)
     write_keras2(out("other_network.h5"), resnet_like())
+    write_keras3(out("micro_vgg16_top_k3.weights.h5"), v16top)
+    write_keras3(out("micro_vgg16_top_k3_noname.weights.h5"), v16top, names=False)
+
+
+def write_keras3(path, layers, *, names=True):
+    """Keras 3 `save_weights("x.weights.h5")`: `/layers/<class>[_N]/vars/<i>`, keyed by a
+    counter per layer class in model order. Keras >= 3.15 puts the layer name in the `vars`
+    group's `name` attribute; older Keras 3 does not (`names=False`), and then only the
+    counter tells which layer is which (`conv2d_10` sorts before `conv2d_2`)."""
+    with old_style_file(path, sym_k=(4, 2)) as f:
+        counters = {}
+        group = f.create_group("layers")
+        for name, ws in layers:
+            cls = "conv2d" if "_conv" in name else "max_pooling2d" if "_pool" in name else \
+                "dense" if ws else None
+            if cls is None:
+                continue
+            n = counters.get(cls, 0)
+            counters[cls] = n + 1
+            v = group.create_group(cls if n == 0 else f"{cls}_{n}").create_group("vars")
+            if names and ws:
+                v.attrs.create("name", name, dtype=h5py.string_dtype("utf-8"))
+            for i, (_, a) in enumerate(ws):
+                v.create_dataset(str(i), data=a)
 
 
 def resnet_like():
