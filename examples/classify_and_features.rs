@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
             ..id.config()
         }
     };
-    let model = Vgg::new(config.clone(), &weights)?;
+    let model = Vgg::new(config.clone(), weights)?;
 
     // load_img(target_size=(224, 224)) + preprocess_input, stacked into one batch.
     let x = keel::io::batch::load_preprocessed(&images, config.input, Interpolation::Nearest)?;

@@ -444,3 +444,91 @@ fn unknown_layer_lists_the_layers() {
     ]);
     assert_fails_with(&out, &["no layer named 'block9_pool'", "block5_conv3"]);
 }
+
+/// A seeded random VGG16 with tiny widths and the 1000-class ImageNet top, as safetensors: the
+/// real top file (528 MB) is not available to tests, but the decode path is the same.
+fn random_imagenet_top(path: &Path) {
+    use keel::nn::{LayerWeights, NamedTensor, WeightSet};
+    use keel::tensor::{DType, Tensor};
+    let mut rng = keel::rng::Rng::new(11);
+    let mut layers = Vec::new();
+    let mut add = |name: String, kshape: Vec<usize>, rng: &mut keel::rng::Rng| {
+        let n: usize = kshape.iter().product();
+        let out = *kshape.last().unwrap();
+        let kernel = Tensor::from_vec(kshape, &rng.uniform_vec(n, -0.5, 0.5)).unwrap();
+        let bias = Tensor::from_vec([out], &rng.uniform_vec(out, -0.1, 0.1)).unwrap();
+        layers.push(LayerWeights {
+            tensors: vec![
+                NamedTensor {
+                    name: format!("{name}.kernel"),
+                    tensor: kernel,
+                },
+                NamedTensor {
+                    name: format!("{name}.bias"),
+                    tensor: bias,
+                },
+            ],
+            layer: name,
+        });
+    };
+    let mut cin = 3;
+    for (b, convs) in [2, 2, 3, 3, 3].into_iter().enumerate() {
+        for i in 1..=convs {
+            add(
+                format!("block{}_conv{i}", b + 1),
+                vec![3, 3, cin, 4],
+                &mut rng,
+            );
+            cin = 4;
+        }
+    }
+    add("fc1".into(), vec![7 * 7 * 4, 8], &mut rng);
+    add("fc2".into(), vec![8, 8], &mut rng);
+    add("predictions".into(), vec![8, 1000], &mut rng);
+    let set = WeightSet {
+        source: path.to_path_buf(),
+        format: "test".into(),
+        layers,
+    };
+    let id = set.identify().unwrap();
+    keel::io::safetensors::write_weights(path, &set, &id, DType::F16).unwrap();
+}
+
+#[test]
+fn classify_decodes_imagenet_labels() {
+    let dir = common::temp_dir("imagenet-top");
+    let weights = dir.join("tiny_top.safetensors");
+    random_imagenet_top(&weights);
+    let img = common::test_data("images/rgb_31x40.png");
+    let out = keel(&[
+        "classify",
+        s(&img),
+        "--weights",
+        s(&weights),
+        "--interpolation",
+        "bilinear",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    assert!(lines[0].ends_with("rgb_31x40.png"));
+    // "   1. n01440764 tench   0.0123": a WordNet id, a label, and a probability; descending.
+    let scores: Vec<f32> = lines[1..]
+        .iter()
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            assert!(fields[1].starts_with('n') && fields[1].len() == 9, "{l}");
+            fields[3].parse().unwrap()
+        })
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]) && scores[0] > 0.0 && scores[0] < 1.0,
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -64,7 +64,7 @@ fn vgg16_imagenet_base_matches_keras_via_h5_and_safetensors() {
         );
     }
     for (label, weights) in [("h5", &h5), ("safetensors", &st)] {
-        let model = Vgg::new(config.clone(), weights).unwrap();
+        let model = Vgg::new(config.clone(), weights.clone()).unwrap();
         let y = model.forward(&CpuReference, &x).unwrap();
         for (i, name) in IMAGES.iter().enumerate() {
             let want =

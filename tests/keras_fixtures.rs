@@ -130,7 +130,7 @@ fn every_flavour_matches_keras() {
                     input: case.input,
                     ..id.config()
                 };
-                let model = Vgg::new(config.clone(), &weights).unwrap();
+                let model = Vgg::new(config.clone(), weights.clone()).unwrap();
                 let mut refs: Vec<(&str, String)> = POOLS
                     .iter()
                     .map(|p| (*p, format!("{dir}/{p}.npy")))
@@ -144,7 +144,7 @@ fn every_flavour_matches_keras() {
                     classifier_activation: ClassifierActivation::Linear,
                     ..config
                 };
-                let logits = Vgg::new(logits_cfg, &weights).unwrap();
+                let logits = Vgg::new(logits_cfg, weights.clone()).unwrap();
                 let refs = [("predictions", format!("{dir}/logits_float64.npy"))];
                 worst = worst.max(check_outputs(&fixtures, &label, &logits, case.input, &refs));
             } else {
@@ -156,7 +156,7 @@ fn every_flavour_matches_keras() {
                         input,
                         ..id.config()
                     };
-                    let model = Vgg::new(base.clone(), &weights).unwrap();
+                    let model = Vgg::new(base.clone(), weights.clone()).unwrap();
                     let mut refs: Vec<(&str, String)> = POOLS
                         .iter()
                         .map(|p| (*p, format!("{dir}/{p}.npy")))
@@ -172,7 +172,7 @@ fn every_flavour_matches_keras() {
                                 pooling,
                                 ..base.clone()
                             },
-                            &weights,
+                            weights.clone(),
                         )
                         .unwrap();
                         let refs = [(layer, format!("{dir}/{file}.npy"))];

@@ -91,7 +91,7 @@ fn identify_reads_vgg19_and_the_top() {
         (Arch::Vgg16, true, 7, 5)
     );
     let base = load("micro_vgg16_top.h5").conv_base();
-    assert_eq!(base.identify().unwrap().include_top, false);
+    assert!(!base.identify().unwrap().include_top);
     assert_eq!(base.layers.len(), 13);
 }
 

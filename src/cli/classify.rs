@@ -40,7 +40,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Some(hw) => hw,
         None => square_input_for_fc1(&set, id.widths[4]).unwrap_or(config.input),
     };
-    let model = Vgg::new(config.clone(), &set)?;
+    let model = Vgg::new(config.clone(), set)?;
     let paths = collect_images(&a.images)?;
     let backend = CpuReference;
     for path in &paths {

@@ -67,7 +67,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         };
         (set.conv_base(), config)
     };
-    let model = Vgg::new(config, &set)?;
+    let model = Vgg::new(config, set)?;
     if !model.layer_names().contains(&a.layer.as_str()) {
         bail!(
             "{} has no layer named '{}'; its layers are: {}",

@@ -166,11 +166,13 @@ pub fn read_weights(path: &Path) -> Result<WeightSet> {
             "tensors of layer {extra} are not in the metadata's layer list"
         )));
     }
-    Ok(WeightSet {
+    let set = WeightSet {
         source: path.to_path_buf(),
         format: "safetensors".into(),
         layers,
-    })
+    };
+    set.check_finite()?;
+    Ok(set)
 }
 
 /// Sort key putting VGG layers in network order when a file carries no layer list.

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use super::arch::{DenseActivation, LayerKind, LayerSpec, VggConfig};
-use super::weights::WeightSet;
+use super::weights::{NamedTensor, WeightSet};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::tensor::{Activation, Backend, Conv2dSpec, Pool2dSpec, Tensor};
@@ -24,11 +24,14 @@ pub struct Vgg {
 
 impl Vgg {
     /// Build the model of `config` from `weights`, checking that the file holds exactly this
-    /// architecture: same VGG, top or not as requested, and every tensor's shape.
-    pub fn new(config: VggConfig, weights: &WeightSet) -> Result<Vgg> {
+    /// architecture: same VGG, top or not as requested, and every tensor's shape. The weights
+    /// are moved into the model, not copied (VGG16's top alone is 495 MB).
+    pub fn new(config: VggConfig, weights: WeightSet) -> Result<Vgg> {
         config.validate()?;
         let id = weights.identify()?;
-        let bad = |problem: String| Error::file(weights.source(), problem);
+        weights.check_finite()?;
+        let source = weights.source.clone();
+        let bad = |problem: String| Error::file(&source, problem);
         if id.arch != config.arch {
             return Err(bad(format!(
                 "holds {} weights, but the model is {}",
@@ -50,6 +53,11 @@ impl Vgg {
                 id.arch.name()
             )));
         }
+        let mut by_name: std::collections::HashMap<String, Vec<NamedTensor>> = weights
+            .layers
+            .into_iter()
+            .map(|l| (l.layer, l.tensors))
+            .collect();
         let mut layers = Vec::new();
         for spec in config.layers() {
             let expected = spec.weight_shapes();
@@ -57,11 +65,10 @@ impl Vgg {
                 layers.push(Layer { spec, params: None });
                 continue;
             }
-            let lw = weights
-                .get(&spec.name)
+            let tensors = by_name
+                .remove(&spec.name)
                 .ok_or_else(|| bad(format!("layer {} is missing", spec.name)))?;
-            // identify() has checked that every weighted layer has exactly a kernel and a bias.
-            for (t, want) in lw.tensors.iter().zip(&expected) {
+            for (t, want) in tensors.iter().zip(&expected) {
                 if t.tensor.shape() != want {
                     let mut problem = format!(
                         "layer {}: weight {} has shape {} but {} expects {want}",
@@ -80,13 +87,17 @@ impl Vgg {
                     return Err(bad(problem));
                 }
             }
-            let params = (lw.tensors[0].tensor.clone(), lw.tensors[1].tensor.clone());
+            // identify() has checked that every weighted layer has exactly a kernel and a bias.
+            let mut it = tensors.into_iter().map(|t| t.tensor);
+            let (Some(kernel), Some(bias)) = (it.next(), it.next()) else {
+                return Err(bad(format!("layer {} lacks its kernel or bias", spec.name)));
+            };
+            let params = (kernel, bias);
             layers.push(Layer {
                 spec,
                 params: Some(params),
             });
         }
-        weights.check_finite()?;
         Ok(Vgg { config, layers })
     }
 
