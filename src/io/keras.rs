@@ -52,39 +52,45 @@ pub fn from_h5(file: &hdf5::File, path: &Path) -> Result<WeightSet> {
         .attr("keras_version")
         .map_err(h5)?
         .and_then(|a| a.read_string().ok());
-    let (base, format) = if let Some(g) = root.group("model_weights").map_err(h5)? {
-        (
-            g,
-            format!(
-                "Keras full model .h5 (keras {})",
-                keras_version.as_deref().unwrap_or("?")
-            ),
-        )
-    } else if read_split_attr(&root, "layer_names").map_err(h5)?.is_some() {
-        match keras_version {
-            Some(v) => (root, format!("Keras save_weights .h5 (keras {v})")),
-            None => (root, "Keras 1 download layout .h5".to_string()),
-        }
-    } else if let Some(layers) = root.group("layers").map_err(h5)? {
-        let weights = read_keras3(&layers, path)?;
-        return finish(path, "Keras 3 .weights.h5".into(), weights);
-    } else {
-        let members = root.member_names().map_err(h5)?;
-        return Err(Error::file(
+    let version = keras_version.as_deref().unwrap_or("?");
+    if let Some(group) = root.group("model_weights").map_err(h5)? {
+        let names = read_split_attr(&group, "layer_names")
+            .map_err(|e| Error::file(path, format!("cannot read /model_weights layer_names: {e}")))?
+            .ok_or_else(|| Error::file(path, "/model_weights has no layer_names attribute"))?;
+        let layers = read_layer_names_layout(&group, &names, path)?;
+        return finish(
             path,
-            format!(
-                "not a Keras weights file: no `layer_names` attribute, no /model_weights and no \
-                 /layers group (top-level members: {})",
-                if members.is_empty() {
-                    "none".to_string()
-                } else {
-                    members.join(", ")
-                }
-            ),
-        ));
-    };
-    let weights = read_layer_names_layout(&base, path)?;
-    finish(path, format, weights)
+            format!("Keras full model .h5 (keras {version})"),
+            layers,
+        );
+    }
+    let names = read_split_attr(&root, "layer_names")
+        .map_err(|e| Error::file(path, format!("cannot read attribute layer_names: {e}")))?;
+    if let Some(names) = names {
+        let format = match keras_version {
+            Some(v) => format!("Keras save_weights .h5 (keras {v})"),
+            None => "Keras 1 download layout .h5".to_string(),
+        };
+        let layers = read_layer_names_layout(&root, &names, path)?;
+        return finish(path, format, layers);
+    }
+    if let Some(group) = root.group("layers").map_err(h5)? {
+        let layers = read_keras3(&group, path)?;
+        return finish(path, "Keras 3 .weights.h5".into(), layers);
+    }
+    let members = root.member_names().map_err(h5)?;
+    Err(Error::file(
+        path,
+        format!(
+            "not a Keras weights file: no `layer_names` attribute, no /model_weights and no \
+             /layers group (top-level members: {})",
+            if members.is_empty() {
+                "none".to_string()
+            } else {
+                members.join(", ")
+            }
+        ),
+    ))
 }
 
 fn finish(path: &Path, format: String, layers: Vec<LayerWeights>) -> Result<WeightSet> {
@@ -112,18 +118,15 @@ fn read_split_attr(group: &hdf5::Group, name: &str) -> hdf5::Result<Option<Vec<S
     Ok((chunk > 0).then_some(all))
 }
 
-/// Keras 1/2 and full-model files: `layer_names`, then each layer's `weight_names`.
-fn read_layer_names_layout(base: &hdf5::Group, path: &Path) -> Result<Vec<LayerWeights>> {
+/// Keras 1/2 and full-model files: the groups `names` lists (its `layer_names`), then each
+/// layer's `weight_names`.
+fn read_layer_names_layout(
+    base: &hdf5::Group,
+    names: &[String],
+    path: &Path,
+) -> Result<Vec<LayerWeights>> {
     let bad = |problem: String| Error::file(path, problem);
     let h5 = |e: hdf5::Error| Error::file(path, format!("malformed HDF5 file: {e}"));
-    let names = read_split_attr(base, "layer_names")
-        .map_err(|e| bad(format!("cannot read attribute layer_names: {e}")))?
-        .ok_or_else(|| {
-            bad(format!(
-                "group {} has no layer_names attribute",
-                base.path()
-            ))
-        })?;
     let mut layers = Vec::new();
     for (i, name) in names.iter().enumerate() {
         if names[..i].contains(name) {
