@@ -10,7 +10,7 @@
 //!   BMP, TIFF and WebP (lossy too: image-webp follows libwebp) give Pillow's pixels exactly.
 //!   JPEG cannot: libjpeg-turbo (Pillow) and zune-jpeg (`image`) round their IDCT and chroma
 //!   upsampling differently; see [`JPEG_TOLERANCE`].
-//! - Conversion to RGB follows Pillow's `convert("RGB")` per mode; see [`to_rgb`].
+//! - Conversion to RGB follows Pillow's `convert("RGB")` per mode; see `to_rgb`.
 //! - Resizing is Pillow's own arithmetic, in `super::resize`.
 //!
 //! Known differences, all rare: CMYK TIFF is off by at most 1 (`image` converts it to RGB
