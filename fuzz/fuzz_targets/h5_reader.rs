@@ -13,49 +13,15 @@
 
 use std::path::Path;
 
-use keel::io::hdf5::{File, Group, ObjectKind};
+use keel::io::hdf5::{File, touch_everything};
 use libfuzzer_sys::fuzz_target;
-
-fn walk(group: &Group, depth: usize, budget: &mut usize) {
-    for name in group.attr_names().unwrap_or_default() {
-        if let Ok(Some(attr)) = group.attr(&name) {
-            let _ = (attr.shape(), attr.dtype().to_string());
-            let _ = attr.read_strings();
-            let _ = attr.read_string();
-        }
-    }
-    for name in group.member_names().unwrap_or_default() {
-        if *budget == 0 || depth > 8 {
-            return;
-        }
-        *budget -= 1;
-        match group.member_kind(&name) {
-            Ok(Some(ObjectKind::Group)) => {
-                if let Ok(Some(sub)) = group.group(&name) {
-                    walk(&sub, depth + 1, budget);
-                }
-            }
-            Ok(Some(ObjectKind::Dataset)) => {
-                if let Ok(Some(d)) = group.dataset(&name) {
-                    let _ = (d.shape(), d.dtype().to_string(), d.data_offset());
-                    let _ = d.read_f32();
-                    let _ = d.read_raw();
-                }
-            }
-            _ => {
-                let _ = group.dataset(&name);
-            }
-        }
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(file) = File::from_bytes(data.to_vec()) else {
         return;
     };
     if let Ok(root) = file.root() {
-        let mut budget = 200;
-        walk(&root, 0, &mut budget);
+        touch_everything(&root, 200);
     }
     if let Ok(weights) = keel::io::keras::from_h5(&file, Path::new("fuzz.h5")) {
         let _ = weights.identify();

@@ -32,6 +32,7 @@ mod object_header;
 mod source;
 mod superblock;
 mod symbol_table;
+mod walk;
 
 #[cfg(test)]
 mod tests;
@@ -44,6 +45,7 @@ pub use datatype::{Dtype, StrPad};
 pub use error::{Error, Result};
 pub use group::{Group, ObjectKind};
 pub use source::ByteSource;
+pub use walk::touch_everything;
 
 /// An open HDF5 file. Groups and datasets opened from it share its byte source.
 pub struct File {

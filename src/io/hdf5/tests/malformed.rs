@@ -2,59 +2,15 @@
 //! The fuzz target (`fuzz/fuzz_targets/h5_reader.rs`) does the same walk on random inputs.
 
 use super::*;
+use crate::rng::Rng;
 
-/// Opens `bytes` and touches everything reachable, ignoring errors. Depth and object count
-/// are bounded because hard links may form cycles.
+/// Opens `bytes` and touches everything reachable, ignoring errors.
 fn walk_all(bytes: Vec<u8>) {
     let Ok(file) = File::from_bytes(bytes) else {
         return;
     };
-    let Ok(root) = file.root() else { return };
-    let mut budget = 500;
-    walk_group(&root, 0, &mut budget);
-}
-
-fn walk_group(group: &Group, depth: usize, budget: &mut usize) {
-    for name in group.attr_names().unwrap_or_default() {
-        if let Ok(Some(attr)) = group.attr(&name) {
-            let _ = attr.read_strings();
-        }
-    }
-    for name in group.member_names().unwrap_or_default() {
-        if *budget == 0 || depth > 8 {
-            return;
-        }
-        *budget -= 1;
-        match group.member_kind(&name) {
-            Ok(Some(ObjectKind::Group)) => {
-                if let Ok(Some(sub)) = group.group(&name) {
-                    walk_group(&sub, depth + 1, budget);
-                }
-            }
-            Ok(Some(ObjectKind::Dataset)) => {
-                if let Ok(Some(d)) = group.dataset(&name) {
-                    let _ = d.read_f32();
-                    let _ = d.read_raw();
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// xorshift64: a deterministic stream of mutations without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+    if let Ok(root) = file.root() {
+        touch_everything(&root, 500);
     }
 }
 
@@ -130,10 +86,10 @@ fn data_beyond_the_end_of_the_file() {
 fn truncated_copies_never_panic() {
     for path in fixture_files() {
         let bytes = std::fs::read(&path).unwrap();
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20 {
             let mut cut = bytes.clone();
-            let len = rng.below(bytes.len());
+            let len = rng.below(bytes.len() as u64) as usize;
             cut.truncate(len);
             if len >= 48 && cut[8] == 0 && cut[13] == 8 {
                 cut[40..48].copy_from_slice(&(len as u64).to_le_bytes());
@@ -148,16 +104,16 @@ fn truncated_copies_never_panic() {
 fn mutated_copies_never_panic() {
     for path in fixture_files() {
         let bytes = std::fs::read(&path).unwrap();
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ bytes.len() as u64);
+        let mut rng = Rng::new(0x2545_f491_4f6c_dd1d ^ bytes.len() as u64);
         for round in 0..40 {
             let mut bad = bytes.clone();
             for _ in 0..1 + rng.below(4) {
-                let at = rng.below(bad.len().min(8192));
+                let at = rng.below(bad.len().min(8192) as u64) as usize;
                 bad[at] = match rng.below(4) {
                     0 => 0,
                     1 => 0xff,
                     2 => bad[at] ^ (1 << rng.below(8)),
-                    _ => rng.next() as u8,
+                    _ => rng.next_u64() as u8,
                 };
             }
             let result = std::panic::catch_unwind(|| walk_all(bad));

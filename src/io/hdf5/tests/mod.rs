@@ -7,7 +7,7 @@ mod malformed;
 
 use std::path::PathBuf;
 
-use super::{Attribute, Dataset, Dtype, File, Group, ObjectKind, StrPad};
+use super::{Attribute, Dataset, Dtype, File, Group, ObjectKind, StrPad, touch_everything};
 
 /// `<crate>/../shared/<rel>`, or `None` (with the reason printed) when it is absent, so the
 /// tests still pass on a checkout without the shared data.
