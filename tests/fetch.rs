@@ -49,7 +49,7 @@ fn verified_download_lands_whole_and_bad_checksum_keeps_nothing() {
 
     let url = serve(payload(), 2);
     let dest = dir.join("cache/weights/file.h5");
-    download_verified(&format!("{url}/file.h5"), &dest, &md5, false).unwrap();
+    download_verified(&format!("{url}/file.h5"), &dest, &md5, false, "").unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), payload());
 
     let other = dir.join("cache/weights/other.h5");
@@ -58,6 +58,7 @@ fn verified_download_lands_whole_and_bad_checksum_keeps_nothing() {
         &other,
         "00000000000000000000000000000000",
         false,
+        "",
     )
     .unwrap_err();
     assert!(err.to_string().contains("md5"), "{err}");

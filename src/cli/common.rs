@@ -71,16 +71,7 @@ pub fn load_weights(
         Some(p) => p.to_path_buf(),
         None => {
             let file = fetch::official(model.unwrap_or(Arch::Vgg16), top);
-            match fetch::cached(&file)? {
-                Some(p) => p,
-                None => {
-                    eprintln!(
-                        "no --weights given: fetching the official Keras {} file",
-                        file.file_name
-                    );
-                    fetch::fetch(&file, true)?
-                }
-            }
+            fetch::fetch(&file, true)?
         }
     };
     let set = crate::io::load_weights(&path)?;

@@ -7,7 +7,7 @@ use clap::Parser;
 
 use super::common::{ModelArgs, collect_images, load_weights, parse_hw};
 use crate::cpu::CpuReference;
-use crate::nn::{Pooling, Vgg, VggConfig};
+use crate::nn::{Pooling, TOP_LAYERS, Vgg, VggConfig};
 use crate::tensor::{Backend, GlobalPool, Tensor};
 
 #[derive(Parser, Debug)]
@@ -35,13 +35,11 @@ pub struct Args {
     output: PathBuf,
 }
 
-const TOP_LAYERS: [&str; 4] = ["flatten", "fc1", "fc2", "predictions"];
-
 pub fn run(a: Args) -> anyhow::Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let needs_top = TOP_LAYERS.contains(&a.layer.as_str());
+    let needs_top = a.layer == "flatten" || TOP_LAYERS.contains(&a.layer.as_str());
     let (set, id) = load_weights(a.model.weights.as_deref(), a.model.model, needs_top)?;
     let (set, config) = if needs_top {
         if !id.include_top {

@@ -124,29 +124,43 @@ pub fn fetch(file: &KerasWeightsFile, progress: bool) -> Result<PathBuf> {
         return Ok(path);
     }
     let dest = file.cached_path();
-    download_verified(&file.url(), &dest, file.md5, progress).map_err(|e| match e {
-        Error::Network(msg) if !msg.contains("md5") => Error::Network(format!(
-            "{msg}\nkeel needs network access to fetch the {} weights. Without it, copy the file \
-             {} (md5 {}) from another machine and pass it with --weights FILE, or place it at {}",
-            file.arch,
-            file.file_name,
-            file.md5,
-            dest.display()
-        )),
-        other => other,
-    })?;
+    let offline_hint = format!(
+        "keel needs network access to fetch the {} weights. Without it, copy the file {} \
+         (md5 {}) from another machine and pass it with --weights FILE, or place it at {}",
+        file.arch,
+        file.file_name,
+        file.md5,
+        dest.display()
+    );
+    if progress {
+        eprintln!("downloading {} into keel's cache", file.file_name);
+    }
+    download_verified(&file.url(), &dest, file.md5, progress, &offline_hint)?;
     Ok(dest)
 }
 
 /// Download `url` to `dest`, keeping it only if its md5 is `md5` (lowercase hex). The file
-/// appears at `dest` complete and verified, or not at all.
-pub fn download_verified(url: &str, dest: &Path, md5: &str, progress: bool) -> Result<()> {
+/// appears at `dest` complete and verified, or not at all. `offline_hint` is added to the
+/// message when the download itself fails (not when the checksum does).
+pub fn download_verified(
+    url: &str,
+    dest: &Path,
+    md5: &str,
+    progress: bool,
+    offline_hint: &str,
+) -> Result<()> {
     let dir = dest
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let failed = |why: String| Error::Network(format!("cannot download {url}: {why}"));
+    let failed = |why: String| {
+        Error::Network(
+            format!("cannot download {url}: {why}\n{offline_hint}")
+                .trim_end()
+                .to_string(),
+        )
+    };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(20)))
         .timeout_recv_body(Some(Duration::from_secs(60)))

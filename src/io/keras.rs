@@ -19,7 +19,7 @@ use std::path::Path;
 
 use super::hdf5;
 use crate::error::{Error, Result};
-use crate::nn::{Arch, LayerWeights, NamedTensor, WeightSet};
+use crate::nn::{Arch, LayerWeights, NamedTensor, VggConfig, WeightSet};
 use crate::tensor::{Shape, Tensor};
 
 /// Read the weights of a Keras `.h5` file.
@@ -207,15 +207,14 @@ fn read_keras3(layers_group: &hdf5::Group, path: &Path) -> Result<Vec<LayerWeigh
                     convs.len()
                 ))
             })?;
-        let mut conv_names = Vec::new();
-        for (b, &n) in arch.convs_per_block().iter().enumerate() {
-            conv_names.extend((1..=n).map(|i| format!("block{}_conv{i}", b + 1)));
-        }
+        // Model order: the convolutions, then fc1, fc2, predictions.
+        let names = VggConfig::new(arch).weighted_layer_names();
+        let (conv_names, dense_names) = names.split_at(convs.len());
         for (&i, name) in convs.iter().zip(conv_names) {
-            entries[i].3.get_or_insert(name);
+            entries[i].3.get_or_insert(name.clone());
         }
-        for (&i, name) in denses.iter().zip(["fc1", "fc2", "predictions"]) {
-            entries[i].3.get_or_insert(name.to_string());
+        for (&i, name) in denses.iter().zip(dense_names) {
+            entries[i].3.get_or_insert(name.clone());
         }
     }
     let mut layers = Vec::new();

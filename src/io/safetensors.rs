@@ -12,7 +12,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
-use crate::nn::{Identity, LayerWeights, NamedTensor, WeightSet};
+use crate::nn::{Arch, Identity, LayerWeights, NamedTensor, VggConfig, WeightSet};
 use crate::tensor::{DType, Tensor};
 
 /// Metadata keys keel writes.
@@ -143,8 +143,16 @@ pub fn read_weights(path: &Path) -> Result<WeightSet> {
             .map(str::to_string)
             .collect(),
         None => {
+            // No layer list: network order from VGG19's table, which holds every VGG16 name
+            // too; anything else goes last and is refused by identification.
+            let table = VggConfig::new(Arch::Vgg19).weighted_layer_names();
             let mut names: Vec<String> = by_layer.keys().cloned().collect();
-            names.sort_by_key(|n| canonical_rank(n));
+            names.sort_by_key(|n| {
+                (
+                    table.iter().position(|t| t == n).unwrap_or(usize::MAX),
+                    n.clone(),
+                )
+            });
             names
         }
     };
@@ -175,17 +183,35 @@ pub fn read_weights(path: &Path) -> Result<WeightSet> {
     Ok(set)
 }
 
-/// Sort key putting VGG layers in network order when a file carries no layer list.
-fn canonical_rank(name: &str) -> (usize, usize, String) {
-    let conv = name
-        .strip_prefix("block")
-        .and_then(|r| r.split_once("_conv"))
-        .and_then(|(b, i)| Some((b.parse().ok()?, i.parse().ok()?)));
-    match (conv, name) {
-        (Some((b, i)), _) => (b, i, String::new()),
-        (None, "fc1") => (6, 0, String::new()),
-        (None, "fc2") => (6, 1, String::new()),
-        (None, "predictions") => (6, 2, String::new()),
-        _ => (7, 0, name.to_string()),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file written elsewhere, without keel's layer list, still loads in network
+    /// order (safetensors itself stores tensors sorted by name: block1_conv1, block1_conv2,
+    /// block2_conv1, ..., which breaks for fc1/fc2/predictions and VGG19's conv4).
+    #[test]
+    fn foreign_file_without_layer_list_loads_in_network_order() {
+        let h5 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/h5/micro_vgg16_top.h5");
+        let original = crate::io::keras::read_weights(&h5).unwrap();
+        let mut views = Vec::new();
+        for l in original.layers.iter().rev() {
+            for (t, w) in l.tensors.iter().zip(WEIGHT_NAMES) {
+                let bytes: &[u8] = bytemuck::cast_slice(t.tensor.data());
+                views.push((
+                    format!("{}.{w}", l.layer),
+                    TensorView::new(StDtype::F32, t.tensor.dims().to_vec(), bytes).unwrap(),
+                ));
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("keel-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("foreign.safetensors");
+        safetensors::tensor::serialize_to_file(views, None, &path).unwrap();
+        let back = read_weights(&path).unwrap();
+        let names = |w: &WeightSet| w.layers.iter().map(|l| l.layer.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&back), names(&original));
+        assert_eq!(back.identify().unwrap(), original.identify().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

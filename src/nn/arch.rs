@@ -170,6 +170,15 @@ impl VggConfig {
         Ok(())
     }
 
+    /// Names of the layers that have weights, in model order (the order Keras saves them).
+    pub fn weighted_layer_names(&self) -> Vec<String> {
+        self.layers()
+            .into_iter()
+            .filter(|l| !l.weight_shapes().is_empty())
+            .map(|l| l.name)
+            .collect()
+    }
+
     /// The layers in order, with Keras's names and each layer's per-image output shape.
     pub fn layers(&self) -> Vec<LayerSpec> {
         let [mut h, mut w] = self.input;

@@ -16,4 +16,4 @@ pub use arch::{
 pub use preprocess::{CAFFE_BGR_MEAN, preprocess_caffe, preprocess_rgb8};
 pub use summary::summary_table;
 pub use vgg::Vgg;
-pub use weights::{Identity, LayerWeights, NamedTensor, WeightSet};
+pub use weights::{Identity, LayerWeights, NamedTensor, TOP_LAYERS, WeightSet};

@@ -77,8 +77,8 @@ impl Identity {
     }
 }
 
-/// The layers a VGG top adds.
-pub(crate) const TOP_LAYERS: [&str; 3] = ["fc1", "fc2", "predictions"];
+/// The weighted layers a VGG top adds (after `flatten`).
+pub const TOP_LAYERS: [&str; 3] = ["fc1", "fc2", "predictions"];
 
 /// `block3_conv2` -> `(3, 2)`.
 fn parse_conv_name(name: &str) -> Option<(usize, usize)> {
