@@ -3,7 +3,8 @@
 //! It loads Keras's VGG16/VGG19 weights (`.h5`) natively, runs the network with its own kernels
 //! and reproduces Keras's numbers. The layout follows the architecture:
 //! [`tensor`] (shapes, storage, the op surface), [`cpu`] (kernels), [`nn`] (layers and VGG),
-//! [`io`] (HDF5/Keras, safetensors, images, .npy), [`cli`] (the `keel` command).
+//! [`io`] (HDF5/Keras, safetensors, images, .npy, datasets), [`transfer`] (frozen base, head
+//! training, model folders), [`cli`] (the `keel` command).
 
 pub mod cli;
 pub mod cpu;
@@ -14,5 +15,6 @@ pub mod io;
 pub mod nn;
 pub mod rng;
 pub mod tensor;
+pub mod transfer;
 
 pub use error::{Error, Result};

@@ -4,9 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use crate::io::dataset::{IMAGE_EXTENSIONS, Skipped, is_image_path};
+use crate::io::feature_cache::FeatureCache;
 use crate::io::fetch;
 use crate::io::image::Interpolation;
 use crate::nn::{Arch, Identity, WeightSet};
+use crate::transfer::{FrozenBase, TrainedModel};
 
 /// Size the rayon pool from `--threads`, else `KEEL_THREADS`, else all cores.
 pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
@@ -89,11 +92,6 @@ pub fn load_weights(
     Ok((set, id))
 }
 
-/// Image extensions keel picks up when given a directory.
-const IMAGE_EXTENSIONS: [&str; 9] = [
-    "jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "jfif",
-];
-
 /// The images named by `inputs`: files as given, directories walked recursively in sorted path
 /// order, skipping hidden entries and files without an image extension.
 pub fn collect_images(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -136,17 +134,69 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         }
         if path.is_dir() {
             walk(&path, out)?;
-        } else {
-            let ext = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .map(str::to_ascii_lowercase);
-            if ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) {
-                out.push(path);
-            }
+        } else if is_image_path(&path) {
+            out.push(path);
         }
     }
     Ok(())
+}
+
+/// The frozen base a model folder was trained on, from `--weights`, else the file recorded at
+/// training (if it still exists), else the official Keras file; refused if its checksum,
+/// layer, input size or preprocessing differ from the model's.
+pub fn base_for_model(
+    model: &TrainedModel,
+    model_dir: &Path,
+    weights: Option<&Path>,
+) -> anyhow::Result<FrozenBase> {
+    let info = &model.card.base;
+    let recorded = Some(info.weights_file.as_path()).filter(|p| p.is_file());
+    let arch: Arch = info.model.parse().map_err(anyhow::Error::msg)?;
+    let (set, _) = load_weights(weights.or(recorded), Some(arch), false)?;
+    let interpolation = info.interpolation.parse()?;
+    let base = FrozenBase::new(set, &info.layer, info.input, interpolation)?;
+    model.check_base(&base, model_dir)?;
+    Ok(base)
+}
+
+/// Where features are cached.
+#[derive(clap::Args, Debug)]
+pub struct CacheArgs {
+    /// Feature cache folder [default: $KEEL_HOME/features, ~/.cache/keel/features].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Run the base on every image without reading or writing the cache.
+    #[arg(long, conflicts_with = "cache")]
+    pub no_cache: bool,
+}
+
+impl CacheArgs {
+    pub fn cache(&self) -> Option<FeatureCache> {
+        if self.no_cache {
+            None
+        } else {
+            Some(FeatureCache::new(
+                self.cache.clone().unwrap_or_else(FeatureCache::default_dir),
+            ))
+        }
+    }
+}
+
+/// List skipped files on stderr: all of them up to 20, then a count.
+pub fn print_skipped(what: &str, skipped: &[Skipped]) {
+    if skipped.is_empty() {
+        return;
+    }
+    eprintln!("{what}: {} file(s)", skipped.len());
+    for s in skipped.iter().take(20) {
+        eprintln!("  {}: {}", s.path.display(), s.reason);
+    }
+    if skipped.len() > 20 {
+        eprintln!(
+            "  ... and {} more (all are listed in report.json)",
+            skipped.len() - 20
+        );
+    }
 }
 
 #[cfg(test)]

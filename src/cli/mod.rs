@@ -3,15 +3,18 @@
 mod classify;
 mod common;
 mod convert;
+mod evaluate;
 mod features;
 mod fetch;
+mod predict;
 mod summary;
+mod train;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// keel: Keras-exact VGG16/VGG19 from Keras .h5 weights, with its own kernels.
+/// keel: transfer learning on Keras-exact VGG16/VGG19, with its own kernels.
 #[derive(Parser, Debug)]
 #[command(name = "keel", version, about, long_about = None)]
 pub struct Cli {
@@ -25,6 +28,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train a classifier head on a folder of labeled photos over the frozen VGG base.
+    Train(train::Args),
+    /// Evaluate a trained model folder on labeled photos: accuracy, per-class P/R/F1,
+    /// confusion matrix.
+    Evaluate(evaluate::Args),
+    /// Predict classes of photos with a trained model folder (csv or json).
+    Predict(predict::Args),
     /// Print the model's layers like Keras's model.summary(), with FLOPs and activation memory.
     Summary(summary::Args),
     /// Classify photos with the ImageNet top: top-k classes with probabilities.
@@ -52,6 +62,9 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     common::init_threads(cli.threads)?;
     match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Evaluate(a) => evaluate::run(a),
+        Command::Predict(a) => predict::run(a),
         Command::Summary(a) => summary::run(a),
         Command::Classify(a) => classify::run(a),
         Command::Features(a) => features::run(a),

@@ -65,6 +65,68 @@ pub fn create_atomic(path: &Path, create: impl FnOnce(&Path) -> Result<()>) -> R
     result
 }
 
+/// Whether `dir` may be created (or replaced, with `overwrite`): returns whether it exists
+/// and whether it is empty. Commands call it before long work, to fail at once.
+pub fn check_dir_target(dir: &Path, overwrite: bool) -> Result<(bool, bool)> {
+    let exists = dir.exists();
+    if exists && !dir.is_dir() {
+        return Err(Error::file(dir, "exists and is not a folder"));
+    }
+    let empty = exists
+        && std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .next()
+            .is_none();
+    if exists && !empty && !overwrite {
+        return Err(Error::file(
+            dir,
+            "already exists and is not empty; choose another output folder or pass --overwrite",
+        ));
+    }
+    Ok((exists, empty))
+}
+
+/// Create the folder `dir` by letting `fill` write a temporary sibling folder, then renaming
+/// it into place, so readers see the whole folder or none. With `overwrite`, an existing `dir`
+/// is replaced (moved aside, then removed once the new one is in place); without it, an
+/// existing non-empty `dir` is an error. On error nothing is left behind.
+pub fn create_dir_atomic(
+    dir: &Path,
+    overwrite: bool,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let (exists, empty) = check_dir_target(dir, overwrite)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let tmp = temp_path_for(dir);
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = fill(&tmp).and_then(|()| {
+        if exists && !empty {
+            let old = dir.with_file_name(format!(
+                ".{}.keel-old-{}",
+                dir.file_name().unwrap_or_default().to_string_lossy(),
+                std::process::id()
+            ));
+            std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+            if let Err(e) = std::fs::rename(&tmp, dir) {
+                let _ = std::fs::rename(&old, dir);
+                return Err(Error::io(dir, e));
+            }
+            let _ = std::fs::remove_dir_all(&old);
+            Ok(())
+        } else {
+            // rename(2) replaces an empty folder.
+            std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+        }
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +152,40 @@ mod tests {
         assert_eq!(std::fs::read(&target).unwrap(), b"whole");
         assert!(write_atomic(&dir, |w| w.write_all(b"x")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn folders_appear_whole_or_not_at_all() {
+        let root = std::env::temp_dir().join(format!("keel-atomic-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let out = root.join("model");
+        let failed = create_dir_atomic(&out, false, |tmp| {
+            std::fs::write(tmp.join("a"), b"1").unwrap();
+            Err(Error::Invalid("plot failed".into()))
+        });
+        assert!(failed.is_err());
+        assert!(!out.exists());
+        assert_eq!(
+            std::fs::read_dir(&root).unwrap().count(),
+            0,
+            "temp folder left"
+        );
+        create_dir_atomic(&out, false, |tmp| {
+            std::fs::write(tmp.join("a"), b"1").map_err(|e| Error::io(tmp, e))
+        })
+        .unwrap();
+        let again = create_dir_atomic(&out, false, |_| Ok(()));
+        assert!(again.unwrap_err().to_string().contains("--overwrite"));
+        create_dir_atomic(&out, true, |tmp| {
+            std::fs::write(tmp.join("b"), b"2").map_err(|e| Error::io(tmp, e))
+        })
+        .unwrap();
+        assert!(!out.join("a").exists() && out.join("b").exists());
+        assert_eq!(
+            std::fs::read_dir(&root).unwrap().count(),
+            1,
+            "old folder left"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

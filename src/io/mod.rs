@@ -3,12 +3,15 @@
 
 pub mod atomic;
 pub mod batch;
+pub mod dataset;
+pub mod feature_cache;
 pub mod fetch;
 pub mod hdf5;
 pub mod image;
 pub mod keras;
 pub mod labels;
 pub mod npy;
+pub mod plots;
 mod resize;
 pub mod safetensors;
 

@@ -4,7 +4,12 @@
 //! particular backend.
 
 mod arch;
+pub mod fit;
+pub mod head;
+pub mod metrics;
+pub mod optim;
 mod preprocess;
+pub mod schedule;
 mod summary;
 mod vgg;
 mod weights;

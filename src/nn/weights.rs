@@ -268,6 +268,33 @@ impl WeightSet {
     }
 
     /// Total number of scalars.
+    /// A checksum of the weights' values: SHA-256 over each layer's name and each tensor's
+    /// shape and little-endian f32 values, in layer order. It names the weights, not the file:
+    /// the Keras .h5 and its f32 safetensors conversion agree, so a model trained on one is
+    /// usable with the other, while any changed value is caught.
+    pub fn checksum(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut buf = Vec::with_capacity(1 << 16);
+        for layer in &self.layers {
+            h.update((layer.layer.len() as u64).to_le_bytes());
+            h.update(layer.layer.as_bytes());
+            for t in &layer.tensors {
+                h.update((t.tensor.shape().rank() as u64).to_le_bytes());
+                for &d in t.tensor.dims() {
+                    h.update((d as u64).to_le_bytes());
+                }
+                for chunk in t.tensor.data().chunks(1 << 14) {
+                    buf.clear();
+                    buf.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+                    h.update(&buf);
+                }
+            }
+        }
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+
     pub fn num_params(&self) -> usize {
         self.layers
             .iter()

@@ -1,0 +1,130 @@
+//! `keel predict`: class probabilities for new photos from a model folder.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::Parser;
+
+use super::common::{CacheArgs, base_for_model, collect_images, print_skipped};
+use crate::transfer::{ExtractOptions, TrainedModel, predict_paths};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Csv,
+    Json,
+}
+
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// A model folder written by `keel train`.
+    model_dir: PathBuf,
+    /// Image files or folders (walked recursively, in sorted path order).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Classes per image, most probable first.
+    #[arg(long, default_value_t = 1)]
+    top: usize,
+    /// csv (path,class,probability; one row per image and class) or json.
+    #[arg(long, value_enum, default_value = "csv")]
+    format: Format,
+    /// Write here instead of standard output.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Base weights [default: the file the model was trained with, else the official Keras
+    /// file from the cache]; refused unless they are the weights the model was trained on.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Leave unreadable images out (each is reported) instead of stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let model = TrainedModel::load(&a.model_dir)?;
+    let classes = &model.card.classes;
+    if a.top == 0 || a.top > classes.len() {
+        bail!(
+            "--top must be between 1 and the model's {} classes, got {}",
+            classes.len(),
+            a.top
+        );
+    }
+    let paths = collect_images(&a.images)?;
+    let base = base_for_model(&model, &a.model_dir, a.weights.as_deref())?;
+    let cache = a.cache.cache();
+    let opts = ExtractOptions {
+        cache: cache.as_ref(),
+        skip_bad: a.skip_bad,
+        progress: Some("features"),
+        ..ExtractOptions::default()
+    };
+    let (rows, skipped) = predict_paths(&model, &base, &paths, &opts)?;
+    print_skipped("unreadable images left out (--skip-bad)", &skipped);
+    let ranked = |p: &[f32]| {
+        let mut order: Vec<usize> = (0..p.len()).collect();
+        order.sort_by(|&i, &j| p[j].total_cmp(&p[i]).then(i.cmp(&j)));
+        order.truncate(a.top);
+        order
+    };
+    let text = match a.format {
+        Format::Csv => {
+            let mut s = String::from("path,class,probability\n");
+            for (path, p) in &rows {
+                for c in ranked(p) {
+                    s += &format!(
+                        "{},{},{:.6}\n",
+                        csv_field(&path.display().to_string()),
+                        csv_field(&classes[c]),
+                        p[c]
+                    );
+                }
+            }
+            s
+        }
+        Format::Json => {
+            let items: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(path, p)| {
+                    let preds: Vec<serde_json::Value> = ranked(p)
+                        .into_iter()
+                        .map(|c| serde_json::json!({"class": classes[c], "probability": p[c]}))
+                        .collect();
+                    serde_json::json!({"path": path.display().to_string(), "predictions": preds})
+                })
+                .collect();
+            serde_json::to_string_pretty(&items)? + "\n"
+        }
+    };
+    match &a.output {
+        Some(out) => {
+            crate::io::atomic::write_atomic(out, |w| w.write_all(text.as_bytes()))?;
+            eprintln!("wrote {} predictions to {}", rows.len(), out.display());
+        }
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_quoting() {
+        assert_eq!(csv_field("a/b.jpg"), "a/b.jpg");
+        assert_eq!(csv_field("a,b.jpg"), "\"a,b.jpg\"");
+        assert_eq!(csv_field("say \"hi\".jpg"), "\"say \"\"hi\"\".jpg\"");
+    }
+}

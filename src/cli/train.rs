@@ -1,0 +1,246 @@
+//! `keel train`: photos in class folders to a trained model folder.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+use super::common::{CacheArgs, ModelArgs, load_weights, parse_hw, print_skipped};
+use crate::io::dataset::{Split, scan_training_folder};
+use crate::nn::fit::{EarlyStopping, FitConfig};
+use crate::nn::head::DEFAULT_HEAD;
+use crate::nn::optim::OptimizerKind;
+use crate::nn::schedule::Schedule;
+use crate::transfer::{Augment, FrozenBase, TrainOptions, train};
+
+#[derive(Parser, Debug)]
+pub struct Args {
+    /// Photos: DIR/<class>/... (split by --validation-split), or DIR/{train,val}/<class>/...
+    /// (the split is kept). Classes are the sorted subfolder names.
+    data: PathBuf,
+    /// The model folder to write (head.safetensors, model.json, report.json, curves.png,
+    /// confusion.png).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Replace the output folder if it exists.
+    #[arg(long)]
+    overwrite: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The base layer the head reads.
+    #[arg(long, default_value = "block5_pool")]
+    layer: String,
+    /// Input size HxW every photo is resized to.
+    #[arg(long, value_parser = parse_hw, default_value = "224x224")]
+    input: [usize; 2],
+    /// Head layers before the classifier (gap, gmp, flatten, dense<N>, relu, dropout<rate>);
+    /// dense<classes> and softmax are added.
+    #[arg(long, default_value = DEFAULT_HEAD)]
+    head: String,
+    /// Fraction of each class held out for validation, for DIR/<class>/ folders
+    /// [default: 0.2; 0 trains on everything].
+    #[arg(long)]
+    validation_split: Option<f64>,
+    /// Seed for the split, the initial weights, shuffling and dropout.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// sgd, adam or adamw (Keras's update rules and defaults).
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Nesterov momentum for SGD.
+    #[arg(long)]
+    nesterov: bool,
+    /// AdamW's decoupled weight decay.
+    #[arg(long, default_value_t = 0.004)]
+    weight_decay: f64,
+    /// L2 penalty on kernels, l2 * sum(w^2) added to the loss (Keras's l2 regularizer).
+    #[arg(long, default_value_t = 0.0)]
+    l2: f64,
+    /// Learning-rate schedule per epoch: constant, step or cosine.
+    #[arg(long, default_value = "constant")]
+    schedule: String,
+    /// step: multiply the rate by --gamma every this many epochs.
+    #[arg(long, default_value_t = 10)]
+    step_every: usize,
+    #[arg(long, default_value_t = 0.1)]
+    gamma: f64,
+    /// cosine: the rate at the last epoch.
+    #[arg(long, default_value_t = 0.0)]
+    min_lr: f64,
+    /// Stop after this many epochs without a better validation loss (0: never stop early).
+    /// The weights of the best epoch are kept either way.
+    #[arg(long, default_value_t = 10)]
+    patience: usize,
+    /// The smallest drop in validation loss that counts as better.
+    #[arg(long, default_value_t = 0.0)]
+    min_delta: f64,
+    /// Augment training images: flip (mirror; both versions computed once and cached), crop
+    /// (random 8/7 crops; runs the base over every image every epoch, slow), or flip,crop.
+    #[arg(long, default_value = "none")]
+    augment: Augment,
+    /// Leave unreadable images out (each is reported) instead of stopping at the first.
+    #[arg(long)]
+    skip_bad: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
+    /// Images per forward pass of the base.
+    #[arg(long, default_value_t = 4)]
+    base_batch: usize,
+    /// Print only errors and the final summary.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn fit_config(a: &Args) -> anyhow::Result<FitConfig> {
+    let optimizer = match OptimizerKind::from_name(&a.optimizer).map_err(anyhow::Error::msg)? {
+        OptimizerKind::Sgd { .. } => OptimizerKind::Sgd {
+            momentum: a.momentum,
+            nesterov: a.nesterov,
+        },
+        OptimizerKind::AdamW {
+            beta1,
+            beta2,
+            epsilon,
+            ..
+        } => OptimizerKind::AdamW {
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay: a.weight_decay,
+        },
+        adam => adam,
+    };
+    let schedule = match a.schedule.to_ascii_lowercase().as_str() {
+        "constant" => Schedule::Constant,
+        "step" => Schedule::Step {
+            every: a.step_every,
+            gamma: a.gamma,
+        },
+        "cosine" => Schedule::Cosine { min_lr: a.min_lr },
+        s => bail!("unknown schedule '{s}': expected constant, step or cosine"),
+    };
+    if a.base_batch == 0 {
+        bail!("--base-batch must be at least 1");
+    }
+    for (name, v) in [
+        ("--l2", a.l2),
+        ("--weight-decay", a.weight_decay),
+        ("--min-lr", a.min_lr),
+    ] {
+        if !(v >= 0.0 && v.is_finite()) {
+            bail!("{name} must be a finite number >= 0, got {v}");
+        }
+    }
+    if !(0.0..1.0).contains(&a.momentum) {
+        bail!("--momentum must be in [0, 1), got {}", a.momentum);
+    }
+    Ok(FitConfig {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        optimizer,
+        lr: a.lr,
+        schedule,
+        l2: a.l2,
+        seed: a.seed,
+        early_stopping: (a.patience > 0).then_some(EarlyStopping {
+            patience: a.patience,
+            min_delta: a.min_delta,
+        }),
+    })
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let fit = fit_config(&a)?;
+    if fit.epochs == 0 || fit.batch_size == 0 {
+        bail!("--epochs and --batch-size must be at least 1");
+    }
+    if !(fit.lr > 0.0 && fit.lr.is_finite()) {
+        bail!("--lr must be a positive number, got {}", fit.lr);
+    }
+    crate::io::atomic::check_dir_target(&a.output, a.overwrite)?;
+    let dataset = scan_training_folder(&a.data, a.validation_split, a.seed)?;
+    let split = match dataset.split {
+        Split::Kept => "split kept".to_string(),
+        Split::Random { fraction, seed } => format!("{fraction} held out, seed {seed}"),
+        Split::None => "no validation".to_string(),
+    };
+    eprintln!(
+        "{}: {} classes ({}); {} train, {} validation images ({split})",
+        a.data.display(),
+        dataset.classes.len(),
+        dataset.classes.join(", "),
+        dataset.train.len(),
+        dataset.val.len()
+    );
+    print_skipped("skipped while scanning", &dataset.skipped);
+    let (set, _) = load_weights(a.model.weights.as_deref(), a.model.model, false)?;
+    let base = FrozenBase::new(set, &a.layer, a.input, a.model.interpolation)?;
+    let opts = TrainOptions {
+        head: a.head.clone(),
+        fit,
+        augment: a.augment,
+        cache: a.cache.cache(),
+        skip_bad: a.skip_bad,
+        batch: a.base_batch,
+        progress: !a.quiet,
+    };
+    let quiet = a.quiet;
+    let outcome = train(&dataset, &base, &opts, &mut |m| {
+        if quiet {
+            return;
+        }
+        let val = match (m.val_loss, m.val_accuracy) {
+            (Some(l), Some(acc)) => format!("  val_loss {l:.4}  val_acc {acc:.4}"),
+            _ => String::new(),
+        };
+        eprintln!(
+            "epoch {:>3}/{}  loss {:.4}  acc {:.4}{val}  lr {:.2e}  {:.2} s",
+            m.epoch, opts.fit.epochs, m.train_loss, m.train_accuracy, m.lr, m.seconds
+        );
+    })?;
+    let r = &outcome.report;
+    let unreadable: Vec<_> = r
+        .skipped
+        .iter()
+        .skip(dataset.skipped.len())
+        .map(|s| crate::io::dataset::Skipped {
+            path: s.path.clone(),
+            reason: s.reason.clone(),
+        })
+        .collect();
+    print_skipped("unreadable images left out (--skip-bad)", &unreadable);
+    outcome
+        .save(&a.output, a.overwrite)
+        .with_context(|| format!("{}: cannot write the model folder", a.output.display()))?;
+    let t = &r.timings;
+    eprintln!(
+        "features: {:.1} s ({} computed, {} from cache); training: {:.2} s, {} epochs{}",
+        t.features_seconds,
+        t.images_computed,
+        t.images_cached,
+        t.training_seconds,
+        outcome.fit.history.len(),
+        match outcome.fit.best_epoch {
+            Some(b) => format!(", best epoch {b} kept"),
+            None => String::new(),
+        }
+    );
+    let (which, eval) = match &r.validation {
+        Some(v) => ("validation", v),
+        None => ("training", &r.train),
+    };
+    println!("{which} ({} images, loss {:.4}):", eval.images, eval.loss);
+    print!("{}", eval.metrics.to_text());
+    println!("wrote {}", a.output.display());
+    Ok(())
+}
