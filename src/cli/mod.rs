@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train a classifier head on a folder of labeled photos over the frozen VGG base.
-    Train(train::Args),
+    Train(Box<train::Args>),
     /// Evaluate a trained model folder on labeled photos: accuracy, per-class P/R/F1,
     /// confusion matrix.
     Evaluate(evaluate::Args),
@@ -62,7 +62,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     common::init_threads(cli.threads)?;
     match cli.command {
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Summary(a) => summary::run(a),

@@ -81,7 +81,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let text = match a.format {
         Format::Csv => {
             let mut s = String::from("path,class,probability\n");
-            for (path, p) in &rows {
+            for r in &rows {
+                let (path, p) = (&r.path, &r.probabilities);
                 for c in ranked(p) {
                     s += &format!(
                         "{},{},{:.6}\n",
@@ -96,7 +97,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Format::Json => {
             let items: Vec<serde_json::Value> = rows
                 .iter()
-                .map(|(path, p)| {
+                .map(|r| {
+                    let (path, p) = (&r.path, &r.probabilities);
                     let preds: Vec<serde_json::Value> = ranked(p)
                         .into_iter()
                         .map(|c| serde_json::json!({"class": classes[c], "probability": p[c]}))

@@ -23,6 +23,6 @@ pub use augment::{Augment, CropSource, FlipSource};
 pub use base::{BaseInfo, ExtractOptions, Extraction, FrozenBase, flip_horizontal};
 pub use model::{HeadInfo, MODEL_FORMAT, MODEL_VERSION, ModelCard, TrainedModel, TrainingInfo};
 pub use train::{
-    Evaluation, Report, SkippedFile, Timings, TrainOptions, TrainOutcome, evaluate_folder,
-    extract_features, predict_paths, train,
+    Evaluation, Prediction, Report, SkippedFile, Timings, TrainOptions, TrainOutcome,
+    evaluate_folder, extract_features, predict_paths, train,
 };

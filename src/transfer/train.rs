@@ -384,13 +384,21 @@ pub fn evaluate_folder(
     ))
 }
 
-/// Class probabilities for each readable image: `(path, probabilities)` in input order.
+/// One photo's class probabilities, in the model's class order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    pub path: PathBuf,
+    pub probabilities: Vec<f32>,
+}
+
+/// Class probabilities for each readable image, in input order, and the unreadable ones
+/// (with `skip_bad`).
 pub fn predict_paths(
     model: &TrainedModel,
     base: &FrozenBase,
     paths: &[PathBuf],
     opts: &ExtractOptions,
-) -> Result<(Vec<(PathBuf, Vec<f32>)>, Vec<Skipped>)> {
+) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
     let ex = base.extract(paths, opts)?;
     let probs = model.predict_proba(&ex.data)?;
     let k = model.card.classes.len();
@@ -398,7 +406,10 @@ pub fn predict_paths(
         .kept
         .iter()
         .zip(probs.chunks(k))
-        .map(|(&i, p)| (paths[i].clone(), p.to_vec()))
+        .map(|(&i, p)| Prediction {
+            path: paths[i].clone(),
+            probabilities: p.to_vec(),
+        })
         .collect();
     Ok((rows, ex.skipped))
 }

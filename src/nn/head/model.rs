@@ -186,7 +186,7 @@ impl<T: Real> Head<T> {
     /// backward pass needs.
     pub fn forward(&self, x: &[T], mut mode: Mode) -> Result<(Vec<T>, Tape<T>)> {
         let n = self.input_len();
-        if n == 0 || x.len() % n != 0 {
+        if n == 0 || !x.len().is_multiple_of(n) {
             return Err(Error::Shape(format!(
                 "head input has {} values, not a multiple of the feature size {n} ({:?})",
                 x.len(),

@@ -154,9 +154,9 @@ pub fn global_max_pool_forward<T: Real>(x: &[T], hw: usize, c: usize) -> (Vec<T>
             let mut best = ch;
             for p in 1..hw {
                 let i = p * c + ch;
-                if row[i] > row[best] || row[i] != row[i] {
+                if row[i] > row[best] || row[i].is_nan() {
                     best = i;
-                    if row[i] != row[i] {
+                    if row[i].is_nan() {
                         break; // NaN wins, so it propagates
                     }
                 }

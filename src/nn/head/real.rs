@@ -32,6 +32,7 @@ pub trait Real:
     fn ln(self) -> Self;
     fn sqrt(self) -> Self;
     fn is_finite(self) -> bool;
+    fn is_nan(self) -> bool;
 }
 
 macro_rules! impl_real {
@@ -56,6 +57,9 @@ macro_rules! impl_real {
             }
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
+            }
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
             }
         }
     };
