@@ -456,6 +456,17 @@ fn evaluate_and_predict_refuse_what_does_not_match() {
     let out = keel_in(&home, &["predict", s(&model), s(&data), "--top", "3"]);
     assert_fails_with(&out, &["--top"]);
 
+    // An unreadable photo: predict stops naming it, or with --skip-bad reports it and goes on.
+    let mixed = dir.join("mixed");
+    write_photo(&mixed.join("a.png"), [250, 0, 0], 9);
+    std::fs::write(mixed.join("b.jpg"), b"\xff\xd8\xff").unwrap();
+    let out = keel_in(&home, &["predict", s(&model), s(&mixed)]);
+    assert_fails_with(&out, &["b.jpg", "--skip-bad"]);
+    let out = keel_in(&home, &["predict", s(&model), s(&mixed), "--skip-bad"]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out).lines().count(), 2, "{}", stdout(&out));
+    assert!(stderr(&out).contains("b.jpg"), "{}", stderr(&out));
+
     // Damaged model folders.
     let out = keel_in(&home, &["predict", s(&dir.join("nope")), s(&data)]);
     assert_fails_with(&out, &["nope", "not a model folder"]);

@@ -7,6 +7,7 @@ use clap::Parser;
 
 use super::common::{ModelArgs, collect_images, load_weights, parse_hw};
 use crate::cpu::CpuReference;
+use crate::io::image::Interpolation;
 use crate::io::labels::{IMAGENET_CLASS_COUNT, decode_predictions, top_k};
 use crate::nn::Vgg;
 
@@ -47,7 +48,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let x = crate::io::batch::load_preprocessed(
             std::slice::from_ref(path),
             config.input,
-            a.model.interpolation,
+            a.model.interpolation.unwrap_or(Interpolation::Nearest),
         )?;
         let probs = model.forward(&backend, &x)?;
         println!("{}", path.display());

@@ -58,9 +58,10 @@ pub struct ModelArgs {
     /// vgg16 or vgg19 (inferred from the weights and checked against them).
     #[arg(long)]
     pub model: Option<Arch>,
-    /// Resize filter, as Keras's load_img: nearest (Keras's default) or bilinear.
-    #[arg(long, default_value = "nearest")]
-    pub interpolation: Interpolation,
+    /// Resize filter, as Keras's load_img: nearest or bilinear [default: nearest, as
+    /// load_img; for train, bilinear, as image_dataset_from_directory].
+    #[arg(long)]
+    pub interpolation: Option<Interpolation>,
 }
 
 /// Load weights from `--weights`, or from the cache (downloading the official Keras file if it

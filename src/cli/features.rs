@@ -7,6 +7,7 @@ use clap::Parser;
 
 use super::common::{ModelArgs, collect_images, load_weights, parse_hw};
 use crate::cpu::CpuReference;
+use crate::io::image::Interpolation;
 use crate::nn::{Pooling, TOP_LAYERS, Vgg, VggConfig};
 use crate::tensor::{Backend, GlobalPool, Tensor};
 
@@ -84,7 +85,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     let mut rows: Vec<Tensor> = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(a.batch) {
-        let x = crate::io::batch::load_preprocessed(chunk, a.input, a.model.interpolation)?;
+        let x = crate::io::batch::load_preprocessed(
+            chunk,
+            a.input,
+            a.model.interpolation.unwrap_or(Interpolation::Nearest),
+        )?;
         let mut y = model
             .forward_outputs(&backend, &x, &[a.layer.as_str()])?
             .remove(0);

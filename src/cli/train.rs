@@ -7,6 +7,7 @@ use clap::Parser;
 
 use super::common::{CacheArgs, ModelArgs, load_weights, parse_hw, print_skipped};
 use crate::io::dataset::{Split, scan_training_folder};
+use crate::io::image::Interpolation;
 use crate::nn::fit::{EarlyStopping, FitConfig};
 use crate::nn::head::DEFAULT_HEAD;
 use crate::nn::optim::OptimizerKind;
@@ -184,7 +185,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     print_skipped("skipped while scanning", &dataset.skipped);
     let (set, _) = load_weights(a.model.weights.as_deref(), a.model.model, false)?;
-    let base = FrozenBase::new(set, &a.layer, a.input, a.model.interpolation)?;
+    let base = FrozenBase::new(
+        set,
+        &a.layer,
+        a.input,
+        a.model.interpolation.unwrap_or(Interpolation::Bilinear),
+    )?;
     let opts = TrainOptions {
         head: a.head.clone(),
         fit,

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use super::base::{FrozenBase, flip_horizontal, progress_bar};
+use super::base::{FrozenBase, Progress, flip_horizontal};
 use crate::error::{Error, Result};
 use crate::io::image::{RgbImage, load_img};
 use crate::nn::fit::{Features, TrainSource};
@@ -153,8 +153,7 @@ impl<'a> CropSource<'a> {
     fn augmented(&self, epoch: usize, i: usize) -> Result<RgbImage> {
         let (eh, ew) = self.enlarged();
         let [h, w] = self.base.info().input;
-        let interp = self.base.info().interpolation.parse()?;
-        let big = load_img(&self.paths[i], Some((eh, ew)), interp)?;
+        let big = load_img(&self.paths[i], Some((eh, ew)), self.base.interpolation())?;
         let mut rng = Rng::new(seed_for(self.seed, epoch, i));
         let y0 = rng.below((eh - h + 1) as u64) as usize;
         let x0 = rng.below((ew - w + 1) as u64) as usize;
@@ -180,7 +179,7 @@ impl TrainSource for CropSource<'_> {
         use rayon::prelude::*;
         let n = self.base.feature_len();
         let label = format!("epoch {} augment", epoch + 1);
-        let bar = progress_bar(self.progress.then_some(label.as_str()), self.paths.len());
+        let mut progress = Progress::new(self.progress.then_some(label.as_str()), self.paths.len());
         let idx: Vec<usize> = (0..self.paths.len()).collect();
         for chunk in idx.chunks(self.batch) {
             let images: Vec<RgbImage> = chunk
@@ -190,12 +189,9 @@ impl TrainSource for CropSource<'_> {
             let y = self.base.run_images(&images)?;
             let start = chunk[0] * n;
             self.current.data[start..start + y.numel()].copy_from_slice(y.data());
-            if let Some(b) = &bar {
-                b.inc(chunk.len() as u64);
+            if let Some(p) = &mut progress {
+                p.inc(chunk.len());
             }
-        }
-        if let Some(b) = bar {
-            b.finish_and_clear();
         }
         Ok(&self.current)
     }

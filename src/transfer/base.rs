@@ -93,7 +93,9 @@ impl FrozenBase {
         interpolation: Interpolation,
     ) -> Result<FrozenBase> {
         let id = weights.identify()?;
-        let weights_file = weights.source.clone();
+        // Absolute, so `evaluate` and `predict` find the file from any working directory.
+        let weights_file =
+            std::fs::canonicalize(&weights.source).unwrap_or_else(|_| weights.source.clone());
         let set = weights.conv_base();
         let weights_checksum = set.checksum();
         let config = VggConfig {
@@ -150,6 +152,10 @@ impl FrozenBase {
 
     pub fn info(&self) -> &BaseInfo {
         &self.info
+    }
+
+    pub fn interpolation(&self) -> Interpolation {
+        self.interpolation
     }
 
     /// Per-image feature shape `(H, W, C)`.
@@ -231,7 +237,7 @@ impl FrozenBase {
             }
         }
         let cached = rows.iter().filter(|r| r.is_some()).count();
-        let bar = progress_bar(opts.progress, pending.len());
+        let mut progress = Progress::new(opts.progress, pending.len());
         let mut computed = 0;
         for chunk in pending.chunks(opts.batch.max(1)) {
             let loaded: Vec<(usize, Result<RgbImage>)> = chunk
@@ -272,13 +278,11 @@ impl FrozenBase {
                 }
                 computed += images.len();
             }
-            if let Some(b) = &bar {
-                b.inc(chunk.len() as u64);
+            if let Some(p) = &mut progress {
+                p.inc(chunk.len());
             }
         }
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
+        drop(progress);
         bad.sort_by_key(|(i, _)| *i);
         if !opts.skip_bad && !bad.is_empty() {
             let (_, e) = bad.swap_remove(0);
@@ -327,19 +331,75 @@ pub fn flip_horizontal(img: &RgbImage) -> RgbImage {
     }
 }
 
-/// A bar with images/s and ETA, drawn only on a terminal-ish stderr (indicatif hides it
-/// otherwise).
-pub(crate) fn progress_bar(label: Option<&str>, total: usize) -> Option<indicatif::ProgressBar> {
-    let label = label?;
-    if total == 0 {
-        return None;
+/// Progress over images: an indicatif bar with images/s and ETA on a terminal, and a plain
+/// line every 10% (at most every 5 s) otherwise, so logs of long runs show life too.
+pub(crate) struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    label: String,
+    total: usize,
+    done: usize,
+    started: std::time::Instant,
+    last_line: std::time::Instant,
+    next_line_at: usize,
+}
+
+impl Progress {
+    /// `None` when there is no label (progress off) or nothing to do.
+    pub(crate) fn new(label: Option<&str>, total: usize) -> Option<Progress> {
+        use std::io::IsTerminal;
+        let label = label?;
+        if total == 0 {
+            return None;
+        }
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(&format!(
+                    "{label} {{bar:30}} {{pos}}/{{len}} images {{per_sec}} eta {{eta}}"
+                ))
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        let now = std::time::Instant::now();
+        Some(Progress {
+            bar,
+            label: label.to_string(),
+            total,
+            done: 0,
+            started: now,
+            last_line: now,
+            next_line_at: total.div_ceil(10),
+        })
     }
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{label} {{bar:30}} {{pos}}/{{len}} images {{per_sec}} eta {{eta}}"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    Some(bar)
+
+    pub(crate) fn inc(&mut self, n: usize) {
+        self.done += n;
+        if let Some(b) = &self.bar {
+            b.inc(n as u64);
+            return;
+        }
+        let due = self.done >= self.next_line_at && self.last_line.elapsed().as_secs_f64() >= 5.0;
+        if due || self.done == self.total {
+            let secs = self.started.elapsed().as_secs_f64();
+            let rate = self.done as f64 / secs.max(1e-9);
+            let eta = (self.total - self.done) as f64 / rate.max(1e-9);
+            eprintln!(
+                "{}: {}/{} images, {rate:.2} images/s, eta {eta:.0} s",
+                self.label, self.done, self.total
+            );
+            self.last_line = std::time::Instant::now();
+            while self.next_line_at <= self.done {
+                self.next_line_at += self.total.div_ceil(10);
+            }
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
 }
