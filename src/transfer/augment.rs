@@ -196,3 +196,69 @@ impl TrainSource for CropSource<'_> {
         Ok(&self.current)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_augmentations() {
+        assert_eq!(
+            "flip,crop".parse::<Augment>().unwrap(),
+            Augment {
+                flip: true,
+                crop: true
+            }
+        );
+        assert_eq!("none".parse::<Augment>().unwrap(), Augment::default());
+        assert!("".parse::<Augment>().unwrap().is_none());
+        assert!("flip,rotate".parse::<Augment>().is_err());
+        assert_eq!("crop".parse::<Augment>().unwrap().names(), ["crop"]);
+    }
+
+    #[test]
+    fn mirrors_rows() {
+        // 2 rows x 3 pixels, each pixel (r, g, b) = (row, col, 7).
+        let data: Vec<u8> = (0..2u8)
+            .flat_map(|r| (0..3u8).flat_map(move |c| [r, c, 7]))
+            .collect();
+        let img = RgbImage {
+            height: 2,
+            width: 3,
+            data,
+        };
+        let m = flip_horizontal(&img);
+        assert_eq!(&m.data[..9], &[0, 2, 7, 0, 1, 7, 0, 0, 7]);
+        assert_eq!(flip_horizontal(&m), img);
+    }
+
+    #[test]
+    fn flip_source_mixes_rows_reproducibly() {
+        let n = 64;
+        let plain = Features {
+            shape: vec![1, 1, 2],
+            data: vec![1.0; n * 2],
+            labels: vec![0; n],
+        };
+        let flipped = Features {
+            data: vec![2.0; n * 2],
+            ..plain.clone()
+        };
+        let mut a = FlipSource::new(plain.clone(), flipped.clone(), 9).unwrap();
+        let mut b = FlipSource::new(plain.clone(), flipped.clone(), 9).unwrap();
+        let e0 = a.epoch_features(0).unwrap().data.clone();
+        assert_eq!(
+            e0,
+            b.epoch_features(0).unwrap().data,
+            "same seed, same epoch"
+        );
+        let mirrored = e0.iter().filter(|&&v| v == 2.0).count() / 2;
+        assert!((16..=48).contains(&mirrored), "{mirrored} of {n} mirrored");
+        assert_ne!(e0, a.epoch_features(1).unwrap().data, "epochs differ");
+        let wrong = Features {
+            labels: vec![1; n],
+            ..flipped
+        };
+        assert!(FlipSource::new(plain, wrong, 9).is_err());
+    }
+}
