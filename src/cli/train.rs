@@ -217,16 +217,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     })?;
     let r = &outcome.report;
-    let unreadable: Vec<_> = r
-        .skipped
-        .iter()
-        .skip(dataset.skipped.len())
-        .map(|s| crate::io::dataset::Skipped {
-            path: s.path.clone(),
-            reason: s.reason.clone(),
-        })
-        .collect();
-    print_skipped("unreadable images left out (--skip-bad)", &unreadable);
+    print_skipped(
+        "unreadable images left out (--skip-bad)",
+        &outcome.unreadable,
+    );
     outcome
         .save(&a.output, a.overwrite)
         .with_context(|| format!("{}: cannot write the model folder", a.output.display()))?;

@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use super::base::{FrozenBase, Progress, flip_horizontal};
+use super::base::{FrozenBase, flip_horizontal};
+use super::progress::Progress;
 use crate::error::{Error, Result};
 use crate::io::image::{RgbImage, load_img};
 use crate::nn::fit::{Features, TrainSource};

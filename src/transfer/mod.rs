@@ -17,6 +17,7 @@
 mod augment;
 mod base;
 mod model;
+mod progress;
 mod train;
 
 pub use augment::{Augment, CropSource, FlipSource};

@@ -100,6 +100,8 @@ pub struct TrainOutcome {
     pub model: TrainedModel,
     pub fit: FitReport,
     pub report: Report,
+    /// Images left out because they could not be read (with `skip_bad`).
+    pub unreadable: Vec<Skipped>,
 }
 
 /// Features of `samples` (labels from the samples), leaving out unreadable images when
@@ -159,15 +161,15 @@ pub fn train(
         images_cached: 0,
         training_seconds: 0.0,
     };
-    let mut skipped: Vec<SkippedFile> = dataset.skipped.iter().map(SkippedFile::from).collect();
-    let mut account = |ex: &Extraction, skipped: &mut Vec<SkippedFile>| {
+    let mut unreadable: Vec<Skipped> = Vec::new();
+    let mut account = |ex: &Extraction, unreadable: &mut Vec<Skipped>| {
         timings.features_seconds += ex.seconds;
         timings.images_computed += ex.computed;
         timings.images_cached += ex.cached;
-        skipped.extend(ex.skipped.iter().map(SkippedFile::from));
+        unreadable.extend(ex.skipped.iter().cloned());
     };
     let (train_set, ex) = extract(&dataset.train, "train", false)?;
-    account(&ex, &mut skipped);
+    account(&ex, &mut unreadable);
     let train_paths: Vec<PathBuf> = ex
         .kept
         .iter()
@@ -177,7 +179,7 @@ pub fn train(
         None
     } else {
         let (v, ex) = extract(&dataset.val, "val", false)?;
-        account(&ex, &mut skipped);
+        account(&ex, &mut unreadable);
         Some(v)
     };
     for (name, set) in [
@@ -203,7 +205,7 @@ pub fn train(
             })
             .collect();
         let (f, ex) = extract(&kept, "train (mirrored)", true)?;
-        account(&ex, &mut skipped);
+        account(&ex, &mut unreadable);
         Some(f)
     } else {
         None
@@ -287,12 +289,18 @@ pub fn train(
         validation: val_eval,
         train: train_eval,
         timings,
-        skipped,
+        skipped: dataset
+            .skipped
+            .iter()
+            .chain(&unreadable)
+            .map(SkippedFile::from)
+            .collect(),
     };
     Ok(TrainOutcome {
         model: TrainedModel { card, head },
         fit: fit_report,
         report,
+        unreadable,
     })
 }
 
