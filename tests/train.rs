@@ -295,7 +295,7 @@ fn kept_split_and_augmentation() {
     assert_ok(&out);
     let err = stderr(&out);
     assert!(
-        err.contains("8 train, 4 validation images (split kept)"),
+        err.contains("8 train, 4 validation images (split kept"),
         "{err}"
     );
     // Plain train and val (12), then the mirrored training images (8).

@@ -9,7 +9,7 @@ use crate::io::feature_cache::FeatureCache;
 use crate::io::fetch;
 use crate::io::image::Interpolation;
 use crate::nn::{Arch, Identity, WeightSet};
-use crate::transfer::{FrozenBase, TrainedModel};
+use crate::transfer::{ExtractOptions, FrozenBase, TrainedModel};
 
 /// Size the rayon pool from `--threads`, else `KEEL_THREADS`, else all cores.
 pub fn init_threads(threads: Option<usize>) -> anyhow::Result<()> {
@@ -145,7 +145,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 /// The frozen base a model folder was trained on, from `--weights`, else the file recorded at
 /// training (if it still exists), else the official Keras file; refused if its checksum,
 /// layer, input size or preprocessing differ from the model's.
-pub fn base_for_model(
+fn base_for_model(
     model: &TrainedModel,
     model_dir: &Path,
     weights: Option<&Path>,
@@ -158,6 +158,39 @@ pub fn base_for_model(
     let base = FrozenBase::new(set, &info.layer, info.input, interpolation)?;
     model.check_base(&base, model_dir)?;
     Ok(base)
+}
+
+/// What `evaluate` and `predict` share: which base weights, the cache, unreadable images.
+#[derive(clap::Args, Debug)]
+pub struct UseModelArgs {
+    /// Base weights [default: the file the model was trained with, else the official Keras
+    /// file from the cache]; refused unless they are the weights the model was trained on.
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// Leave unreadable images out (each is reported) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+impl UseModelArgs {
+    /// The model folder and the base it was trained on (checked).
+    pub fn open(&self, model_dir: &Path) -> anyhow::Result<(TrainedModel, FrozenBase)> {
+        let model = TrainedModel::load(model_dir)?;
+        let base = base_for_model(&model, model_dir, self.weights.as_deref())?;
+        Ok((model, base))
+    }
+
+    /// Extraction with a progress bar, `--skip-bad`, and `cache` (from [`CacheArgs::cache`]).
+    pub fn extract_options<'a>(&self, cache: Option<&'a FeatureCache>) -> ExtractOptions<'a> {
+        ExtractOptions {
+            cache,
+            skip_bad: self.skip_bad,
+            progress: Some("features"),
+            ..ExtractOptions::default()
+        }
+    }
 }
 
 /// Where features are cached.

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Parser;
 
-use super::common::{CacheArgs, base_for_model, collect_images, print_skipped};
-use crate::transfer::{ExtractOptions, TrainedModel, predict_paths};
+use super::common::{UseModelArgs, collect_images, print_skipped};
+use crate::transfer::predict_paths;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Format {
@@ -31,15 +31,8 @@ pub struct Args {
     /// Write here instead of standard output.
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Base weights [default: the file the model was trained with, else the official Keras
-    /// file from the cache]; refused unless they are the weights the model was trained on.
-    #[arg(long, value_name = "FILE")]
-    weights: Option<PathBuf>,
-    /// Leave unreadable images out (each is reported) instead of stopping at the first.
-    #[arg(long)]
-    skip_bad: bool,
     #[command(flatten)]
-    cache: CacheArgs,
+    using: UseModelArgs,
 }
 
 /// A CSV field, quoted when it holds a comma, quote or line break (RFC 4180).
@@ -52,7 +45,8 @@ fn csv_field(s: &str) -> String {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let model = TrainedModel::load(&a.model_dir)?;
+    let paths = collect_images(&a.images)?;
+    let (model, base) = a.using.open(&a.model_dir)?;
     let classes = &model.card.classes;
     if a.top == 0 || a.top > classes.len() {
         bail!(
@@ -61,15 +55,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             a.top
         );
     }
-    let paths = collect_images(&a.images)?;
-    let base = base_for_model(&model, &a.model_dir, a.weights.as_deref())?;
-    let cache = a.cache.cache();
-    let opts = ExtractOptions {
-        cache: cache.as_ref(),
-        skip_bad: a.skip_bad,
-        progress: Some("features"),
-        ..ExtractOptions::default()
-    };
+    let cache = a.using.cache.cache();
+    let opts = a.using.extract_options(cache.as_ref());
     let (rows, skipped) = predict_paths(&model, &base, &paths, &opts)?;
     print_skipped("unreadable images left out (--skip-bad)", &skipped);
     let ranked = |p: &[f32]| {

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use super::common::{CacheArgs, ModelArgs, load_weights, parse_hw, print_skipped};
-use crate::io::dataset::{Split, scan_training_folder};
+use crate::io::dataset::scan_training_folder;
 use crate::io::image::Interpolation;
 use crate::nn::fit::{EarlyStopping, FitConfig};
 use crate::nn::head::DEFAULT_HEAD;
@@ -135,11 +135,7 @@ fn fit_config(a: &Args) -> anyhow::Result<FitConfig> {
     if a.base_batch == 0 {
         bail!("--base-batch must be at least 1");
     }
-    for (name, v) in [
-        ("--l2", a.l2),
-        ("--weight-decay", a.weight_decay),
-        ("--min-lr", a.min_lr),
-    ] {
+    for (name, v) in [("--weight-decay", a.weight_decay), ("--min-lr", a.min_lr)] {
         if !(v >= 0.0 && v.is_finite()) {
             bail!("{name} must be a finite number >= 0, got {v}");
         }
@@ -164,26 +160,17 @@ fn fit_config(a: &Args) -> anyhow::Result<FitConfig> {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let fit = fit_config(&a)?;
-    if fit.epochs == 0 || fit.batch_size == 0 {
-        bail!("--epochs and --batch-size must be at least 1");
-    }
-    if !(fit.lr > 0.0 && fit.lr.is_finite()) {
-        bail!("--lr must be a positive number, got {}", fit.lr);
-    }
+    fit.validate()?;
     crate::io::atomic::check_dir_target(&a.output, a.overwrite)?;
     let dataset = scan_training_folder(&a.data, a.validation_split, a.seed)?;
-    let split = match dataset.split {
-        Split::Kept => "split kept".to_string(),
-        Split::Random { fraction, seed } => format!("{fraction} held out, seed {seed}"),
-        Split::None => "no validation".to_string(),
-    };
     eprintln!(
-        "{}: {} classes ({}); {} train, {} validation images ({split})",
+        "{}: {} classes ({}); {} train, {} validation images ({})",
         a.data.display(),
         dataset.classes.len(),
         dataset.classes.join(", "),
         dataset.train.len(),
-        dataset.val.len()
+        dataset.val.len(),
+        dataset.split
     );
     print_skipped("skipped while scanning", &dataset.skipped);
     let (set, _) = load_weights(a.model.weights.as_deref(), a.model.model, false)?;

@@ -53,6 +53,21 @@ pub enum Split {
     None,
 }
 
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Split::Kept => write!(f, "split kept (train/ and val/)"),
+            Split::Random { fraction, seed } => {
+                write!(
+                    f,
+                    "stratified, {fraction} of each class held out, seed {seed}"
+                )
+            }
+            Split::None => write!(f, "no validation"),
+        }
+    }
+}
+
 /// A labeled folder split into training and validation samples.
 #[derive(Clone, Debug)]
 pub struct Dataset {

@@ -100,11 +100,7 @@ pub fn md5_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(super::hex(&hasher.finalize()))
 }
 
 /// The cached file if it is there and intact (a corrupt one is reported, not used).
@@ -198,7 +194,7 @@ pub fn download_verified(
             w.write_all(&buf[..n])?;
             bar.inc(n as u64);
         }
-        let got = hex(&hasher.finalize());
+        let got = super::hex(&hasher.finalize());
         if got != md5 {
             mismatch = Some(got);
             return Err(std::io::Error::other("checksum mismatch"));

@@ -84,6 +84,32 @@ pub struct FitConfig {
     pub early_stopping: Option<EarlyStopping>,
 }
 
+impl FitConfig {
+    /// Refuse settings no run can use; [`fit`] checks this first, and a command can call it
+    /// before spending minutes on features.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err(Error::Invalid(format!(
+                "--epochs and --batch-size must be at least 1, got {} and {}",
+                self.epochs, self.batch_size
+            )));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "the learning rate (--lr) must be a positive number, got {}",
+                self.lr
+            )));
+        }
+        if !(self.l2 >= 0.0 && self.l2.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "--l2 must be a finite number >= 0, got {}",
+                self.l2
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for FitConfig {
     fn default() -> Self {
         FitConfig {
@@ -192,17 +218,7 @@ pub fn fit(
     cfg: &FitConfig,
     on_epoch: &mut dyn FnMut(&EpochMetrics),
 ) -> Result<FitReport> {
-    if cfg.epochs == 0 || cfg.batch_size == 0 {
-        return Err(Error::Invalid(
-            "epochs and batch size must be at least 1".into(),
-        ));
-    }
-    if !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
-        return Err(Error::Invalid(format!(
-            "the learning rate must be positive, got {}",
-            cfg.lr
-        )));
-    }
+    cfg.validate()?;
     if let Some(v) = val {
         check_features(head, v, "validation")?;
     }

@@ -291,8 +291,7 @@ impl WeightSet {
                 }
             }
         }
-        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        format!("sha256:{hex}")
+        format!("sha256:{}", crate::io::hex(&h.finalize()))
     }
 
     pub fn num_params(&self) -> usize {

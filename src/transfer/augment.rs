@@ -94,6 +94,13 @@ impl FlipSource {
     }
 }
 
+impl FlipSource {
+    /// The features without mirroring, back from the source.
+    pub fn into_plain(self) -> Features {
+        self.plain
+    }
+}
+
 impl TrainSource for FlipSource {
     fn epoch_features(&mut self, epoch: usize) -> Result<&Features> {
         let n = self.plain.row_len();

@@ -10,9 +10,9 @@ use super::augment::{Augment, CropSource, FlipSource};
 use super::base::{ExtractOptions, Extraction, FrozenBase};
 use super::model::{HeadInfo, MODEL_FORMAT, MODEL_VERSION, ModelCard, TrainedModel, TrainingInfo};
 use crate::error::{Error, Result};
-use crate::io::dataset::{Dataset, LabeledFolder, Sample, Skipped, Split};
+use crate::io::dataset::{Dataset, LabeledFolder, Sample, Skipped};
 use crate::io::feature_cache::FeatureCache;
-use crate::nn::fit::{self, EpochMetrics, Features, FitConfig, FitReport, TrainSource};
+use crate::nn::fit::{self, EpochMetrics, Features, FitConfig, FitReport};
 use crate::nn::head::{Head, HeadSpec};
 use crate::nn::metrics::Classification;
 
@@ -213,8 +213,10 @@ pub fn train(
 
     let started = Instant::now();
     let mut head = Head::<f32>::new(spec, base.feature_shape(), opts.fit.seed)?;
-    let mut source: Box<dyn TrainSource + '_> = if opts.augment.crop {
-        Box::new(CropSource::new(
+    // The training features stay owned here: they are evaluated again once training ends.
+    let mut train_set = train_set;
+    let fit_report = if opts.augment.crop {
+        let mut source = CropSource::new(
             base,
             train_paths,
             train_set.labels.clone(),
@@ -222,20 +224,34 @@ pub fn train(
             opts.fit.seed,
             opts.batch,
             opts.progress,
-        ))
+        );
+        fit::fit(
+            &mut head,
+            &mut source,
+            val_set.as_ref(),
+            &opts.fit,
+            on_epoch,
+        )?
     } else if let Some(f) = flipped {
-        Box::new(FlipSource::new(train_set.clone(), f, opts.fit.seed)?)
+        let mut source = FlipSource::new(train_set, f, opts.fit.seed)?;
+        let r = fit::fit(
+            &mut head,
+            &mut source,
+            val_set.as_ref(),
+            &opts.fit,
+            on_epoch,
+        )?;
+        train_set = source.into_plain();
+        r
     } else {
-        Box::new(train_set.clone())
+        fit::fit(
+            &mut head,
+            &mut train_set,
+            val_set.as_ref(),
+            &opts.fit,
+            on_epoch,
+        )?
     };
-    let fit_report = fit::fit(
-        &mut head,
-        source.as_mut(),
-        val_set.as_ref(),
-        &opts.fit,
-        on_epoch,
-    )?;
-    drop(source);
     timings.training_seconds = started.elapsed().as_secs_f64();
 
     let l2 = opts.fit.l2;
@@ -244,13 +260,6 @@ pub fn train(
         .as_ref()
         .map(|v| evaluation(&head, v, &classes, l2))
         .transpose()?;
-    let split = match &dataset.split {
-        Split::Kept => "kept (train/ and val/)".to_string(),
-        Split::Random { fraction, seed } => {
-            format!("stratified random, {fraction} to validation, seed {seed}")
-        }
-        Split::None => "none (no validation)".to_string(),
-    };
     let card = ModelCard {
         format: MODEL_FORMAT.into(),
         version: MODEL_VERSION,
@@ -264,7 +273,7 @@ pub fn train(
         },
         training: TrainingInfo {
             dataset: dataset.root.clone(),
-            split,
+            split: dataset.split.to_string(),
             train_images: train_set.len(),
             val_images: val_set.as_ref().map_or(0, |v| v.len()),
             epochs: opts.fit.epochs,
