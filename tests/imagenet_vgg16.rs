@@ -1,12 +1,16 @@
 //! The real ImageNet VGG16 conv base reproduces Keras's block5_pool on five 224x224 images,
 //! loaded from the Keras download-layout .h5 and from its safetensors conversion.
-//! Tolerance `max|diff| <= 1e-4 * max|ref|` (weights/README: a float64 pass lands at ~1e-6).
+//! Tolerance `max|diff| <= 1e-4 * max|ref|` (weights/README: a float64 pass lands at ~1e-6),
+//! for the reference kernels and for the fast backend (Winograd F(4x4) included) on every
+//! instruction set this CPU has.
 
 mod common;
 
-use keel::cpu::CpuReference;
+use keel::cpu::isa::Isa;
+use keel::cpu::{Cpu, CpuReference};
 use keel::io::npy;
 use keel::nn::{Arch, Vgg, VggConfig};
+use keel::tensor::Backend;
 use keel::tensor::DType;
 
 const TOL: f64 = 1e-4;
@@ -63,9 +67,17 @@ fn vgg16_imagenet_base_matches_keras_via_h5_and_safetensors() {
             "{name}: preprocess_input differs from Keras's"
         );
     }
-    for (label, weights) in [("h5", &h5), ("safetensors", &st)] {
+    let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(CpuReference)];
+    for isa in Isa::all_available() {
+        backends.push(Box::new(Cpu::with_isa(isa).unwrap()));
+    }
+    for (label, weights, backend) in [("h5", &h5, &backends[0])]
+        .into_iter()
+        .chain(backends.iter().map(|b| ("safetensors", &st, b)))
+    {
+        let label = format!("{label} {}", backend.name());
         let model = Vgg::new(config.clone(), weights.clone()).unwrap();
-        let y = model.forward(&CpuReference, &x).unwrap();
+        let y = model.forward(backend.as_ref(), &x).unwrap();
         for (i, name) in IMAGES.iter().enumerate() {
             let want =
                 npy::read(&weights_dir.join(format!("ref/block5_pool/{name}_block5_pool.npy")))

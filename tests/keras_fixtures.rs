@@ -7,9 +7,11 @@ mod common;
 
 use std::path::Path;
 
-use keel::cpu::CpuReference;
+use keel::cpu::isa::Isa;
+use keel::cpu::{Cpu, CpuReference};
 use keel::io::npy;
 use keel::nn::{Arch, ClassifierActivation, Pooling, Vgg, VggConfig};
+use keel::tensor::{Backend, Tensor};
 
 const TOL: f64 = 1e-5;
 const FLAVOURS: [&str; 6] = [
@@ -90,7 +92,21 @@ fn check_outputs(
     .to_tensor()
     .unwrap();
     let names: Vec<&str> = refs.iter().map(|(layer, _)| *layer).collect();
-    let outs = model.forward_outputs(&CpuReference, &x, &names).unwrap();
+    // The reference kernels, then the fast backend on every instruction set this CPU has.
+    let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(CpuReference)];
+    for isa in Isa::all_available() {
+        backends.push(Box::new(Cpu::with_isa(isa).unwrap()));
+    }
+    let mut worst = 0f64;
+    for backend in &backends {
+        let outs = model.forward_outputs(backend.as_ref(), &x, &names).unwrap();
+        let label = format!("{label} {}", backend.name());
+        worst = worst.max(compare(fixtures, &label, refs, outs));
+    }
+    worst
+}
+
+fn compare(fixtures: &Path, label: &str, refs: &[(&str, String)], outs: Vec<Tensor>) -> f64 {
     let mut worst = 0f64;
     for ((layer, file), got) in refs.iter().zip(outs) {
         let want = npy::read(&fixtures.join(file)).unwrap();

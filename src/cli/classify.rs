@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::Parser;
 
 use super::common::{ModelArgs, collect_images, load_weights, parse_hw};
-use crate::cpu::CpuReference;
+use crate::cpu::Cpu;
 use crate::io::image::Interpolation;
 use crate::io::labels::{IMAGENET_CLASS_COUNT, decode_predictions, top_k};
 use crate::nn::Vgg;
@@ -43,7 +43,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let model = Vgg::new(config.clone(), set)?;
     let paths = collect_images(&a.images)?;
-    let backend = CpuReference;
+    let backend = Cpu::new();
     for path in &paths {
         let x = crate::io::batch::load_preprocessed(
             std::slice::from_ref(path),

@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use super::common::{ModelArgs, collect_images, load_weights, parse_hw};
-use crate::cpu::CpuReference;
+use crate::cpu::Cpu;
 use crate::io::image::Interpolation;
 use crate::nn::{Pooling, TOP_LAYERS, Vgg, VggConfig};
 use crate::tensor::{Backend, GlobalPool, Tensor};
@@ -76,7 +76,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let paths = collect_images(&a.images)?;
-    let backend = CpuReference;
+    let backend = Cpu::new();
 
     let bar = indicatif::ProgressBar::new(paths.len() as u64);
     bar.set_style(

@@ -1,5 +1,6 @@
 //! The `keel` command line: argument parsing and one file per command.
 
+mod bench;
 mod classify;
 mod common;
 mod convert;
@@ -45,6 +46,8 @@ enum Command {
     Convert(convert::Args),
     /// Download the official Keras weights into keel's cache, checking Keras's md5.
     Fetch(fetch::Args),
+    /// Time keel's kernels: GEMM and convolution rungs, the VGG16 conv base, the FMA peak.
+    Bench(bench::Args),
 }
 
 /// Run the command line; errors are printed as one message and give exit code 1.
@@ -70,5 +73,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Features(a) => features::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Fetch(a) => fetch::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

@@ -1,23 +1,34 @@
 //! CPU kernels.
 //!
-//! `reference` holds the simple kernels that define what every op computes. They stay forever as
-//! the ground truth that faster kernels are tested against, and they are fast enough for real
-//! work (cache-friendly NHWC loops the compiler vectorizes, rayon across output rows).
+//! [`Cpu`] is the fast backend keel runs by default: hand-written SIMD GEMM (`gemm`), and
+//! direct, implicit-GEMM and Winograd convolutions (`conv`), dispatched at run time on the ISA
+//! the CPU has (`isa`).
+//!
+//! [`CpuReference`] and the `*_reference` kernels are the simple kernels that define what every
+//! op computes. They stay forever as the ground truth that faster kernels are tested against
+//! (cache-friendly NHWC loops the compiler vectorizes, rayon across output rows).
 
+pub mod conv;
 mod conv2d;
 mod dense;
+mod fast;
+pub mod gemm;
+pub mod isa;
+pub mod peak;
 mod pool;
+mod pool2x2;
 mod softmax;
 
 pub use conv2d::conv2d_reference;
 pub use dense::dense_reference;
+pub use fast::Cpu;
 pub use pool::{global_pool_reference, max_pool2d_reference};
 pub use softmax::softmax_reference;
 
 use crate::error::Result;
 use crate::tensor::{Activation, Backend, Conv2dSpec, GlobalPool, Pool2dSpec, Tensor};
 
-/// The reference CPU backend.
+/// The reference CPU backend: the ground truth every fast kernel is tested against.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuReference;
 

@@ -6,13 +6,15 @@ use super::arch::{DenseActivation, LayerKind, LayerSpec, VggConfig};
 use super::weights::{NamedTensor, WeightSet};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
-use crate::tensor::{Activation, Backend, Conv2dSpec, Pool2dSpec, Tensor};
+use crate::tensor::{Activation, Backend, Conv2dSpec, LayerCache, Pool2dSpec, Tensor};
 
 /// A layer and, for convolutions and dense layers, its kernel and bias.
 #[derive(Clone, Debug)]
 struct Layer {
     spec: LayerSpec,
     params: Option<(Tensor, Tensor)>,
+    /// What the backend derived from the weights (e.g. Winograd-transformed filters).
+    cache: LayerCache,
 }
 
 /// VGG16 or VGG19 with weights, ready to run.
@@ -62,7 +64,11 @@ impl Vgg {
         for spec in config.layers() {
             let expected = spec.weight_shapes();
             if expected.is_empty() {
-                layers.push(Layer { spec, params: None });
+                layers.push(Layer {
+                    spec,
+                    params: None,
+                    cache: LayerCache::default(),
+                });
                 continue;
             }
             let tensors = by_name
@@ -96,6 +102,7 @@ impl Vgg {
             layers.push(Layer {
                 spec,
                 params: Some(params),
+                cache: LayerCache::default(),
             });
         }
         Ok(Vgg { config, layers })
@@ -125,7 +132,11 @@ impl Vgg {
                         Tensor::from_vec(shapes[1].clone(), &b)?,
                     ))
                 };
-                Ok(Layer { spec, params })
+                Ok(Layer {
+                    spec,
+                    params,
+                    cache: LayerCache::default(),
+                })
             })
             .collect::<Result<_>>()?;
         Ok(Vgg { config, layers })
@@ -245,7 +256,7 @@ impl Layer {
             LayerKind::Input => Ok(x),
             LayerKind::Conv2d { .. } => {
                 let (k, b) = params()?;
-                be.conv2d(&x, k, Some(b), &Conv2dSpec::same_relu())
+                be.conv2d_cached(&x, k, Some(b), &Conv2dSpec::same_relu(), &self.cache)
             }
             LayerKind::MaxPool => be.max_pool2d(&x, &Pool2dSpec::vgg()),
             LayerKind::Flatten => {

@@ -4,8 +4,43 @@
 //! kernels and the CUDA backend plug in behind the same trait without touching `src/nn`.
 //! Geometry (output sizes, padding) is resolved here once, so every backend agrees on it.
 
+use std::any::Any;
+use std::sync::OnceLock;
+
 use super::{Shape, Tensor};
 use crate::error::{Error, Result};
+
+/// A slot where a backend keeps what it derives from one layer's weights (packed panels,
+/// Winograd transforms), so that the work is done once per model rather than once per call.
+/// The model owns the slot; the backend decides what goes in it. A slot filled by another
+/// backend holds a type this one does not recognise, and is then ignored.
+#[derive(Default)]
+pub struct LayerCache(OnceLock<Box<dyn Any + Send + Sync>>);
+
+impl LayerCache {
+    /// The cached value of type `T`, made by `init` if the slot is empty; None if the slot
+    /// holds another type.
+    pub fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        self.0.get_or_init(|| Box::new(init())).downcast_ref()
+    }
+}
+
+impl Clone for LayerCache {
+    /// A clone starts empty: the cache is derived data, cheap to rebuild, and may be large.
+    fn clone(&self) -> Self {
+        LayerCache::default()
+    }
+}
+
+impl std::fmt::Debug for LayerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "LayerCache(filled)"
+        } else {
+            "LayerCache(empty)"
+        })
+    }
+}
 
 /// The operations a backend provides. All activations are NHWC.
 pub trait Backend: Send + Sync {
@@ -21,6 +56,20 @@ pub trait Backend: Send + Sync {
         bias: Option<&Tensor>,
         spec: &Conv2dSpec,
     ) -> Result<Tensor>;
+
+    /// [`Backend::conv2d`] for a layer whose weights do not change between calls, with a slot
+    /// in which the backend may keep what it derives from them.
+    fn conv2d_cached(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        bias: Option<&Tensor>,
+        spec: &Conv2dSpec,
+        cache: &LayerCache,
+    ) -> Result<Tensor> {
+        let _ = cache;
+        self.conv2d(x, kernel, bias, spec)
+    }
 
     /// Max pooling over windows of NHWC `x`.
     fn max_pool2d(&self, x: &Tensor, spec: &Pool2dSpec) -> Result<Tensor>;

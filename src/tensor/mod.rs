@@ -11,8 +11,8 @@ mod storage;
 mod tensor;
 
 pub use backend::{
-    Activation, Axis, Backend, Conv2dSpec, ConvGeometry, GlobalPool, Padding, Pool2dSpec,
-    PoolGeometry, dense_geometry,
+    Activation, Axis, Backend, Conv2dSpec, ConvGeometry, GlobalPool, LayerCache, Padding,
+    Pool2dSpec, PoolGeometry, dense_geometry,
 };
 pub use device::Device;
 pub use shape::Shape;

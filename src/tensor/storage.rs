@@ -24,7 +24,8 @@ impl AlignedVec {
     /// `len` zeros.
     pub fn zeros(len: usize) -> Self {
         AlignedVec {
-            blocks: vec![Block([0.0; LANES]); len.div_ceil(LANES)],
+            // alloc_zeroed: large buffers come as fresh zero pages, with no memset pass.
+            blocks: bytemuck::zeroed_vec(len.div_ceil(LANES)),
             len,
         }
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::cpu::CpuReference;
+use crate::cpu::Cpu;
 use crate::error::{Error, Result};
 use crate::io::dataset::Skipped;
 use crate::io::feature_cache::{FeatureCache, sha256_file};
@@ -200,7 +200,7 @@ impl FrozenBase {
         let x = Tensor::stack(&items)?;
         let mut out = self
             .vgg
-            .forward_outputs(&CpuReference, &x, &[self.info.layer.as_str()])?;
+            .forward_outputs(&Cpu::new(), &x, &[self.info.layer.as_str()])?;
         Ok(out.remove(0))
     }
 

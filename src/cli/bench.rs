@@ -1,0 +1,413 @@
+//! `keel bench`: the study ladder and the timings `../shared/bench/compare_cpu.sh` reads.
+//!
+//! stdout gets one line per repetition holding only its seconds, after a warm-up, so a script
+//! can read the numbers; everything a person reads (the kernel, its correctness against the
+//! reference, GFLOP/s and the share of this machine's measured FMA peak) goes to stderr.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use super::common::parse_hw;
+use crate::cpu::conv::{ConvAlgo, ConvPlan, conv2d_with};
+use crate::cpu::gemm::{self, Epilogue, Kernel};
+use crate::cpu::isa::Isa;
+use crate::cpu::peak::fma_peak_gflops;
+use crate::cpu::{Cpu, CpuReference, conv2d_reference};
+use crate::nn::{Arch, LayerKind, Vgg, VggConfig};
+use crate::rng::Rng;
+use crate::tensor::{Backend, Conv2dSpec, Tensor};
+
+#[derive(Parser, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand, Debug)]
+enum What {
+    /// C[M,N] = A[M,K] * B[K,N], row-major f32, random inputs.
+    Gemm(GemmArgs),
+    /// One VGG16 convolution layer with random weights and input.
+    Conv(ConvArgs),
+    /// The VGG16 conv base (to block5_pool) on random preprocessed input.
+    Vgg16(VggArgs),
+    /// This machine's FMA peak (GFLOP/s) on the current thread count, per instruction set.
+    Peak,
+}
+
+#[derive(Parser, Debug)]
+struct ConvArgs {
+    /// The layer, by its Keras name (block1_conv1 ... block5_conv3).
+    #[arg(long)]
+    layer: String,
+    /// reference, direct, implicit-gemm, winograd2, winograd4 (default: keel's choice).
+    #[arg(long)]
+    algo: Option<String>,
+    /// Instruction set: portable, avx2, avx512 (default: the best here).
+    #[arg(long)]
+    isa: Option<String>,
+    /// Network input size HxW (the layer's size follows from it).
+    #[arg(long, value_parser = parse_hw, default_value = "224x224")]
+    input: [usize; 2],
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Timed repetitions after one warm-up (default: REPS from the environment, else 5).
+    #[arg(long)]
+    reps: Option<usize>,
+}
+
+#[derive(Parser, Debug)]
+struct VggArgs {
+    /// VGG16 weights (.h5 or .safetensors, with or without the top); default: seeded random
+    /// weights, which take the same time.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    #[arg(long, value_parser = parse_hw, default_value = "224x224")]
+    input: [usize; 2],
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Force one convolution algorithm where it applies (default: keel's choice per layer).
+    #[arg(long)]
+    algo: Option<String>,
+    /// Instruction set: portable, avx2, avx512, or reference for the reference kernels.
+    #[arg(long)]
+    isa: Option<String>,
+    /// Timed repetitions after one warm-up (default: REPS from the environment, else 5).
+    #[arg(long)]
+    reps: Option<usize>,
+}
+
+#[derive(Parser, Debug)]
+struct GemmArgs {
+    m: usize,
+    n: usize,
+    k: usize,
+    /// Rung of the ladder: naive, blocked, packed, avx2, avx512 (default: the fastest here).
+    #[arg(long)]
+    kernel: Option<String>,
+    /// Timed repetitions after one warm-up (default: REPS from the environment, else 5).
+    #[arg(long)]
+    reps: Option<usize>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    match a.what {
+        What::Gemm(g) => bench_gemm(g),
+        What::Conv(c) => bench_conv(c),
+        What::Vgg16(v) => bench_vgg16(v),
+        What::Peak => {
+            for isa in Isa::all_available() {
+                eprintln!(
+                    "{isa:>8}: {:.1} GFLOP/s on {} threads",
+                    fma_peak_gflops(isa, 0.3),
+                    rayon::current_num_threads()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `--reps`, else `REPS` (what compare_cpu.sh exports), else 5.
+pub(super) fn reps(given: Option<usize>) -> anyhow::Result<usize> {
+    let reps = match given {
+        Some(r) => r,
+        None => match std::env::var("REPS") {
+            Ok(v) if !v.is_empty() => v
+                .parse()
+                .with_context(|| format!("REPS={v} is not a number"))?,
+            _ => 5,
+        },
+    };
+    if reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    Ok(reps)
+}
+
+/// Run `work` once to warm up, then `reps` times, printing each time; returns the times.
+pub(super) fn time_reps(reps: usize, mut work: impl FnMut()) -> Vec<f64> {
+    work();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            work();
+            let s = t.elapsed().as_secs_f64();
+            println!("{s:.6}");
+            s
+        })
+        .collect()
+}
+
+/// The stderr summary: GFLOP/s of the median and best repetition, and % of peak.
+pub(super) fn report_speed(flops: f64, times: &[f64], isa: Isa) {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let best = sorted[0];
+    let peak = fma_peak_gflops(Isa::selected().max(isa), 0.1);
+    let g = |s: f64| flops / s / 1e9;
+    eprintln!(
+        "median {:.4} s  {:.1} GFLOP/s ({:.0}% of peak)  best {:.1} GFLOP/s ({:.0}%)  peak {:.0} GFLOP/s on {} threads",
+        median,
+        g(median),
+        100.0 * g(median) / peak,
+        g(best),
+        100.0 * g(best) / peak,
+        peak,
+        rayon::current_num_threads()
+    );
+}
+
+fn bench_gemm(a: GemmArgs) -> anyhow::Result<()> {
+    let kernel = match &a.kernel {
+        None => Kernel::best(),
+        Some(s) => Kernel::parse(s).with_context(|| {
+            format!("unknown --kernel {s}: use naive, blocked, packed, avx2 or avx512")
+        })?,
+    };
+    if !kernel.available() {
+        bail!(
+            "this CPU cannot run the {kernel} kernel (it has: {:?})",
+            Isa::all_available()
+        );
+    }
+    let (m, n, k) = (a.m, a.n, a.k);
+    if m == 0 || n == 0 || k == 0 {
+        bail!("M, N and K must be at least 1");
+    }
+    let reps = reps(a.reps)?;
+    let mut rng = Rng::new(0);
+    let am = rng.uniform_vec(m * k, -1.0, 1.0);
+    let bm = rng.uniform_vec(k * n, -1.0, 1.0);
+    let mut c = vec![0f32; m * n];
+    let times = time_reps(reps, || {
+        gemm::gemm_with(
+            kernel,
+            m,
+            n,
+            k,
+            &am,
+            k,
+            &bm,
+            n,
+            &mut c,
+            n,
+            Epilogue::NONE,
+            true,
+        )
+    });
+    // Spot-check 256 entries against f64 dot products: the whole naive product of a large
+    // shape would take longer than the benchmark.
+    let mut worst = 0f64;
+    for _ in 0..256 {
+        let (i, j) = (rng.below(m as u64) as usize, rng.below(n as u64) as usize);
+        let (mut s, mut abs) = (0f64, 0f64);
+        for p in 0..k {
+            let t = am[i * k + p] as f64 * bm[p * n + j] as f64;
+            s += t;
+            abs += t.abs();
+        }
+        let got = c[i * n + j] as f64;
+        let err = if got.is_finite() {
+            (got - s).abs() / abs.max(1e-30)
+        } else {
+            f64::INFINITY
+        };
+        worst = worst.max(err);
+    }
+    eprintln!(
+        "gemm {m}x{n}x{k} kernel {kernel} on {} threads: worst error / sum|a*b| over 256 sampled entries {worst:.1e} ({})",
+        rayon::current_num_threads(),
+        if worst <= 1e-5 {
+            "ok, tolerance 1e-5"
+        } else {
+            "FAILED, tolerance 1e-5"
+        }
+    );
+    report_speed(2.0 * (m * n * k) as f64, &times, kernel.isa());
+    if worst > 1e-5 {
+        bail!("the {kernel} kernel disagrees with the reference");
+    }
+    Ok(())
+}
+
+fn parse_isa(s: Option<&str>) -> anyhow::Result<Isa> {
+    let isa = match s {
+        None => Isa::selected(),
+        Some(s) => Isa::parse(s)
+            .with_context(|| format!("unknown --isa {s}: use portable, avx2 or avx512"))?,
+    };
+    if !isa.available() {
+        bail!(
+            "this CPU cannot run {isa} kernels (it has: {:?})",
+            Isa::all_available()
+        );
+    }
+    Ok(isa)
+}
+
+fn parse_algo(s: &str) -> anyhow::Result<ConvAlgo> {
+    ConvAlgo::parse(s).with_context(|| {
+        format!("unknown --algo {s}: use reference, direct, implicit-gemm, winograd2 or winograd4")
+    })
+}
+
+fn bench_conv(a: ConvArgs) -> anyhow::Result<()> {
+    let isa = parse_isa(a.isa.as_deref())?;
+    let reps = reps(a.reps)?;
+    let config = VggConfig {
+        input: a.input,
+        ..VggConfig::notop(Arch::Vgg16)
+    };
+    config.validate()?;
+    let layers = config.layers();
+    let i = layers
+        .iter()
+        .position(|l| l.name == a.layer && matches!(l.kind, LayerKind::Conv2d { .. }))
+        .with_context(|| {
+            let names: Vec<&str> = layers
+                .iter()
+                .filter(|l| matches!(l.kind, LayerKind::Conv2d { .. }))
+                .map(|l| l.name.as_str())
+                .collect();
+            format!(
+                "VGG16 has no convolution '{}'; it has: {}",
+                a.layer,
+                names.join(", ")
+            )
+        })?;
+    let LayerKind::Conv2d { cin, cout } = layers[i].kind else {
+        unreachable!("checked above")
+    };
+    let [h, w] = [
+        layers[i - 1].output.dims()[0],
+        layers[i - 1].output.dims()[1],
+    ];
+    let mut rng = Rng::new(1);
+    let x = Tensor::from_vec(
+        [a.batch, h, w, cin],
+        &rng.uniform_vec(a.batch * h * w * cin, 0.0, 2.0),
+    )?;
+    let std = (2.0 / (9 * cin) as f32).sqrt();
+    let k: Vec<f32> = (0..9 * cin * cout).map(|_| rng.normal() * std).collect();
+    let kernel = Tensor::from_vec([3, 3, cin, cout], &k)?;
+    let bias = Tensor::from_vec([cout], &rng.uniform_vec(cout, -0.1, 0.1))?;
+    let spec = Conv2dSpec::same_relu();
+    let g = spec.geometry(x.shape(), kernel.shape(), Some(bias.shape()))?;
+    let algo = match &a.algo {
+        Some(s) => parse_algo(s)?,
+        None => ConvAlgo::auto(&g),
+    };
+    let plan = ConvPlan::default();
+    let mut out = None;
+    let mut failed = None;
+    let times = time_reps(reps, || {
+        match conv2d_with(algo, isa, &x, &kernel, Some(&bias), &spec, Some(&plan)) {
+            Ok(y) => out = Some(y),
+            Err(e) => failed = Some(e),
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let got = out.expect("at least one run");
+    let want = conv2d_reference(&x, &kernel, Some(&bias), &spec)?;
+    let scale = want.max_abs().max(f32::MIN_POSITIVE);
+    let worst = got
+        .data()
+        .iter()
+        .zip(want.data())
+        .map(|(a, b)| {
+            if a.is_finite() {
+                (a - b).abs()
+            } else {
+                f32::INFINITY
+            }
+        })
+        .fold(0f32, f32::max)
+        / scale;
+    let tol = if algo == ConvAlgo::Winograd4 {
+        1e-4
+    } else {
+        1e-5
+    };
+    eprintln!(
+        "{} {}x{}x{}->{} batch {} algo {algo} isa {isa} on {} threads: max|diff|/max|ref| {worst:.1e} ({}, tolerance {tol:.0e}); prepared weights {:.1} MB",
+        a.layer,
+        h,
+        w,
+        cin,
+        cout,
+        a.batch,
+        rayon::current_num_threads(),
+        if worst <= tol { "ok" } else { "FAILED" },
+        plan.bytes() as f64 / 1e6
+    );
+    report_speed(g.flops() as f64, &times, isa);
+    if worst > tol {
+        bail!("{algo} disagrees with the reference on {}", a.layer);
+    }
+    Ok(())
+}
+
+fn bench_vgg16(a: VggArgs) -> anyhow::Result<()> {
+    let reps = reps(a.reps)?;
+    let backend: Box<dyn Backend> = match a.isa.as_deref() {
+        Some("reference") => Box::new(CpuReference),
+        other => {
+            let mut cpu = Cpu::with_isa(parse_isa(other)?)?;
+            if let Some(s) = &a.algo {
+                cpu = cpu.with_algo(parse_algo(s)?);
+            }
+            Box::new(cpu)
+        }
+    };
+    let config = VggConfig {
+        input: a.input,
+        ..VggConfig::notop(Arch::Vgg16)
+    };
+    let model = match &a.weights {
+        Some(path) => {
+            let w = crate::io::load_weights(path)?;
+            let w = if w.identify()?.include_top {
+                w.conv_base()
+            } else {
+                w
+            };
+            Vgg::new(config, w)?
+        }
+        None => Vgg::random(config, 0)?,
+    };
+    let [h, w] = a.input;
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let mut rng = Rng::new(0);
+    let x = Tensor::from_vec(
+        [a.batch, h, w, 3],
+        &rng.uniform_vec(a.batch * h * w * 3, -120.0, 150.0),
+    )?;
+    let mut failed = None;
+    let times = time_reps(reps, || {
+        if let Err(e) = model.forward(backend.as_ref(), &x) {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    let flops: u64 = model.layer_specs().map(|l| l.flops()).sum::<u64>() * a.batch as u64;
+    eprintln!(
+        "vgg16 conv base {h}x{w} batch {} on {} ({} threads), {:.2} GFLOP per pass",
+        a.batch,
+        backend.name(),
+        rayon::current_num_threads(),
+        flops as f64 / 1e9
+    );
+    report_speed(flops as f64, &times, Isa::selected());
+    Ok(())
+}

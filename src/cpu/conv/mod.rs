@@ -1,0 +1,190 @@
+//! Fast convolutions: every algorithm computes exactly what `conv2d_reference` defines, and
+//! each stays selectable by name (`keel bench conv --algo`):
+//!
+//! - `direct`: register-tiled direct loops, for layers with few input channels (block1_conv1);
+//! - `implicit-gemm`: the packed GEMM with im2col gathered block by block, never stored; any
+//!   kernel size, stride and padding;
+//! - `winograd2` / `winograd4`: F(2x2,3x3) / F(4x4,3x3) for 3x3 stride-1 layers.
+//!
+//! [`ConvAlgo::auto`] picks per layer; the choices and the measurements behind them are in
+//! docs/cpu-kernels.md.
+
+mod direct;
+mod im2col;
+mod winograd;
+
+use std::sync::OnceLock;
+
+pub use direct::conv_direct;
+pub use im2col::Im2col;
+pub use winograd::{Variant, WinogradWeights, conv_winograd};
+
+use crate::cpu::conv2d_reference;
+use crate::cpu::gemm::{self, BSource, Epilogue};
+use crate::cpu::isa::Isa;
+use crate::error::{Error, Result};
+use crate::tensor::{Activation, Conv2dSpec, ConvGeometry, Tensor};
+
+/// A convolution algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvAlgo {
+    Reference,
+    Direct,
+    ImplicitGemm,
+    Winograd2,
+    Winograd4,
+}
+
+impl ConvAlgo {
+    pub const ALL: [ConvAlgo; 5] = [
+        ConvAlgo::Reference,
+        ConvAlgo::Direct,
+        ConvAlgo::ImplicitGemm,
+        ConvAlgo::Winograd2,
+        ConvAlgo::Winograd4,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvAlgo::Reference => "reference",
+            ConvAlgo::Direct => "direct",
+            ConvAlgo::ImplicitGemm => "implicit-gemm",
+            ConvAlgo::Winograd2 => "winograd2",
+            ConvAlgo::Winograd4 => "winograd4",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ConvAlgo> {
+        ConvAlgo::ALL.into_iter().find(|a| a.name() == s)
+    }
+
+    /// Whether the algorithm can run this geometry (Winograd needs 3x3, stride 1).
+    pub fn supports(self, g: &ConvGeometry) -> bool {
+        match self {
+            ConvAlgo::Winograd2 | ConvAlgo::Winograd4 => {
+                g.kh == 3 && g.kw == 3 && g.stride == [1, 1]
+            }
+            _ => true,
+        }
+    }
+
+    /// keel's choice for a layer: direct when there are too few input channels to fill the
+    /// GEMM's depth, F(4x4) Winograd for 3x3 stride-1 layers with enough tiles to keep its
+    /// GEMMs fed, implicit GEMM otherwise (small images, where it is faster and keeps no
+    /// transformed copy of the weights: VGG's block5 filters would take 113 MB as F(4x4)).
+    pub fn auto(g: &ConvGeometry) -> ConvAlgo {
+        if g.cin < 8 {
+            ConvAlgo::Direct
+        } else if ConvAlgo::Winograd4.supports(g) && g.n * g.oh * g.ow >= WINOGRAD_MIN_PIXELS {
+            ConvAlgo::Winograd4
+        } else {
+            ConvAlgo::ImplicitGemm
+        }
+    }
+}
+
+/// Output pixels (over the batch) from which F(4x4) Winograd beats implicit GEMM.
+const WINOGRAD_MIN_PIXELS: usize = 24 * 24;
+
+impl std::fmt::Display for ConvAlgo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A layer's weights prepared for the fast algorithms, made on first use and kept: the
+/// Winograd transforms cost a pass over the weights in f64, too slow to redo per image.
+#[derive(Debug, Default)]
+pub struct ConvPlan {
+    winograd2: OnceLock<WinogradWeights>,
+    winograd4: OnceLock<WinogradWeights>,
+}
+
+impl ConvPlan {
+    /// Bytes of prepared weights held.
+    pub fn bytes(&self) -> usize {
+        [&self.winograd2, &self.winograd4]
+            .iter()
+            .filter_map(|c| c.get())
+            .map(WinogradWeights::bytes)
+            .sum()
+    }
+}
+
+/// `act(conv(x, kernel) + bias)` with `algo` on `isa`, using (and filling) `plan` if given.
+pub fn conv2d_with(
+    algo: ConvAlgo,
+    isa: Isa,
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    spec: &Conv2dSpec,
+    plan: Option<&ConvPlan>,
+) -> Result<Tensor> {
+    let g = spec.geometry(x.shape(), kernel.shape(), bias.map(Tensor::shape))?;
+    if !algo.supports(&g) {
+        return Err(Error::Invalid(format!(
+            "{algo} needs a 3x3 stride-1 convolution, got {}x{} stride {:?}",
+            g.kh, g.kw, g.stride
+        )));
+    }
+    if !isa.available() {
+        return Err(Error::Invalid(format!("this CPU cannot run {isa} kernels")));
+    }
+    if algo == ConvAlgo::Reference {
+        return conv2d_reference(x, kernel, bias, spec);
+    }
+    let mut out = Tensor::zeros(g.output_shape())?;
+    if out.numel() == 0 {
+        return Ok(out);
+    }
+    let relu = spec.activation == Activation::Relu;
+    let bias = bias.map(Tensor::data);
+    let (xd, kd) = (x.data(), kernel.data());
+    match algo {
+        ConvAlgo::Reference => unreachable!("handled above"),
+        ConvAlgo::Direct => conv_direct(isa, xd, kd, bias, relu, &g, out.data_mut()),
+        ConvAlgo::ImplicitGemm => {
+            let a = Im2col { x: xd, g };
+            let b = BSource::Matrix {
+                data: kd,
+                ld: g.cout,
+            };
+            let ep = Epilogue::new(bias, relu);
+            gemm::gemm_source(isa, &a, b, g.cout, out.data_mut(), g.cout, ep, true);
+        }
+        ConvAlgo::Winograd2 | ConvAlgo::Winograd4 => {
+            let variant = if algo == ConvAlgo::Winograd2 {
+                Variant::F2
+            } else {
+                Variant::F4
+            };
+            let make = || WinogradWeights::new(variant, isa, kd, g.cin, g.cout);
+            let cell = plan.map(|p| match variant {
+                Variant::F2 => &p.winograd2,
+                Variant::F4 => &p.winograd4,
+            });
+            let owned;
+            let w = match cell {
+                Some(c) => {
+                    let w = c.get_or_init(make);
+                    if w.isa == isa {
+                        w
+                    } else {
+                        owned = make();
+                        &owned
+                    }
+                }
+                None => {
+                    owned = make();
+                    &owned
+                }
+            };
+            conv_winograd(w, xd, bias, relu, &g, out.data_mut());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+//! Every algorithm on every available ISA against the reference convolution, on random data
+//! with odd sizes, channels and paddings.
+//!
+//! Tolerance, relative to the largest |output| of the reference: 1e-5 for direct and implicit
+//! GEMM (the same products summed in another order), 1e-5 for F(2x2) Winograd and 1e-4 for
+//! F(4x4), whose transforms multiply by up to 8 (A) and 4-5 (B) before dividing (G) and so
+//! lose a few more bits; these are the measured worst cases times about 4.
+
+use super::*;
+use crate::rng::Rng;
+use crate::tensor::Padding;
+
+fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(shape, &rng.uniform_vec(n, -1.0, 1.0)).unwrap()
+}
+
+fn tolerance(algo: ConvAlgo) -> f32 {
+    match algo {
+        ConvAlgo::Winograd4 => 1e-4,
+        _ => 1e-5,
+    }
+}
+
+/// (n, h, w, cin, cout, kernel, stride, padding)
+type Case = (usize, usize, usize, usize, usize, usize, usize, Padding);
+
+const CASES: [Case; 9] = [
+    (1, 1, 1, 1, 1, 3, 1, Padding::Same),
+    (1, 3, 5, 3, 17, 3, 1, Padding::Same),
+    (2, 7, 9, 17, 33, 3, 1, Padding::Same),
+    (1, 17, 13, 63, 65, 3, 1, Padding::Same),
+    (3, 9, 6, 5, 7, 3, 1, Padding::Valid),
+    (1, 11, 10, 16, 40, 3, 1, Padding::Explicit([2, 0, 1, 3])),
+    (1, 15, 14, 20, 48, 5, 2, Padding::Same),
+    (1, 8, 9, 9, 31, 1, 1, Padding::Valid),
+    (1, 30, 31, 64, 96, 3, 1, Padding::Same),
+];
+
+#[test]
+fn every_algorithm_matches_the_reference() {
+    let mut rng = Rng::new(11);
+    for (c, &(n, h, w, cin, cout, k, s, padding)) in CASES.iter().enumerate() {
+        let x = random(&[n, h, w, cin], &mut rng);
+        let kernel = random(&[k, k, cin, cout], &mut rng);
+        let bias = random(&[cout], &mut rng);
+        // The scale is that of the linear output, so that a ReLU case whose outputs are all
+        // clipped still compares against a meaningful tolerance.
+        let linear = Conv2dSpec {
+            stride: [s, s],
+            padding,
+            activation: Activation::Linear,
+        };
+        let scale = conv2d_reference(&x, &kernel, Some(&bias), &linear)
+            .unwrap()
+            .max_abs();
+        assert!(scale > 0.0);
+        for activation in [Activation::Linear, Activation::Relu] {
+            let spec = Conv2dSpec {
+                stride: [s, s],
+                padding,
+                activation,
+            };
+            let want = conv2d_reference(&x, &kernel, Some(&bias), &spec).unwrap();
+            let g = spec
+                .geometry(x.shape(), kernel.shape(), Some(bias.shape()))
+                .unwrap();
+            for algo in ConvAlgo::ALL.into_iter().filter(|a| a.supports(&g)) {
+                for isa in Isa::all_available() {
+                    let plan = ConvPlan::default();
+                    for _ in 0..2 {
+                        let got =
+                            conv2d_with(algo, isa, &x, &kernel, Some(&bias), &spec, Some(&plan))
+                                .unwrap();
+                        assert_eq!(got.shape(), want.shape());
+                        let mut worst = 0f32;
+                        for (a, b) in got.data().iter().zip(want.data()) {
+                            assert!(a.is_finite(), "case {c} {algo} {isa}: {a}");
+                            worst = worst.max((a - b).abs());
+                        }
+                        assert!(
+                            worst <= tolerance(algo) * scale,
+                            "case {c} {algo} {isa} {activation:?}: max|diff| {worst} > {} * {scale}",
+                            tolerance(algo)
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn winograd_refuses_other_geometries() {
+    let mut rng = Rng::new(3);
+    let x = random(&[1, 8, 8, 4], &mut rng);
+    let k = random(&[3, 3, 4, 5], &mut rng);
+    let spec = Conv2dSpec {
+        stride: [2, 2],
+        ..Conv2dSpec::same_relu()
+    };
+    let err = conv2d_with(
+        ConvAlgo::Winograd4,
+        Isa::Portable,
+        &x,
+        &k,
+        None,
+        &spec,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("3x3 stride-1"), "{err}");
+}
+
+#[test]
+fn nan_in_the_input_reaches_the_output() {
+    let mut rng = Rng::new(5);
+    let mut x = random(&[1, 9, 9, 16], &mut rng);
+    x.data_mut()[4 * 9 * 16 + 4 * 16] = f32::NAN;
+    let k = random(&[3, 3, 16, 8], &mut rng);
+    for algo in ConvAlgo::ALL {
+        let y = conv2d_with(
+            algo,
+            Isa::selected(),
+            &x,
+            &k,
+            None,
+            &Conv2dSpec::same_relu(),
+            None,
+        )
+        .unwrap();
+        assert!(y.data().iter().any(|v| v.is_nan()), "{algo} hid a NaN");
+    }
+}
+
+#[test]
+fn auto_picks_per_layer() {
+    let spec = Conv2dSpec::same_relu();
+    let g = |h: usize, cin: usize| {
+        spec.geometry(
+            &crate::tensor::Shape::new([1, h, h, cin]),
+            &crate::tensor::Shape::new([3, 3, cin, 64]),
+            None,
+        )
+        .unwrap()
+    };
+    assert_eq!(ConvAlgo::auto(&g(224, 3)), ConvAlgo::Direct);
+    assert_eq!(ConvAlgo::auto(&g(224, 64)), ConvAlgo::Winograd4);
+    assert_eq!(ConvAlgo::auto(&g(14, 512)), ConvAlgo::ImplicitGemm);
+    for a in ConvAlgo::ALL {
+        assert_eq!(ConvAlgo::parse(a.name()), Some(a));
+    }
+}

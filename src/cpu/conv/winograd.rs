@@ -1,0 +1,507 @@
+//! Winograd convolution F(m x m, 3 x 3) for 3x3 stride-1 layers, m = 2 or 4.
+//!
+//! An `m x m` block of outputs needs an `a x a` input tile (a = m + 2). Winograd computes it as
+//! `Y = A^T [ (G g G^T) . (B^T d B) ] A`: the element-wise product has `a^2` multiplies per
+//! input/output channel pair instead of `9 m^2`, 2.25x fewer for F(2x2) and 4x for F(4x4).
+//! Summed over input channels, the element-wise products become `a^2` independent GEMMs,
+//! `M_e[tiles x Cout] = V_e[tiles x Cin] * U_e[Cin x Cout]`, which run on the packed GEMM.
+//!
+//! Per block of tile rows (sized so its buffers stay in cache):
+//! 1. input transform, parallel over tiles: `V[t][e][ci]`, 16 channels per vector step;
+//! 2. `a^2` GEMMs, parallel over `e`, reading `V_e` in place (rows `a^2 * Cin` apart) against
+//!    `U_e` packed once per layer;
+//! 3. output transform with bias and ReLU, parallel over tile rows, straight into NHWC.
+//!
+//! The filter transform `U = G g G^T` is done once, in f64. F(4x4)'s larger constants (up to 8
+//! in A, 1/24 in G) cost some precision: measured against the reference in the tests and on
+//! the real VGG16 (see docs/cpu-kernels.md).
+
+use rayon::prelude::*;
+
+use crate::cpu::gemm::{self, BSource, Epilogue, MatrixA, PackedB};
+use crate::cpu::isa::Isa;
+use crate::tensor::ConvGeometry;
+
+const LANES: usize = 16;
+type V = [f32; LANES];
+
+/// Output tile size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// F(2x2, 3x3): 4x4 input tiles, 16 GEMMs.
+    F2,
+    /// F(4x4, 3x3): 6x6 input tiles, 36 GEMMs.
+    F4,
+}
+
+impl Variant {
+    /// Outputs per tile side.
+    pub fn m(self) -> usize {
+        match self {
+            Variant::F2 => 2,
+            Variant::F4 => 4,
+        }
+    }
+
+    /// Input tile side, m + 2.
+    pub fn a(self) -> usize {
+        self.m() + 2
+    }
+
+    /// G of the filter transform, `a x 3`.
+    fn g(self) -> Vec<[f64; 3]> {
+        match self {
+            Variant::F2 => vec![
+                [1.0, 0.0, 0.0],
+                [0.5, 0.5, 0.5],
+                [0.5, -0.5, 0.5],
+                [0.0, 0.0, 1.0],
+            ],
+            Variant::F4 => vec![
+                [1.0 / 4.0, 0.0, 0.0],
+                [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+                [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+                [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+                [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+                [0.0, 0.0, 1.0],
+            ],
+        }
+    }
+}
+
+/// A layer's filters transformed and packed: `U_e = (G g G^T)_e` as `Cin x Cout`, e < a^2.
+#[derive(Clone, Debug)]
+pub struct WinogradWeights {
+    pub variant: Variant,
+    pub isa: Isa,
+    pub cin: usize,
+    pub cout: usize,
+    u: Vec<PackedB>,
+}
+
+impl WinogradWeights {
+    /// Transform a Keras `(3, 3, Cin, Cout)` kernel for the GEMM kernel of `isa`.
+    pub fn new(variant: Variant, isa: Isa, kernel: &[f32], cin: usize, cout: usize) -> Self {
+        assert_eq!(kernel.len(), 9 * cin * cout, "a 3x3 kernel");
+        let a = variant.a();
+        let g = variant.g();
+        // Per (ci, co): U = G g G^T, in f64, written to u_all[e][ci][co].
+        let mut u_all = vec![0f32; a * a * cin * cout];
+        let plane = cin * cout;
+        let mut per_co: Vec<Vec<f32>> = (0..cout)
+            .into_par_iter()
+            .map(|co| {
+                let mut col = vec![0f32; a * a * cin];
+                for ci in 0..cin {
+                    let w = |ky: usize, kx: usize| {
+                        kernel[((ky * 3 + kx) * cin + ci) * cout + co] as f64
+                    };
+                    // t = G g: a x 3
+                    let mut t = vec![[0f64; 3]; a];
+                    for (ti, gi) in t.iter_mut().zip(&g) {
+                        for (kx, v) in ti.iter_mut().enumerate() {
+                            *v = (0..3).map(|ky| gi[ky] * w(ky, kx)).sum();
+                        }
+                    }
+                    for i in 0..a {
+                        for (j, gj) in g.iter().enumerate() {
+                            let v: f64 = (0..3).map(|kx| t[i][kx] * gj[kx]).sum();
+                            col[(i * a + j) * cin + ci] = v as f32;
+                        }
+                    }
+                }
+                col
+            })
+            .collect();
+        for (co, col) in per_co.iter_mut().enumerate() {
+            for e in 0..a * a {
+                for ci in 0..cin {
+                    u_all[e * plane + ci * cout + co] = col[e * cin + ci];
+                }
+            }
+        }
+        drop(per_co);
+        let u = (0..a * a)
+            .into_par_iter()
+            .map(|e| gemm::pack_b_for(isa, &u_all[e * plane..][..plane], cout, cin, cout))
+            .collect();
+        WinogradWeights {
+            variant,
+            isa,
+            cin,
+            cout,
+            u,
+        }
+    }
+
+    /// Bytes held (the a^2 / 9 times the kernel's size).
+    pub fn bytes(&self) -> usize {
+        self.u.iter().map(PackedB::bytes).sum()
+    }
+}
+
+/// Floats of V plus M per block that we aim for: about 8 MB, which stays in L3 and gives the
+/// GEMMs enough rows (tiles) to run near peak.
+const BLOCK_FLOATS: usize = 2 << 20;
+
+/// `out = act(conv3x3(x) + bias)`; `g` must be a 3x3 stride-1 geometry matching `w`.
+pub fn conv_winograd(
+    w: &WinogradWeights,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: &ConvGeometry,
+    out: &mut [f32],
+) {
+    assert!(
+        g.kh == 3 && g.kw == 3 && g.stride == [1, 1] && g.cin == w.cin && g.cout == w.cout,
+        "Winograd needs the 3x3 stride-1 geometry its weights were made for"
+    );
+    let (m, a) = (w.variant.m(), w.variant.a());
+    let aa = a * a;
+    let (th, tw) = (g.oh.div_ceil(m), g.ow.div_ceil(m));
+    let tile_rows = g.n * th;
+    if tile_rows == 0 || tw == 0 {
+        return;
+    }
+    let per_tile = aa * (g.cin + g.cout);
+    let target_tiles = (BLOCK_FLOATS / per_tile).max(64);
+    let rows_per_block = target_tiles.div_ceil(tw).clamp(1, tile_rows);
+    let mut vbuf = vec![0f32; rows_per_block * tw * aa * g.cin];
+    let mut mbuf = vec![0f32; rows_per_block * tw * aa * g.cout];
+    let mut out_rest = out;
+    for r0 in (0..tile_rows).step_by(rows_per_block) {
+        let r1 = (r0 + rows_per_block).min(tile_rows);
+        let tiles = (r1 - r0) * tw;
+        let v = &mut vbuf[..tiles * aa * g.cin];
+        let mm = &mut mbuf[..tiles * aa * g.cout];
+
+        // 1. Input transform.
+        v.par_chunks_mut(aa * g.cin)
+            .enumerate()
+            .for_each(|(t, vt)| {
+                let (row, tx) = (r0 + t / tw, t % tw);
+                let (n, ty) = (row / th, row % th);
+                dispatch_input(w.variant, w.isa, x, g, n, ty * m, tx * m, vt);
+            });
+
+        // 2. One GEMM per tile element e: M_e = V_e * U_e.
+        mm.par_chunks_mut(tiles * g.cout)
+            .enumerate()
+            .for_each(|(e, me)| {
+                let ve = MatrixA {
+                    data: &v[e * g.cin..],
+                    rows: tiles,
+                    cols: g.cin,
+                    ld: aa * g.cin,
+                };
+                gemm::gemm_source(
+                    w.isa,
+                    &ve,
+                    BSource::Packed(&w.u[e]),
+                    g.cout,
+                    me,
+                    g.cout,
+                    Epilogue::NONE,
+                    false,
+                );
+            });
+
+        // 3. Output transform, one tile row (m output rows, fewer at the bottom) per task.
+        let mut chunks = Vec::with_capacity(r1 - r0);
+        for row in r0..r1 {
+            let oy0 = (row % th) * m;
+            let rows_out = m.min(g.oh - oy0);
+            let (chunk, rest) =
+                std::mem::take(&mut out_rest).split_at_mut(rows_out * g.ow * g.cout);
+            chunks.push((row - r0, oy0, rows_out, chunk));
+            out_rest = rest;
+        }
+        let mm = &*mm;
+        chunks
+            .into_par_iter()
+            .for_each(|(local_row, _oy0, rows_out, chunk)| {
+                for tx in 0..tw {
+                    let t = local_row * tw + tx;
+                    dispatch_output(
+                        w.variant,
+                        w.isa,
+                        mm,
+                        tiles,
+                        t,
+                        g,
+                        rows_out,
+                        tx * m,
+                        bias,
+                        relu,
+                        chunk,
+                    );
+                }
+            });
+    }
+}
+
+// ---- transforms ----------------------------------------------------------------------------
+
+#[inline(always)]
+fn vec_from(f: impl Fn(usize) -> f32) -> V {
+    std::array::from_fn(f)
+}
+
+/// `B^T d` for F(2x2): rows of B^T are (1 0 -1 0), (0 1 1 0), (0 -1 1 0), (0 1 0 -1).
+#[inline(always)]
+fn bt2(d: &[V; 4]) -> [V; 4] {
+    [
+        vec_from(|l| d[0][l] - d[2][l]),
+        vec_from(|l| d[1][l] + d[2][l]),
+        vec_from(|l| d[2][l] - d[1][l]),
+        vec_from(|l| d[1][l] - d[3][l]),
+    ]
+}
+
+/// `B^T d` for F(4x4).
+#[inline(always)]
+fn bt4(d: &[V; 6]) -> [V; 6] {
+    [
+        vec_from(|l| 4.0 * d[0][l] - 5.0 * d[2][l] + d[4][l]),
+        vec_from(|l| -4.0 * (d[1][l] + d[2][l]) + d[3][l] + d[4][l]),
+        vec_from(|l| 4.0 * (d[1][l] - d[2][l]) - d[3][l] + d[4][l]),
+        vec_from(|l| 2.0 * (d[3][l] - d[1][l]) - d[2][l] + d[4][l]),
+        vec_from(|l| 2.0 * (d[1][l] - d[3][l]) - d[2][l] + d[4][l]),
+        vec_from(|l| 4.0 * d[1][l] - 5.0 * d[3][l] + d[5][l]),
+    ]
+}
+
+/// `A^T m` for F(2x2): rows (1 1 1 0), (0 1 -1 -1).
+#[inline(always)]
+fn at2(d: &[V; 4]) -> [V; 2] {
+    [
+        vec_from(|l| d[0][l] + d[1][l] + d[2][l]),
+        vec_from(|l| d[1][l] - d[2][l] - d[3][l]),
+    ]
+}
+
+/// `A^T m` for F(4x4): rows (1 1 1 1 1 0), (0 1 -1 2 -2 0), (0 1 1 4 4 0), (0 1 -1 8 -8 1).
+#[inline(always)]
+fn at4(d: &[V; 6]) -> [V; 4] {
+    [
+        vec_from(|l| d[0][l] + d[1][l] + d[2][l] + d[3][l] + d[4][l]),
+        vec_from(|l| d[1][l] - d[2][l] + 2.0 * (d[3][l] - d[4][l])),
+        vec_from(|l| d[1][l] + d[2][l] + 4.0 * (d[3][l] + d[4][l])),
+        vec_from(|l| d[1][l] - d[2][l] + 8.0 * (d[3][l] - d[4][l]) + d[5][l]),
+    ]
+}
+
+/// `T d T^T` for a 1-D transform `f` (applied to the rows, then to the columns).
+#[inline(always)]
+fn apply_2d<const A: usize, const B: usize>(
+    d: &[[V; A]; A],
+    f: impl Fn(&[V; A]) -> [V; B],
+) -> [[V; B]; B] {
+    let rows: [[V; B]; A] = std::array::from_fn(|i| f(&d[i]));
+    let mut out = [[[0f32; LANES]; B]; B];
+    for j in 0..B {
+        let col: [V; A] = std::array::from_fn(|i| rows[i][j]);
+        let r = f(&col);
+        for i in 0..B {
+            out[i][j] = r[i];
+        }
+    }
+    out
+}
+
+/// Transform the `A x A` input tile with top-left output pixel `(oy0, ox0)` of image `n`
+/// into `vt[e][ci]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn input_tile<const A: usize>(
+    x: &[f32],
+    g: &ConvGeometry,
+    n: usize,
+    oy0: usize,
+    ox0: usize,
+    vt: &mut [f32],
+    bt: impl Fn(&[V; A]) -> [V; A] + Copy,
+) {
+    let cin = g.cin;
+    for c0 in (0..cin).step_by(LANES) {
+        let lanes = LANES.min(cin - c0);
+        let mut d = [[[0f32; LANES]; A]; A];
+        for (i, drow) in d.iter_mut().enumerate() {
+            let Some(iy) = (oy0 + i).checked_sub(g.pad_top).filter(|&iy| iy < g.h) else {
+                continue;
+            };
+            for (j, dv) in drow.iter_mut().enumerate() {
+                let Some(ix) = (ox0 + j).checked_sub(g.pad_left).filter(|&ix| ix < g.w) else {
+                    continue;
+                };
+                let at = ((n * g.h + iy) * g.w + ix) * cin + c0;
+                dv[..lanes].copy_from_slice(&x[at..at + lanes]);
+            }
+        }
+        let t = apply_2d(&d, bt);
+        for i in 0..A {
+            for j in 0..A {
+                vt[(i * A + j) * cin + c0..][..lanes].copy_from_slice(&t[i][j][..lanes]);
+            }
+        }
+    }
+}
+
+/// Transform tile `t` of `mm` (`mm[e][t][co]`, `tiles` tiles per e) back to `M x M` outputs
+/// with bias and ReLU, into `chunk` (output rows of one tile row, `rows_out` of them).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn output_tile<const A: usize, const M: usize>(
+    mm: &[f32],
+    tiles: usize,
+    t: usize,
+    g: &ConvGeometry,
+    rows_out: usize,
+    ox0: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    chunk: &mut [f32],
+    at: impl Fn(&[V; A]) -> [V; M] + Copy,
+) {
+    let cout = g.cout;
+    let cols_out = M.min(g.ow - ox0);
+    for c0 in (0..cout).step_by(LANES) {
+        let lanes = LANES.min(cout - c0);
+        let mut d = [[[0f32; LANES]; A]; A];
+        for (i, drow) in d.iter_mut().enumerate() {
+            for (j, dv) in drow.iter_mut().enumerate() {
+                let e = i * A + j;
+                dv[..lanes].copy_from_slice(&mm[(e * tiles + t) * cout + c0..][..lanes]);
+            }
+        }
+        let y = apply_2d(&d, at);
+        let mut b = [0f32; LANES];
+        if let Some(bias) = bias {
+            b[..lanes].copy_from_slice(&bias[c0..c0 + lanes]);
+        }
+        for (i, yrow) in y.iter().enumerate().take(rows_out) {
+            for (j, yv) in yrow.iter().enumerate().take(cols_out) {
+                let o = &mut chunk[(i * g.ow + ox0 + j) * cout + c0..][..lanes];
+                for (l, o) in o.iter_mut().enumerate() {
+                    let v = yv[l] + b[l];
+                    *o = if relu && v < 0.0 { 0.0 } else { v };
+                }
+            }
+        }
+    }
+}
+
+// ---- ISA dispatch: the same code compiled for AVX2 where the CPU has it ----------------------
+
+#[allow(clippy::too_many_arguments)]
+fn input_generic(
+    variant: Variant,
+    x: &[f32],
+    g: &ConvGeometry,
+    n: usize,
+    oy0: usize,
+    ox0: usize,
+    vt: &mut [f32],
+) {
+    match variant {
+        Variant::F2 => input_tile::<4>(x, g, n, oy0, ox0, vt, bt2),
+        Variant::F4 => input_tile::<6>(x, g, n, oy0, ox0, vt, bt4),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn output_generic(
+    variant: Variant,
+    mm: &[f32],
+    tiles: usize,
+    t: usize,
+    g: &ConvGeometry,
+    rows_out: usize,
+    ox0: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    chunk: &mut [f32],
+) {
+    match variant {
+        Variant::F2 => output_tile::<4, 2>(mm, tiles, t, g, rows_out, ox0, bias, relu, chunk, at2),
+        Variant::F4 => output_tile::<6, 4>(mm, tiles, t, g, rows_out, ox0, bias, relu, chunk, at4),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_avx2(
+    variant: Variant,
+    x: &[f32],
+    g: &ConvGeometry,
+    n: usize,
+    oy0: usize,
+    ox0: usize,
+    vt: &mut [f32],
+) {
+    input_generic(variant, x, g, n, oy0, ox0, vt)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_avx2(
+    variant: Variant,
+    mm: &[f32],
+    tiles: usize,
+    t: usize,
+    g: &ConvGeometry,
+    rows_out: usize,
+    ox0: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    chunk: &mut [f32],
+) {
+    output_generic(variant, mm, tiles, t, g, rows_out, ox0, bias, relu, chunk)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dispatch_input(
+    variant: Variant,
+    isa: Isa,
+    x: &[f32],
+    g: &ConvGeometry,
+    n: usize,
+    oy0: usize,
+    ox0: usize,
+    vt: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 && Isa::Avx2.available() {
+        // SAFETY: AVX2 and FMA are available (checked just above).
+        return unsafe { input_avx2(variant, x, g, n, oy0, ox0, vt) };
+    }
+    let _ = isa;
+    input_generic(variant, x, g, n, oy0, ox0, vt)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dispatch_output(
+    variant: Variant,
+    isa: Isa,
+    mm: &[f32],
+    tiles: usize,
+    t: usize,
+    g: &ConvGeometry,
+    rows_out: usize,
+    ox0: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    chunk: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 && Isa::Avx2.available() {
+        // SAFETY: AVX2 and FMA are available (checked just above).
+        return unsafe { output_avx2(variant, mm, tiles, t, g, rows_out, ox0, bias, relu, chunk) };
+    }
+    let _ = isa;
+    output_generic(variant, mm, tiles, t, g, rows_out, ox0, bias, relu, chunk)
+}

@@ -1,0 +1,147 @@
+//! The fast CPU backend, keel's default: the convolution algorithm picked per layer
+//! ([`ConvAlgo::auto`]), dense layers on the packed GEMM, both on the best ISA this CPU has.
+//! 2x2 max pooling has a streaming kernel; softmax and global pooling are small and use the
+//! reference kernels.
+
+use super::conv::{ConvAlgo, ConvPlan, conv2d_with};
+use super::gemm::{self, Epilogue, Kernel};
+use super::isa::Isa;
+use super::pool2x2::{is_2x2_stride2, max_pool_2x2};
+use super::{global_pool_reference, max_pool2d_reference, softmax_reference};
+use crate::error::{Error, Result};
+use crate::tensor::{
+    Activation, Backend, Conv2dSpec, GlobalPool, LayerCache, Pool2dSpec, Tensor, dense_geometry,
+};
+
+/// The fast CPU backend.
+#[derive(Clone, Copy, Debug)]
+pub struct Cpu {
+    isa: Isa,
+    /// Forces one convolution algorithm where it applies (benchmarks); None picks per layer.
+    algo: Option<ConvAlgo>,
+}
+
+impl Default for Cpu {
+    fn default() -> Self {
+        Cpu::new()
+    }
+}
+
+impl Cpu {
+    /// The best ISA (capped by `KEEL_ISA`), algorithms picked per layer.
+    pub fn new() -> Cpu {
+        Cpu {
+            isa: Isa::selected(),
+            algo: None,
+        }
+    }
+
+    /// A backend on a given ISA.
+    pub fn with_isa(isa: Isa) -> Result<Cpu> {
+        if !isa.available() {
+            return Err(Error::Invalid(format!("this CPU cannot run {isa} kernels")));
+        }
+        Ok(Cpu { isa, algo: None })
+    }
+
+    /// Use `algo` for every convolution it supports (others still pick their own).
+    pub fn with_algo(mut self, algo: ConvAlgo) -> Cpu {
+        self.algo = Some(algo);
+        self
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    fn conv(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        bias: Option<&Tensor>,
+        spec: &Conv2dSpec,
+        plan: Option<&ConvPlan>,
+    ) -> Result<Tensor> {
+        let g = spec.geometry(x.shape(), kernel.shape(), bias.map(Tensor::shape))?;
+        let algo = match self.algo {
+            Some(a) if a.supports(&g) => a,
+            _ => ConvAlgo::auto(&g),
+        };
+        conv2d_with(algo, self.isa, x, kernel, bias, spec, plan)
+    }
+}
+
+impl Backend for Cpu {
+    fn name(&self) -> &'static str {
+        match self.isa {
+            Isa::Portable => "cpu-portable",
+            Isa::Avx2 => "cpu-avx2",
+            Isa::Avx512 => "cpu-avx512",
+        }
+    }
+
+    fn conv2d(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        bias: Option<&Tensor>,
+        spec: &Conv2dSpec,
+    ) -> Result<Tensor> {
+        self.conv(x, kernel, bias, spec, None)
+    }
+
+    fn conv2d_cached(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        bias: Option<&Tensor>,
+        spec: &Conv2dSpec,
+        cache: &LayerCache,
+    ) -> Result<Tensor> {
+        let plan = cache.get_or_init(ConvPlan::default);
+        self.conv(x, kernel, bias, spec, plan)
+    }
+
+    fn max_pool2d(&self, x: &Tensor, spec: &Pool2dSpec) -> Result<Tensor> {
+        if is_2x2_stride2(spec) {
+            max_pool_2x2(self.isa, x, spec)
+        } else {
+            max_pool2d_reference(x, spec)
+        }
+    }
+
+    fn dense(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        bias: Option<&Tensor>,
+        activation: Activation,
+    ) -> Result<Tensor> {
+        let [n, fin, fout] = dense_geometry(x.shape(), kernel.shape(), bias.map(Tensor::shape))?;
+        let mut out = Tensor::zeros([n, fout])?;
+        let ep = Epilogue::new(bias.map(Tensor::data), activation == Activation::Relu);
+        gemm::gemm_with(
+            Kernel::for_isa(self.isa),
+            n,
+            fout,
+            fin,
+            x.data(),
+            fin,
+            kernel.data(),
+            fout,
+            out.data_mut(),
+            fout,
+            ep,
+            true,
+        );
+        Ok(out)
+    }
+
+    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        softmax_reference(x)
+    }
+
+    fn global_pool(&self, x: &Tensor, kind: GlobalPool) -> Result<Tensor> {
+        global_pool_reference(x, kind)
+    }
+}

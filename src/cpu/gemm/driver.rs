@@ -1,0 +1,319 @@
+//! The BLIS loop nest around a micro-kernel.
+//!
+//! ```text
+//! for jc in 0..N step NC            B block (KC x NC) packed once, shared by all threads (L3)
+//!   for pc in 0..K step KC
+//!     pack B[pc.., jc..]
+//!     parallel for (ic, jr-chunk)   tasks: row blocks of MC, split in columns when M is small
+//!       pack A[ic.., pc..]          private to the task (L2)
+//!       for jr step NR              B micro-panel stays in L1 while ...
+//!         for ir step MR            ... A micro-panels stream past it
+//!           micro-kernel            C tile in registers
+//! ```
+//!
+//! The bias and ReLU epilogue runs in the micro-kernel on the last K block, while the tile is
+//! still in registers, so C is written once with its final values.
+
+use std::cell::Cell;
+
+use rayon::prelude::*;
+
+use super::Epilogue;
+use super::micro::Micro;
+use super::pack::{ASource, PackedB, pack_b};
+use crate::tensor::AlignedVec;
+
+/// Where B comes from.
+#[derive(Clone, Copy)]
+pub enum BSource<'a> {
+    /// Row-major `k x n` with leading dimension `ld`, packed block by block during the product.
+    Matrix { data: &'a [f32], ld: usize },
+    /// Packed once beforehand for this kernel's `NR` and `KC`.
+    Packed(&'a PackedB),
+}
+
+/// C as a raw pointer, so that tasks can write disjoint tiles of it in parallel.
+#[derive(Clone, Copy)]
+struct CPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of C's elements (its row block times its column
+// chunk), and the product's caller holds the only `&mut` to C for the duration.
+unsafe impl Send for CPtr {}
+// SAFETY: as above; the pointer itself is only copied between threads.
+unsafe impl Sync for CPtr {}
+
+thread_local! {
+    /// Each worker's packed A block, reused across calls.
+    static A_BUF: Cell<AlignedVec> = Cell::new(AlignedVec::zeros(0));
+    /// The calling thread's packed B block, reused across calls.
+    static B_BUF: Cell<AlignedVec> = Cell::new(AlignedVec::zeros(0));
+}
+
+/// `C = A * B` (then the epilogue) with micro-kernel `K`. `c` is row-major `m x n` with leading
+/// dimension `ldc`. With `parallel`, the tasks run on the rayon pool; without, on this thread
+/// (for callers that already run one product per core, like Winograd).
+pub fn gemm<K: Micro>(
+    a: &dyn ASource,
+    b: BSource,
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    ep: Epilogue,
+    parallel: bool,
+) {
+    assert!(K::ISA.available(), "this CPU cannot run {} kernels", K::ISA);
+    let (m, k) = (a.rows(), a.cols());
+    assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "C is too small");
+    if let BSource::Packed(p) = b {
+        assert!(
+            p.k == k && p.n == n && p.nr == K::NR && p.kc == K::KC,
+            "B was packed for another shape or kernel"
+        );
+    }
+    if let Some(bias) = ep.bias {
+        assert!(bias.len() >= n, "bias is shorter than N");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        // An empty sum: C is the epilogue of zero.
+        for row in c.chunks_mut(ldc).take(m) {
+            for (j, v) in row[..n].iter_mut().enumerate() {
+                let x = ep.bias.map_or(0.0, |b| b[j]);
+                *v = if ep.relu && x < 0.0 { 0.0 } else { x };
+            }
+        }
+        return;
+    }
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    // Enough row blocks to feed every thread; fewer, smaller blocks only when M is small.
+    let mc = K::MC
+        .min(m.div_ceil(threads).next_multiple_of(K::MR))
+        .max(K::MR);
+    let row_blocks = m.div_ceil(mc);
+    let cp = CPtr(c.as_mut_ptr());
+
+    for jc in (0..n).step_by(K::NC) {
+        let nc = K::NC.min(n - jc);
+        let panels = nc.div_ceil(K::NR);
+        // When M gives too few row blocks, split the columns too.
+        let col_chunks = if row_blocks >= threads {
+            1
+        } else {
+            threads.div_ceil(row_blocks).min(panels)
+        };
+        let panels_per_chunk = panels.div_ceil(col_chunks);
+        for pc in (0..k).step_by(K::KC) {
+            let kc = K::KC.min(k - pc);
+            let last = pc + kc == k;
+            {
+                // Taken out of the cell, not borrowed: a nested product started by work this
+                // thread steals while waiting finds the cell empty and allocates its own.
+                let mut bbuf = B_BUF.take();
+                let bpanels: &[f32] = match b {
+                    BSource::Packed(p) => p.panels(pc, jc / K::NR, panels),
+                    BSource::Matrix { data, ld } => {
+                        let len = panels * kc * K::NR;
+                        if bbuf.len() < len {
+                            bbuf = AlignedVec::zeros(len);
+                        }
+                        let dst = &mut bbuf.as_mut_slice()[..len];
+                        if parallel && panels > 1 {
+                            dst.par_chunks_mut(kc * K::NR)
+                                .enumerate()
+                                .for_each(|(i, d)| {
+                                    pack_b(data, ld, n, pc, kc, jc + i * K::NR, K::NR, d)
+                                });
+                        } else {
+                            pack_b(data, ld, n, pc, kc, jc, K::NR, dst);
+                        }
+                        &bbuf.as_slice()[..len]
+                    }
+                };
+                let task = |t: usize| {
+                    let (ib, chunk) = (t / col_chunks, t % col_chunks);
+                    let ic = ib * mc;
+                    let mcb = mc.min(m - ic);
+                    let p_first = chunk * panels_per_chunk;
+                    let p_end = panels.min(p_first + panels_per_chunk);
+                    if p_first >= p_end {
+                        return;
+                    }
+                    {
+                        let mut abuf = A_BUF.take();
+                        // Read A in place when it is a matrix (measured faster at every VGG
+                        // shape: its MR rows stream well, and packing cost as much as it
+                        // saved); pack only a ragged last panel then.
+                        let direct = a.direct();
+                        let (first_row, rows) = match direct {
+                            Some(_) => (ic + mcb / K::MR * K::MR, mcb % K::MR),
+                            None => (ic, mcb),
+                        };
+                        let len = rows.div_ceil(K::MR) * K::MR * kc;
+                        if abuf.len() < len {
+                            abuf = AlignedVec::zeros(len);
+                        }
+                        let packed = &mut abuf.as_mut_slice()[..len];
+                        if rows > 0 {
+                            a.pack(first_row, rows, pc, kc, K::MR, packed);
+                        }
+                        let apanels = match direct {
+                            Some((data, lda)) => APanels::Direct {
+                                // SAFETY: not dereferenced here; the micro-kernel reads rows
+                                // ic.. of A, columns pc..pc+kc, all inside `data`.
+                                base: unsafe { data.as_ptr().add(ic * lda + pc) },
+                                lda,
+                                full: mcb / K::MR,
+                                tail: packed,
+                            },
+                            None => APanels::Packed(packed),
+                        };
+                        macro_kernel::<K>(
+                            apanels,
+                            &bpanels[p_first * kc * K::NR..p_end * kc * K::NR],
+                            kc,
+                            mcb,
+                            (jc + p_first * K::NR, (jc + nc).min(jc + p_end * K::NR)),
+                            cp,
+                            ic,
+                            ldc,
+                            pc > 0,
+                            if last { ep } else { Epilogue::NONE },
+                        );
+                        A_BUF.set(abuf);
+                    }
+                };
+                let tasks = row_blocks * col_chunks;
+                if parallel && tasks > 1 {
+                    (0..tasks).into_par_iter().for_each(task);
+                } else {
+                    (0..tasks).for_each(task);
+                }
+                B_BUF.set(bbuf);
+            }
+        }
+    }
+}
+
+/// The rows of A for one task.
+enum APanels<'a> {
+    /// Packed micro-panels of MR rows.
+    Packed(&'a [f32]),
+    /// `full` whole panels read in place from row-major A at `base` (rows `lda` apart), then
+    /// the packed ragged rest in `tail`.
+    Direct {
+        base: *const f32,
+        lda: usize,
+        full: usize,
+        tail: &'a [f32],
+    },
+}
+
+impl APanels<'_> {
+    /// The A operand of panel `ip` for the micro-kernel: pointer and `lda` (0 when packed).
+    fn panel(&self, ip: usize, mr: usize, kc: usize) -> (*const f32, usize) {
+        match *self {
+            APanels::Packed(p) => (p[ip * mr * kc..].as_ptr(), 0),
+            APanels::Direct {
+                base,
+                lda,
+                full,
+                tail,
+            } => {
+                if ip < full {
+                    // SAFETY: panel ip < full lies inside A (see where `base` is made).
+                    (unsafe { base.add(ip * mr * lda) }, lda)
+                } else {
+                    (tail[(ip - full) * mr * kc..].as_ptr(), 0)
+                }
+            }
+        }
+    }
+}
+
+/// The jr and ir loops over one packed A block and a run of packed B panels covering columns
+/// `cols.0..cols.1` of C.
+#[allow(clippy::too_many_arguments)]
+fn macro_kernel<K: Micro>(
+    apanels: APanels,
+    bpanels: &[f32],
+    kc: usize,
+    mc: usize,
+    cols: (usize, usize),
+    c: CPtr,
+    ic: usize,
+    ldc: usize,
+    accumulate: bool,
+    ep: Epilogue,
+) {
+    let (mr, nr) = (K::MR, K::NR);
+    let mut edge = [0f32; 512];
+    let mut edge_bias = [0f32; 64];
+    debug_assert!(mr * nr <= edge.len() && nr <= edge_bias.len());
+    for (jp, bp) in bpanels.chunks_exact(kc * nr).enumerate() {
+        let j0 = cols.0 + jp * nr;
+        let nrb = nr.min(cols.1 - j0);
+        for ip in 0..mc.div_ceil(mr) {
+            let (ap, lda) = apanels.panel(ip, mr, kc);
+            let i0 = ic + ip * mr;
+            let mrb = mr.min(ic + mc - i0);
+            // SAFETY: (i0, j0) is inside this task's rectangle of C, which no other task
+            // touches; the full-tile case writes MR x NR inside C's m x n; the edge case goes
+            // through `edge`, a full tile, and copies back only the rows and columns inside C.
+            // The packed panels hold kc * MR and kc * NR floats; bias, if any, has n >= j0 + nrb
+            // entries, and `edge_bias` covers the ragged case.
+            unsafe {
+                let ctile = c.0.add(i0 * ldc + j0);
+                let bias = match ep.bias {
+                    Some(b) if nrb == nr => b.as_ptr().add(j0),
+                    Some(b) => {
+                        edge_bias[..nrb].copy_from_slice(&b[j0..j0 + nrb]);
+                        edge_bias.as_ptr()
+                    }
+                    None => std::ptr::null(),
+                };
+                if mrb == mr && nrb == nr {
+                    K::tile(
+                        kc,
+                        ap,
+                        lda,
+                        bp.as_ptr(),
+                        ctile,
+                        ldc,
+                        accumulate,
+                        bias,
+                        ep.relu,
+                    );
+                } else {
+                    if accumulate {
+                        for r in 0..mrb {
+                            for j in 0..nrb {
+                                edge[r * nr + j] = *ctile.add(r * ldc + j);
+                            }
+                        }
+                    }
+                    K::tile(
+                        kc,
+                        ap,
+                        lda,
+                        bp.as_ptr(),
+                        edge.as_mut_ptr(),
+                        nr,
+                        accumulate,
+                        bias,
+                        ep.relu,
+                    );
+                    for r in 0..mrb {
+                        for j in 0..nrb {
+                            *ctile.add(r * ldc + j) = edge[r * nr + j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Micro-kernels: the innermost `MR x NR` tile of C, held in registers for a whole K block.
+//!
+//! Each step of `k` loads one packed row of B (`NR` values, a few vector registers), broadcasts
+//! each of the `MR` packed A values in turn and does `MR * NR / lanes` fused multiply-adds into
+//! the accumulators. `MR` and `NR` are chosen so the accumulators plus the B registers fill the
+//! register file without spilling: 12 x 32 uses 24 of AVX-512's 32 registers, 6 x 16 uses 12 of
+//! AVX2's 16. That ratio of FMAs to loads is what lets the kernel run at the FMA units' speed.
+
+use crate::cpu::isa::Isa;
+
+/// One register-blocked tile kernel. Implementations differ only in ISA and tile shape.
+pub trait Micro: Sync {
+    const MR: usize;
+    const NR: usize;
+    /// Cache blocking for this kernel: rows of A per packed block (L2), depth per block (the B
+    /// micro-panel `KC x NR` stays in L1), columns of B per packed block (L3).
+    const MC: usize;
+    const KC: usize;
+    const NC: usize;
+    const ISA: Isa;
+
+    /// `C[0..MR, 0..NR] (+)= A * B_panel`, then `+ bias` and ReLU if asked. A is a packed
+    /// panel (`lda == 0`, element `(r, p)` at `p * MR + r`) or `MR` rows of a row-major matrix
+    /// `lda` apart (element `(r, p)` at `r * lda + p`), which skips packing when N is narrow.
+    ///
+    /// # Safety
+    /// `a` holds the `kc * MR` values of A in the layout `lda` says and `b` holds `kc * NR`; `c` points to `MR` rows of `NR`
+    /// writable floats with row stride `ldc`; `bias` is null or points to `NR` floats; the
+    /// CPU supports `Self::ISA` (checked by the caller through [`Isa::available`]).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        bias: *const f32,
+        relu: bool,
+    );
+}
+
+/// Plain Rust tile of 4 x 16: fixed-size arrays the compiler keeps in vector registers of
+/// whatever width the build target has. The `packed` rung of the ladder and the fallback on
+/// CPUs without AVX2.
+pub struct Portable;
+
+impl Micro for Portable {
+    const MR: usize = 4;
+    const NR: usize = 16;
+    const MC: usize = 128;
+    const KC: usize = 256;
+    const NC: usize = 4096;
+    const ISA: Isa = Isa::Portable;
+
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // SAFETY: the caller guarantees the sizes documented on `Micro::tile`.
+        let b = unsafe { std::slice::from_raw_parts(b, kc * 16) };
+        let mut acc = [[0f32; 16]; 4];
+        for (p, bp) in b.chunks_exact(16).enumerate() {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: (r, p) is inside A in the layout `lda` says.
+                let av = unsafe { *a.add(if lda == 0 { p * 4 + r } else { r * lda + p }) };
+                for (c, &b) in acc.iter_mut().zip(bp) {
+                    *c += av * b;
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            // SAFETY: row r < MR of the caller's tile holds NR writable floats.
+            let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), 16) };
+            for j in 0..16 {
+                let mut v = acc[j];
+                if accumulate {
+                    v += row[j];
+                }
+                if !bias.is_null() {
+                    // SAFETY: a non-null bias points to NR floats.
+                    v += unsafe { *bias.add(j) };
+                }
+                if relu && v < 0.0 {
+                    v = 0.0;
+                }
+                row[j] = v;
+            }
+        }
+    }
+}

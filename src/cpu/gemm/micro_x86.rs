@@ -1,0 +1,197 @@
+//! The x86-64 micro-kernels, AVX2+FMA (6 x 16) and AVX-512F (12 x 32), in intrinsics.
+//!
+//! The accumulators are arrays of registers indexed by constants; after unrolling LLVM keeps
+//! every one of them in a register (checked in the disassembly: no stack traffic in the loop).
+//! The A values are broadcast straight from the packed panel (`vbroadcastss` folds into the
+//! FMA's memory operand), so a step of `k` costs `NR / lanes` loads, `MR` broadcasts and
+//! `MR * NR / lanes` FMAs.
+
+use std::arch::x86_64::*;
+
+use super::micro::Micro;
+use crate::cpu::isa::Isa;
+
+/// Element `(r, p)` of the A operand: packed (`p * MR + r`) or row-major rows `lda` apart.
+///
+/// # Safety
+/// The element must be inside the caller's A operand.
+#[inline(always)]
+unsafe fn a_at<const STRIDED: bool, const MR: usize>(
+    a: *const f32,
+    lda: usize,
+    p: usize,
+    r: usize,
+) -> *const f32 {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        if STRIDED {
+            a.add(r * lda + p)
+        } else {
+            a.add(p * MR + r)
+        }
+    }
+}
+
+pub struct Avx2;
+
+impl Micro for Avx2 {
+    const MR: usize = 6;
+    const NR: usize = 16;
+    const MC: usize = 120;
+    const KC: usize = 256;
+    const NC: usize = 4096;
+    const ISA: Isa = Isa::Avx2;
+
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // SAFETY: the caller checked AVX2 and FMA and the buffer sizes (see `Micro::tile`).
+        unsafe {
+            if lda == 0 {
+                tile_avx2::<false>(kc, a, 0, b, c, ldc, accumulate, bias, relu)
+            } else {
+                tile_avx2::<true>(kc, a, lda, b, c, ldc, accumulate, bias, relu)
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2<const STRIDED: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    bias: *const f32,
+    relu: bool,
+) {
+    const MR: usize = 6;
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    for p in 0..kc {
+        // SAFETY: p < kc; B's panel holds kc * NR floats and A's operand kc values in each of MR rows.
+        unsafe {
+            let b0 = _mm256_loadu_ps(b.add(p * 16));
+            let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm256_broadcast_ss(&*a_at::<STRIDED, MR>(a, lda, p, r));
+                acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+    }
+    let zero = _mm256_setzero_ps();
+    for (r, acc) in acc.iter().enumerate() {
+        for (h, &v) in acc.iter().enumerate() {
+            // SAFETY: row r < MR holds NR = 16 writable floats; a non-null bias holds 16.
+            unsafe {
+                let dst = c.add(r * ldc + h * 8);
+                let mut v = v;
+                if accumulate {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(dst));
+                }
+                if !bias.is_null() {
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(bias.add(h * 8)));
+                }
+                if relu {
+                    // max(0, v) returns v when v is NaN (the second operand), as the reference does.
+                    v = _mm256_max_ps(zero, v);
+                }
+                _mm256_storeu_ps(dst, v);
+            }
+        }
+    }
+}
+
+pub struct Avx512;
+
+impl Micro for Avx512 {
+    const MR: usize = 12;
+    const NR: usize = 32;
+    const MC: usize = 96;
+    const KC: usize = 384;
+    const NC: usize = 4096;
+    const ISA: Isa = Isa::Avx512;
+
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // SAFETY: the caller checked AVX-512F and the buffer sizes (see `Micro::tile`).
+        unsafe {
+            if lda == 0 {
+                tile_avx512::<false>(kc, a, 0, b, c, ldc, accumulate, bias, relu)
+            } else {
+                tile_avx512::<true>(kc, a, lda, b, c, ldc, accumulate, bias, relu)
+            }
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx512<const STRIDED: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    bias: *const f32,
+    relu: bool,
+) {
+    const MR: usize = 12;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    for p in 0..kc {
+        // SAFETY: p < kc; B's panel holds kc * NR floats and A's operand kc values in each of MR rows.
+        unsafe {
+            let b0 = _mm512_loadu_ps(b.add(p * 32));
+            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*a_at::<STRIDED, MR>(a, lda, p, r));
+                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+            }
+        }
+    }
+    let zero = _mm512_setzero_ps();
+    for (r, acc) in acc.iter().enumerate() {
+        for (h, &v) in acc.iter().enumerate() {
+            // SAFETY: row r < MR holds NR = 32 writable floats; a non-null bias holds 32.
+            unsafe {
+                let dst = c.add(r * ldc + h * 16);
+                let mut v = v;
+                if accumulate {
+                    v = _mm512_add_ps(v, _mm512_loadu_ps(dst));
+                }
+                if !bias.is_null() {
+                    v = _mm512_add_ps(v, _mm512_loadu_ps(bias.add(h * 16)));
+                }
+                if relu {
+                    // max(0, v) returns v when v is NaN (the second operand), as the reference does.
+                    v = _mm512_max_ps(zero, v);
+                }
+                _mm512_storeu_ps(dst, v);
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Packing: copying blocks of A and B into the exact order the micro-kernel reads them.
+//!
+//! The micro-kernel walks `k` and, at each step, reads `MR` values of A (one per row of its
+//! tile) and `NR` values of B (one per column). Packing lays those out contiguously, so the
+//! kernel's loads are unit-stride, aligned and never cross a page; it also zero-pads ragged
+//! edges so the kernel never needs a bounds check. The copy costs O(MK + KN), against O(MNK)
+//! for the product.
+
+use crate::tensor::AlignedVec;
+
+/// Where the rows of A come from. A row-major matrix for plain GEMM; an image read through
+/// im2col on the fly for implicit-GEMM convolution, so no im2col buffer ever exists.
+pub trait ASource: Sync {
+    /// Rows of A (M).
+    fn rows(&self) -> usize;
+    /// Columns of A (K).
+    fn cols(&self) -> usize;
+    /// Pack rows `i0..i0+mc` and columns `p0..p0+kc` as micro-panels of `mr` rows:
+    /// `dst[(panel * kc + p) * mr + r] = A[i0 + panel * mr + r, p0 + p]`, zero past the last row.
+    /// `dst` holds `mc.div_ceil(mr) * mr * kc` floats.
+    fn pack(&self, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]);
+    /// The row-major values and leading dimension, when A is a plain matrix the micro-kernel
+    /// can read in place.
+    fn direct(&self) -> Option<(&[f32], usize)> {
+        None
+    }
+}
+
+/// A row-major matrix `rows x cols` with leading dimension `ld`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatrixA<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+}
+
+impl ASource for MatrixA<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn direct(&self) -> Option<(&[f32], usize)> {
+        Some((self.data, self.ld))
+    }
+
+    fn pack(&self, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
+        for (panel, out) in dst.chunks_exact_mut(kc * mr).enumerate() {
+            for r in 0..mr {
+                let row = i0 + panel * mr + r;
+                if row < i0 + mc && row < self.rows {
+                    let src = &self.data[row * self.ld + p0..][..kc];
+                    for (p, &v) in src.iter().enumerate() {
+                        out[p * mr + r] = v;
+                    }
+                } else {
+                    for p in 0..kc {
+                        out[p * mr + r] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Pack rows `p0..p0+kc` and columns `j0..j0+nc` of row-major `b` (leading dimension `ldb`,
+/// `n` columns in all) as micro-panels of `nr` columns: `dst[(panel * kc + p) * nr + j]`,
+/// zero past column `n`.
+#[allow(clippy::too_many_arguments)]
+pub fn pack_b(
+    b: &[f32],
+    ldb: usize,
+    n: usize,
+    p0: usize,
+    kc: usize,
+    j0: usize,
+    nr: usize,
+    dst: &mut [f32],
+) {
+    for (panel, out) in dst.chunks_exact_mut(kc * nr).enumerate() {
+        let col = j0 + panel * nr;
+        let width = nr.min(n.saturating_sub(col));
+        for p in 0..kc {
+            let o = &mut out[p * nr..][..nr];
+            if width > 0 {
+                o[..width].copy_from_slice(&b[(p0 + p) * ldb + col..][..width]);
+            }
+            o[width..].fill(0.0);
+        }
+    }
+}
+
+/// All of B packed once, for a B that is reused across many products: convolution weights and
+/// their Winograd transforms. Blocks of `kc` rows follow each other; inside a block the `nr`
+/// column panels of the whole width follow each other.
+#[derive(Clone, Debug)]
+pub struct PackedB {
+    pub(crate) data: AlignedVec,
+    pub(crate) k: usize,
+    pub(crate) n: usize,
+    pub(crate) kc: usize,
+    pub(crate) nr: usize,
+}
+
+impl PackedB {
+    /// Pack row-major `b` (`k x n`, leading dimension `ldb`) for micro-panels `nr` wide and
+    /// K blocks of `kc`.
+    pub fn new(b: &[f32], ldb: usize, k: usize, n: usize, kc: usize, nr: usize) -> PackedB {
+        let panels = n.div_ceil(nr);
+        let mut data = AlignedVec::zeros(k * panels * nr);
+        let mut offset = 0;
+        for p0 in (0..k).step_by(kc.max(1)) {
+            let kcb = kc.min(k - p0);
+            let len = kcb * panels * nr;
+            pack_b(
+                b,
+                ldb,
+                n,
+                p0,
+                kcb,
+                0,
+                nr,
+                &mut data.as_mut_slice()[offset..][..len],
+            );
+            offset += len;
+        }
+        PackedB { data, k, n, kc, nr }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The packed panels `first..first+count` of the K block starting at row `p0`.
+    pub(crate) fn panels(&self, p0: usize, first: usize, count: usize) -> &[f32] {
+        let panels = self.n.div_ceil(self.nr);
+        let kcb = self.kc.min(self.k - p0);
+        let start = p0 * panels * self.nr + first * kcb * self.nr;
+        &self.data.as_slice()[start..][..count * kcb * self.nr]
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packs_a_with_zero_padded_rows() {
+        let a: Vec<f32> = (0..15).map(|v| v as f32 + 1.0).collect(); // 3 x 5
+        let m = MatrixA {
+            data: &a,
+            rows: 3,
+            cols: 5,
+            ld: 5,
+        };
+        let mut dst = [f32::NAN; 2 * 2 * 2];
+        m.pack(1, 2, 3, 2, 2, &mut dst[..4]);
+        // rows 1..3, columns 3..5: [[9, 10], [14, 15]] as (p, r)
+        assert_eq!(&dst[..4], &[9.0, 14.0, 10.0, 15.0]);
+        m.pack(2, 1, 0, 2, 2, &mut dst[..4]);
+        assert_eq!(&dst[..4], &[11.0, 0.0, 12.0, 0.0]);
+    }
+
+    #[test]
+    fn packed_b_panels_match_pack_b() {
+        let (k, n) = (7, 5);
+        let b: Vec<f32> = (0..k * n).map(|v| v as f32 + 0.5).collect();
+        let p = PackedB::new(&b, n, k, n, 3, 4);
+        // K block starting at 3 (3 rows), second panel: columns 4..8 of which only 4 exists.
+        let s = p.panels(3, 1, 1);
+        assert_eq!(s.len(), 3 * 4);
+        for r in 0..3 {
+            assert_eq!(s[r * 4], b[(3 + r) * n + 4]);
+            assert_eq!(&s[r * 4 + 1..r * 4 + 4], &[0.0; 3]);
+        }
+        // The last K block has one row.
+        assert_eq!(p.panels(6, 0, 2).len(), 8);
+    }
+}

@@ -1,0 +1,211 @@
+//! Every rung and ISA path against an f64 reference on random data of odd sizes.
+//!
+//! Tolerance: each element may differ from the f64 sum by `1e-5 * sum_p |a_ip * b_pj|` (plus
+//! 1e-30 so that exact zeros compare). f32 accumulation in any order stays within about
+//! `k * 2^-24` of that bound's scale; 1e-5 leaves room for k up to a few hundred blocks while
+//! still catching any dropped or doubled term, which would be off by a whole `|a_ip * b_pj|`.
+
+use super::*;
+use crate::rng::Rng;
+
+const SIZES: [(usize, usize, usize); 9] = [
+    (1, 1, 1),
+    (3, 5, 7),
+    (1, 63, 17),
+    (17, 1, 3),
+    (13, 33, 63),
+    (63, 65, 257),
+    (145, 97, 300),
+    (31, 513, 17),
+    (290, 40, 531),
+];
+
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+    a: Vec<f32>,
+    b: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Case {
+    fn new(m: usize, n: usize, k: usize, pad: usize, seed: u64) -> Case {
+        let mut rng = Rng::new(seed);
+        let (lda, ldb, ldc) = (k + pad, n + pad, n + 2 * pad);
+        Case {
+            m,
+            n,
+            k,
+            lda,
+            ldb,
+            ldc,
+            a: rng.uniform_vec(m * lda, -1.0, 1.0),
+            b: rng.uniform_vec(k * ldb, -1.0, 1.0),
+            bias: rng.uniform_vec(n, -0.5, 0.5),
+        }
+    }
+
+    /// The f64 result and the per-element error scale.
+    fn reference(&self, ep: Epilogue) -> (Vec<f64>, Vec<f64>) {
+        let mut out = vec![0f64; self.m * self.n];
+        let mut scale = vec![0f64; self.m * self.n];
+        for i in 0..self.m {
+            for j in 0..self.n {
+                let (mut s, mut abs) = (0f64, 0f64);
+                for p in 0..self.k {
+                    let t = self.a[i * self.lda + p] as f64 * self.b[p * self.ldb + j] as f64;
+                    s += t;
+                    abs += t.abs();
+                }
+                if let Some(b) = ep.bias {
+                    s += b[j] as f64;
+                    abs += (b[j] as f64).abs();
+                }
+                if ep.relu && s < 0.0 {
+                    s = 0.0;
+                }
+                out[i * self.n + j] = s;
+                scale[i * self.n + j] = abs;
+            }
+        }
+        (out, scale)
+    }
+
+    fn check(&self, c: &[f32], ep: Epilogue, what: &str) {
+        let (want, scale) = self.reference(ep);
+        for i in 0..self.m {
+            for j in 0..self.n {
+                let got = c[i * self.ldc + j];
+                let w = want[i * self.n + j];
+                let tol = 1e-5 * scale[i * self.n + j] + 1e-30;
+                assert!(
+                    got.is_finite() && (got as f64 - w).abs() <= tol,
+                    "{what} m={} n={} k={}: C[{i},{j}] = {got}, want {w} (tolerance {tol})",
+                    self.m,
+                    self.n,
+                    self.k
+                );
+            }
+        }
+    }
+}
+
+fn epilogues(bias: &[f32]) -> [Epilogue<'_>; 3] {
+    [
+        Epilogue::NONE,
+        Epilogue::new(Some(bias), false),
+        Epilogue::new(Some(bias), true),
+    ]
+}
+
+#[test]
+fn every_available_kernel_matches_the_reference() {
+    let kernels: Vec<Kernel> = Kernel::ALL.into_iter().filter(|k| k.available()).collect();
+    assert!(kernels.contains(&Kernel::Packed));
+    for (s, &(m, n, k)) in SIZES.iter().enumerate() {
+        for pad in [0, 3] {
+            let case = Case::new(m, n, k, pad, 100 + s as u64);
+            for ep in epilogues(&case.bias) {
+                for &kernel in &kernels {
+                    for parallel in [false, true] {
+                        // C starts as garbage: every element must be written.
+                        let mut c = vec![f32::NAN; m * case.ldc];
+                        gemm_with(
+                            kernel, m, n, k, &case.a, case.lda, &case.b, case.ldb, &mut c,
+                            case.ldc, ep, parallel,
+                        );
+                        case.check(&c, ep, &format!("{kernel} parallel={parallel} {ep:?}"));
+                        // Padding between rows of C is left alone.
+                        for i in 0..m {
+                            assert!(
+                                c[i * case.ldc + n..(i + 1) * case.ldc]
+                                    .iter()
+                                    .all(|v| v.is_nan())
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_b_gives_the_same_product() {
+    for isa in Isa::all_available() {
+        for (s, &(m, n, k)) in SIZES.iter().enumerate() {
+            let case = Case::new(m, n, k, 0, 200 + s as u64);
+            let packed = pack_b_for(isa, &case.b, case.ldb, k, n);
+            let a = MatrixA {
+                data: &case.a,
+                rows: m,
+                cols: k,
+                ld: case.lda,
+            };
+            let ep = Epilogue::new(Some(&case.bias), true);
+            let mut c = vec![f32::NAN; m * case.ldc];
+            gemm_source(
+                isa,
+                &a,
+                BSource::Packed(&packed),
+                n,
+                &mut c,
+                case.ldc,
+                ep,
+                true,
+            );
+            case.check(&c, ep, &format!("{isa} packed B"));
+        }
+    }
+}
+
+#[test]
+fn k_zero_gives_the_epilogue_of_zero() {
+    let bias = [1.0, -2.0, 3.0];
+    let mut c = vec![f32::NAN; 6];
+    gemm(
+        2,
+        3,
+        0,
+        &[],
+        0,
+        &[],
+        3,
+        &mut c,
+        3,
+        Epilogue::new(Some(&bias), true),
+    );
+    assert_eq!(c, [1.0, 0.0, 3.0, 1.0, 0.0, 3.0]);
+}
+
+#[test]
+fn nan_propagates_through_every_kernel() {
+    let case = Case::new(20, 40, 30, 0, 7);
+    let mut a = case.a.clone();
+    a[5 * case.lda + 11] = f32::NAN;
+    for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
+        let mut c = vec![0f32; 20 * case.ldc];
+        let ep = Epilogue::new(Some(&case.bias), true);
+        gemm_with(
+            kernel, 20, 40, 30, &a, case.lda, &case.b, case.ldb, &mut c, case.ldc, ep, true,
+        );
+        for i in 0..20 {
+            for j in 0..40 {
+                assert_eq!(c[i * case.ldc + j].is_nan(), i == 5, "{kernel} C[{i},{j}]");
+            }
+        }
+    }
+}
+
+#[test]
+fn kernel_names_round_trip() {
+    for k in Kernel::ALL {
+        assert_eq!(Kernel::parse(k.name()), Some(k));
+    }
+    assert_eq!(Kernel::parse("fast"), None);
+    assert!(Kernel::best().available());
+}

@@ -1,0 +1,125 @@
+//! This machine's FMA peak, measured rather than looked up: a loop of independent fused
+//! multiply-adds with no memory traffic, on every thread of the rayon pool at once. The
+//! benchmarks quote GFLOP/s as a percentage of it.
+
+use std::time::Instant;
+
+use crate::cpu::isa::Isa;
+
+/// Independent accumulator chains: more than FMA latency times FMA ports (4 x 2 on Zen 5), so
+/// the loop is bound by throughput.
+const CHAINS: usize = 12;
+
+/// GFLOP/s of `isa` FMAs on all threads of the current rayon pool, over about `seconds`.
+pub fn fma_peak_gflops(isa: Isa, seconds: f64) -> f64 {
+    // Calibrate the iteration count on one short run, then time the real one.
+    let probe = 1 << 16;
+    let t = Instant::now();
+    std::hint::black_box(fma_loop(isa, probe));
+    let per_iter = t.elapsed().as_secs_f64() / probe as f64;
+    let iters = ((seconds / per_iter.max(1e-12)) as usize).clamp(probe, 1 << 30);
+    let threads = rayon::current_num_threads();
+    let t = Instant::now();
+    rayon::broadcast(|_| std::hint::black_box(fma_loop(isa, iters)));
+    let secs = t.elapsed().as_secs_f64();
+    let flops = threads as f64 * iters as f64 * (CHAINS * lanes(isa) * 2) as f64;
+    flops / secs / 1e9
+}
+
+fn lanes(isa: Isa) -> usize {
+    match isa {
+        Isa::Portable => 4,
+        Isa::Avx2 => 8,
+        Isa::Avx512 => 16,
+    }
+}
+
+/// `iters` rounds of `CHAINS` FMAs of `isa`'s vector width; returns a value depending on all.
+fn fma_loop(isa: Isa, iters: usize) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.available() => {
+            // SAFETY: AVX-512F is available (checked in the guard).
+            unsafe { x86::fma512(iters) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.available() => {
+            // SAFETY: AVX2 and FMA are available (checked in the guard).
+            unsafe { x86::fma256(iters) }
+        }
+        _ => {
+            let mut acc = [[1f32; 4]; CHAINS];
+            let (m, a) = (
+                std::hint::black_box(0.999_f32),
+                std::hint::black_box(1e-3_f32),
+            );
+            for _ in 0..iters {
+                for c in acc.iter_mut() {
+                    for v in c.iter_mut() {
+                        *v = *v * m + a;
+                    }
+                }
+            }
+            acc.iter().flatten().sum()
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::CHAINS;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma512(iters: usize) -> f32 {
+        let m = _mm512_set1_ps(std::hint::black_box(0.999));
+        let a = _mm512_set1_ps(std::hint::black_box(1e-3));
+        let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, m, a);
+            }
+        }
+        let mut s = _mm512_setzero_ps();
+        for v in acc {
+            s = _mm512_add_ps(s, v);
+        }
+        _mm512_reduce_add_ps(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma256(iters: usize) -> f32 {
+        let m = _mm256_set1_ps(std::hint::black_box(0.999));
+        let a = _mm256_set1_ps(std::hint::black_box(1e-3));
+        let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, m, a);
+            }
+        }
+        let mut s = _mm256_setzero_ps();
+        for v in acc {
+            s = _mm256_add_ps(s, v);
+        }
+        let mut out = [0f32; 8];
+        // SAFETY: `out` holds 8 floats.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
+        out.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_available_loop_runs_and_reports_a_positive_rate() {
+        for isa in Isa::all_available() {
+            let r = fma_loop(isa, 1000);
+            assert!(r.is_finite() && r > 0.0, "{isa}: {r}");
+            let g = fma_peak_gflops(isa, 0.01);
+            assert!(g.is_finite() && g > 0.0, "{isa}: {g} GFLOP/s");
+        }
+    }
+}
