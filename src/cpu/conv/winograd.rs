@@ -85,45 +85,32 @@ impl WinogradWeights {
         assert_eq!(kernel.len(), 9 * cin * cout, "a 3x3 kernel");
         let a = variant.a();
         let g = variant.g();
-        // Per (ci, co): U = G g G^T, in f64, written to u_all[e][ci][co].
-        let mut u_all = vec![0f32; a * a * cin * cout];
-        let plane = cin * cout;
-        let mut per_co: Vec<Vec<f32>> = (0..cout)
-            .into_par_iter()
-            .map(|co| {
-                let mut col = vec![0f32; a * a * cin];
-                for ci in 0..cin {
-                    let w = |ky: usize, kx: usize| {
-                        kernel[((ky * 3 + kx) * cin + ci) * cout + co] as f64
-                    };
-                    // t = G g: a x 3
-                    let mut t = vec![[0f64; 3]; a];
-                    for (ti, gi) in t.iter_mut().zip(&g) {
-                        for (kx, v) in ti.iter_mut().enumerate() {
-                            *v = (0..3).map(|ky| gi[ky] * w(ky, kx)).sum();
-                        }
-                    }
-                    for i in 0..a {
-                        for (j, gj) in g.iter().enumerate() {
-                            let v: f64 = (0..3).map(|kx| t[i][kx] * gj[kx]).sum();
-                            col[(i * a + j) * cin + ci] = v as f32;
-                        }
-                    }
-                }
-                col
-            })
-            .collect();
-        for (co, col) in per_co.iter_mut().enumerate() {
-            for e in 0..a * a {
-                for ci in 0..cin {
-                    u_all[e * plane + ci * cout + co] = col[e * cin + ci];
-                }
-            }
-        }
-        drop(per_co);
+        // One element e = (i, j) at a time, so the only temporary is one Cin x Cout matrix per
+        // thread (the whole transform of a 512x512 layer would be 38 MB more at the peak).
+        // U_e[ci][co] = sum_{ky,kx} G[i][ky] * g[ky][kx][ci][co] * G[j][kx], in f64.
         let u = (0..a * a)
             .into_par_iter()
-            .map(|e| gemm::pack_b_for(isa, &u_all[e * plane..][..plane], cout, cin, cout))
+            .map(|e| {
+                let (gi, gj) = (g[e / a], g[e % a]);
+                let mut coef = [0f64; 9];
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        coef[ky * 3 + kx] = gi[ky] * gj[kx];
+                    }
+                }
+                let mut ue = vec![0f32; cin * cout];
+                for ci in 0..cin {
+                    let row = &mut ue[ci * cout..][..cout];
+                    for (co, v) in row.iter_mut().enumerate() {
+                        let mut s = 0f64;
+                        for (tap, c) in coef.iter().enumerate() {
+                            s += c * kernel[(tap * cin + ci) * cout + co] as f64;
+                        }
+                        *v = s as f32;
+                    }
+                }
+                gemm::pack_b_for(isa, &ue, cout, cin, cout)
+            })
             .collect();
         WinogradWeights {
             variant,
@@ -243,71 +230,89 @@ pub fn conv_winograd(
 
 // ---- transforms ----------------------------------------------------------------------------
 
+/// `dst[..lanes] = src[..lanes]`, the rest of `dst` zero; a fixed 16-float move when full.
 #[inline(always)]
-fn vec_from(f: impl Fn(usize) -> f32) -> V {
-    std::array::from_fn(f)
+fn load_lanes(dst: &mut V, src: &[f32], lanes: usize) {
+    if lanes == LANES {
+        *dst = src[..LANES].try_into().expect("16 lanes");
+    } else {
+        *dst = [0f32; LANES];
+        dst[..lanes].copy_from_slice(&src[..lanes]);
+    }
 }
 
+/// `dst[..lanes] = src[..lanes]`; a fixed 16-float move when full.
+#[inline(always)]
+fn store_lanes(dst: &mut [f32], src: &V, lanes: usize) {
+    if lanes == LANES {
+        dst[..LANES].copy_from_slice(src);
+    } else {
+        dst[..lanes].copy_from_slice(&src[..lanes]);
+    }
+}
+
+/// The 1-D transforms act on one lane at a time through `get(k)` / `set(k, v)`; the 2-D
+/// driver loops the 16 lanes innermost over contiguous memory, which the compiler turns into
+/// vector code with the whole 1-D transform held in registers (returning arrays by value
+/// instead compiled to memory copies and cost a third of the layer).
+///
 /// `B^T d` for F(2x2): rows of B^T are (1 0 -1 0), (0 1 1 0), (0 -1 1 0), (0 1 0 -1).
 #[inline(always)]
-fn bt2(d: &[V; 4]) -> [V; 4] {
-    [
-        vec_from(|l| d[0][l] - d[2][l]),
-        vec_from(|l| d[1][l] + d[2][l]),
-        vec_from(|l| d[2][l] - d[1][l]),
-        vec_from(|l| d[1][l] - d[3][l]),
-    ]
+fn bt2(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
+    let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
+    o(0, d0 - d2);
+    o(1, d1 + d2);
+    o(2, d2 - d1);
+    o(3, d1 - d3);
 }
 
 /// `B^T d` for F(4x4).
 #[inline(always)]
-fn bt4(d: &[V; 6]) -> [V; 6] {
-    [
-        vec_from(|l| 4.0 * d[0][l] - 5.0 * d[2][l] + d[4][l]),
-        vec_from(|l| -4.0 * (d[1][l] + d[2][l]) + d[3][l] + d[4][l]),
-        vec_from(|l| 4.0 * (d[1][l] - d[2][l]) - d[3][l] + d[4][l]),
-        vec_from(|l| 2.0 * (d[3][l] - d[1][l]) - d[2][l] + d[4][l]),
-        vec_from(|l| 2.0 * (d[1][l] - d[3][l]) - d[2][l] + d[4][l]),
-        vec_from(|l| 4.0 * d[1][l] - 5.0 * d[3][l] + d[5][l]),
-    ]
+fn bt4(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
+    let (d0, d1, d2, d3, d4, d5) = (d(0), d(1), d(2), d(3), d(4), d(5));
+    o(0, 4.0 * d0 - 5.0 * d2 + d4);
+    o(1, -4.0 * (d1 + d2) + d3 + d4);
+    o(2, 4.0 * (d1 - d2) - d3 + d4);
+    o(3, 2.0 * (d3 - d1) - d2 + d4);
+    o(4, 2.0 * (d1 - d3) - d2 + d4);
+    o(5, 4.0 * d1 - 5.0 * d3 + d5);
 }
 
 /// `A^T m` for F(2x2): rows (1 1 1 0), (0 1 -1 -1).
 #[inline(always)]
-fn at2(d: &[V; 4]) -> [V; 2] {
-    [
-        vec_from(|l| d[0][l] + d[1][l] + d[2][l]),
-        vec_from(|l| d[1][l] - d[2][l] - d[3][l]),
-    ]
+fn at2(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
+    let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
+    o(0, d0 + d1 + d2);
+    o(1, d1 - d2 - d3);
 }
 
 /// `A^T m` for F(4x4): rows (1 1 1 1 1 0), (0 1 -1 2 -2 0), (0 1 1 4 4 0), (0 1 -1 8 -8 1).
 #[inline(always)]
-fn at4(d: &[V; 6]) -> [V; 4] {
-    [
-        vec_from(|l| d[0][l] + d[1][l] + d[2][l] + d[3][l] + d[4][l]),
-        vec_from(|l| d[1][l] - d[2][l] + 2.0 * (d[3][l] - d[4][l])),
-        vec_from(|l| d[1][l] + d[2][l] + 4.0 * (d[3][l] + d[4][l])),
-        vec_from(|l| d[1][l] - d[2][l] + 8.0 * (d[3][l] - d[4][l]) + d[5][l]),
-    ]
+fn at4(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
+    let (d0, d1, d2, d3, d4, d5) = (d(0), d(1), d(2), d(3), d(4), d(5));
+    o(0, d0 + d1 + d2 + d3 + d4);
+    o(1, d1 - d2 + 2.0 * (d3 - d4));
+    o(2, d1 + d2 + 4.0 * (d3 + d4));
+    o(3, d1 - d2 + 8.0 * (d3 - d4) + d5);
 }
 
-/// `T d T^T` for a 1-D transform `f` (applied to the rows, then to the columns).
+/// `T d T^T` for a 1-D transform `f` (rows, then columns), into `out`.
 #[inline(always)]
-fn apply_2d<const A: usize, const B: usize>(
-    d: &[[V; A]; A],
-    f: impl Fn(&[V; A]) -> [V; B],
-) -> [[V; B]; B] {
-    let rows: [[V; B]; A] = std::array::from_fn(|i| f(&d[i]));
-    let mut out = [[[0f32; LANES]; B]; B];
-    for j in 0..B {
-        let col: [V; A] = std::array::from_fn(|i| rows[i][j]);
-        let r = f(&col);
-        for i in 0..B {
-            out[i][j] = r[i];
+fn apply_2d<const A: usize, const B: usize, F>(d: &[[V; A]; A], out: &mut [[V; B]; B], f: F)
+where
+    F: Fn(&dyn Fn(usize) -> f32, &mut dyn FnMut(usize, f32)) + Copy,
+{
+    let mut rows = [[[0f32; LANES]; B]; A];
+    for i in 0..A {
+        for l in 0..LANES {
+            f(&|k| d[i][k][l], &mut |k, v| rows[i][k][l] = v);
         }
     }
-    out
+    for j in 0..B {
+        for l in 0..LANES {
+            f(&|k| rows[k][j][l], &mut |k, v| out[k][j][l] = v);
+        }
+    }
 }
 
 /// Transform the `A x A` input tile with top-left output pixel `(oy0, ox0)` of image `n`
@@ -321,28 +326,32 @@ fn input_tile<const A: usize>(
     oy0: usize,
     ox0: usize,
     vt: &mut [f32],
-    bt: impl Fn(&[V; A]) -> [V; A] + Copy,
+    bt: impl Fn(&dyn Fn(usize) -> f32, &mut dyn FnMut(usize, f32)) + Copy,
 ) {
     let cin = g.cin;
     for c0 in (0..cin).step_by(LANES) {
         let lanes = LANES.min(cin - c0);
+        // Every element is written (zero for padding), so no memset of the whole tile; the
+        // full-width copies have a fixed length and compile to vector moves, not memmove calls.
         let mut d = [[[0f32; LANES]; A]; A];
         for (i, drow) in d.iter_mut().enumerate() {
-            let Some(iy) = (oy0 + i).checked_sub(g.pad_top).filter(|&iy| iy < g.h) else {
-                continue;
-            };
+            let iy = (oy0 + i).checked_sub(g.pad_top).filter(|&iy| iy < g.h);
             for (j, dv) in drow.iter_mut().enumerate() {
-                let Some(ix) = (ox0 + j).checked_sub(g.pad_left).filter(|&ix| ix < g.w) else {
-                    continue;
-                };
-                let at = ((n * g.h + iy) * g.w + ix) * cin + c0;
-                dv[..lanes].copy_from_slice(&x[at..at + lanes]);
+                let ix = (ox0 + j).checked_sub(g.pad_left).filter(|&ix| ix < g.w);
+                match (iy, ix) {
+                    (Some(iy), Some(ix)) => {
+                        let at = ((n * g.h + iy) * g.w + ix) * cin + c0;
+                        load_lanes(dv, &x[at..], lanes);
+                    }
+                    _ => *dv = [0f32; LANES],
+                }
             }
         }
-        let t = apply_2d(&d, bt);
+        let mut t = [[[0f32; LANES]; A]; A];
+        apply_2d(&d, &mut t, bt);
         for i in 0..A {
             for j in 0..A {
-                vt[(i * A + j) * cin + c0..][..lanes].copy_from_slice(&t[i][j][..lanes]);
+                store_lanes(&mut vt[(i * A + j) * cin + c0..], &t[i][j], lanes);
             }
         }
     }
@@ -362,7 +371,7 @@ fn output_tile<const A: usize, const M: usize>(
     bias: Option<&[f32]>,
     relu: bool,
     chunk: &mut [f32],
-    at: impl Fn(&[V; A]) -> [V; M] + Copy,
+    at: impl Fn(&dyn Fn(usize) -> f32, &mut dyn FnMut(usize, f32)) + Copy,
 ) {
     let cout = g.cout;
     let cols_out = M.min(g.ow - ox0);
@@ -372,21 +381,22 @@ fn output_tile<const A: usize, const M: usize>(
         for (i, drow) in d.iter_mut().enumerate() {
             for (j, dv) in drow.iter_mut().enumerate() {
                 let e = i * A + j;
-                dv[..lanes].copy_from_slice(&mm[(e * tiles + t) * cout + c0..][..lanes]);
+                load_lanes(dv, &mm[(e * tiles + t) * cout + c0..], lanes);
             }
         }
-        let y = apply_2d(&d, at);
+        let mut y = [[[0f32; LANES]; M]; M];
+        apply_2d(&d, &mut y, at);
         let mut b = [0f32; LANES];
         if let Some(bias) = bias {
             b[..lanes].copy_from_slice(&bias[c0..c0 + lanes]);
         }
         for (i, yrow) in y.iter().enumerate().take(rows_out) {
             for (j, yv) in yrow.iter().enumerate().take(cols_out) {
-                let o = &mut chunk[(i * g.ow + ox0 + j) * cout + c0..][..lanes];
-                for (l, o) in o.iter_mut().enumerate() {
+                let v: V = std::array::from_fn(|l| {
                     let v = yv[l] + b[l];
-                    *o = if relu && v < 0.0 { 0.0 } else { v };
-                }
+                    if relu && v < 0.0 { 0.0 } else { v }
+                });
+                store_lanes(&mut chunk[(i * g.ow + ox0 + j) * cout + c0..], &v, lanes);
             }
         }
     }
@@ -395,6 +405,7 @@ fn output_tile<const A: usize, const M: usize>(
 // ---- ISA dispatch: the same code compiled for AVX2 where the CPU has it ----------------------
 
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn input_generic(
     variant: Variant,
     x: &[f32],
@@ -405,8 +416,8 @@ fn input_generic(
     vt: &mut [f32],
 ) {
     match variant {
-        Variant::F2 => input_tile::<4>(x, g, n, oy0, ox0, vt, bt2),
-        Variant::F4 => input_tile::<6>(x, g, n, oy0, ox0, vt, bt4),
+        Variant::F2 => input_tile::<4>(x, g, n, oy0, ox0, vt, |d, o| bt2(d, o)),
+        Variant::F4 => input_tile::<6>(x, g, n, oy0, ox0, vt, |d, o| bt4(d, o)),
     }
 }
 
@@ -425,8 +436,16 @@ fn output_generic(
     chunk: &mut [f32],
 ) {
     match variant {
-        Variant::F2 => output_tile::<4, 2>(mm, tiles, t, g, rows_out, ox0, bias, relu, chunk, at2),
-        Variant::F4 => output_tile::<6, 4>(mm, tiles, t, g, rows_out, ox0, bias, relu, chunk, at4),
+        Variant::F2 => {
+            output_tile::<4, 2>(mm, tiles, t, g, rows_out, ox0, bias, relu, chunk, |d, o| {
+                at2(d, o)
+            })
+        }
+        Variant::F4 => {
+            output_tile::<6, 4>(mm, tiles, t, g, rows_out, ox0, bias, relu, chunk, |d, o| {
+                at4(d, o)
+            })
+        }
     }
 }
 
