@@ -64,6 +64,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     common::init_threads(cli.threads)?;
+    crate::cpu::alloc::keep_freed_buffers();
     match cli.command {
         Command::Train(a) => train::run(*a),
         Command::Evaluate(a) => evaluate::run(a),

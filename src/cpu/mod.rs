@@ -8,6 +8,7 @@
 //! op computes. They stay forever as the ground truth that faster kernels are tested against
 //! (cache-friendly NHWC loops the compiler vectorizes, rayon across output rows).
 
+pub mod alloc;
 pub mod conv;
 mod conv2d;
 mod dense;

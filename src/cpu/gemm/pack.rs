@@ -86,12 +86,25 @@ pub fn pack_b(
         let width = nr.min(n.saturating_sub(col));
         for p in 0..kc {
             let o = &mut out[p * nr..][..nr];
-            if width > 0 {
-                o[..width].copy_from_slice(&b[(p0 + p) * ldb + col..][..width]);
+            let src = &b[(p0 + p) * ldb + col..];
+            // Whole panels of the kernels' widths get fixed-length copies, which compile to
+            // vector moves; a variable-length copy is a `memmove` call per 64-128 bytes.
+            match (width, nr) {
+                (32, 32) => copy_fixed::<32>(o, src),
+                (16, 16) => copy_fixed::<16>(o, src),
+                _ => {
+                    o[..width].copy_from_slice(&src[..width]);
+                    o[width..].fill(0.0);
+                }
             }
-            o[width..].fill(0.0);
         }
     }
+}
+
+#[inline(always)]
+fn copy_fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
+    let d: &mut [f32; N] = (&mut dst[..N]).try_into().expect("N floats");
+    *d = src[..N].try_into().expect("N floats");
 }
 
 /// All of B packed once, for a B that is reused across many products: convolution weights and

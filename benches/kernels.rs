@@ -1,0 +1,107 @@
+//! Criterion benchmarks of the fast CPU kernels. Run: `cargo bench --bench kernels`.
+//!
+//! - `gemm_vgg16/*`: the packed GEMM (best ISA) on VGG16's 9 distinct im2col shapes at
+//!   224x224 (M = output pixels, N = Cout, K = 9 * Cin; table in docs/cpu-kernels.md), and
+//!   1024^3.
+//! - `conv_fast/*`: every VGG16 conv layer at 224x224, batch 1, with keel's per-layer choice
+//!   of algorithm (direct, Winograd F(4x4) or implicit GEMM), prepared weights cached as in a
+//!   model.
+//! - `vgg16_base_fast`: the whole conv base (compare with `cargo bench --bench reference`).
+//!
+//! Throughput is in FLOPs of the direct algorithm, so Winograd layers can exceed the FMA peak.
+//! Inputs and weights are seeded random, never zeros.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use keel::cpu::Cpu;
+use keel::cpu::gemm::{Epilogue, gemm};
+use keel::nn::{Arch, LayerKind, Vgg, VggConfig};
+use keel::rng::Rng;
+use keel::tensor::{Backend, Conv2dSpec, LayerCache, Tensor};
+
+/// (M, N, K) of VGG16's convolutions as GEMMs at 224x224, one per distinct shape.
+pub const VGG16_GEMM_SHAPES: [(&str, usize, usize, usize); 9] = [
+    ("block1_conv1", 50176, 64, 27),
+    ("block1_conv2", 50176, 64, 576),
+    ("block2_conv1", 12544, 128, 576),
+    ("block2_conv2", 12544, 128, 1152),
+    ("block3_conv1", 3136, 256, 1152),
+    ("block3_conv2", 3136, 256, 2304),
+    ("block4_conv1", 784, 512, 2304),
+    ("block4_conv2", 784, 512, 4608),
+    ("block5_conv1", 196, 512, 4608),
+];
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(shape, &Rng::new(seed).uniform_vec(n, -1.0, 1.0)).unwrap()
+}
+
+fn gemm_shapes(c: &mut Criterion) {
+    keel::cpu::alloc::keep_freed_buffers();
+    let mut group = c.benchmark_group("gemm_vgg16");
+    group.sample_size(10);
+    let shapes = VGG16_GEMM_SHAPES
+        .iter()
+        .copied()
+        .chain([("square1024", 1024, 1024, 1024)]);
+    for (name, m, n, k) in shapes {
+        let mut rng = Rng::new(1);
+        let a = rng.uniform_vec(m * k, -1.0, 1.0);
+        let b = rng.uniform_vec(k * n, -1.0, 1.0);
+        let mut out = vec![0f32; m * n];
+        group.throughput(Throughput::Elements(2 * (m * n * k) as u64));
+        group.bench_function(format!("{name}_{m}x{n}x{k}"), |bench| {
+            bench.iter(|| gemm(m, n, k, &a, k, &b, n, &mut out, n, Epilogue::NONE))
+        });
+    }
+    group.finish();
+}
+
+fn conv_layers(c: &mut Criterion) {
+    keel::cpu::alloc::keep_freed_buffers();
+    let mut group = c.benchmark_group("conv_fast");
+    group.sample_size(10);
+    let backend = Cpu::new();
+    let config = VggConfig::notop(Arch::Vgg16);
+    let mut hw = 224;
+    for spec in config.layers() {
+        match spec.kind {
+            LayerKind::Conv2d { cin, cout } => {
+                let x = random(&[1, hw, hw, cin], 1);
+                let k = random(&[3, 3, cin, cout], 2);
+                let b = random(&[cout], 3);
+                let cache = LayerCache::default();
+                let conv = Conv2dSpec::same_relu();
+                group.throughput(Throughput::Elements(spec.flops()));
+                group.bench_function(&spec.name, |bench| {
+                    bench.iter(|| {
+                        backend
+                            .conv2d_cached(&x, &k, Some(&b), &conv, &cache)
+                            .unwrap()
+                    })
+                });
+            }
+            LayerKind::MaxPool => hw /= 2,
+            _ => {}
+        }
+    }
+    group.finish();
+}
+
+fn vgg16_base(c: &mut Criterion) {
+    keel::cpu::alloc::keep_freed_buffers();
+    let mut group = c.benchmark_group("vgg16_base_fast");
+    group.sample_size(10);
+    let model = Vgg::random(VggConfig::notop(Arch::Vgg16), 7).unwrap();
+    let backend = Cpu::new();
+    for batch in [1, 8] {
+        let x = random(&[batch, 224, 224, 3], 8);
+        group.bench_function(format!("224x224_batch{batch}"), |b| {
+            b.iter(|| model.forward(&backend, &x).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, gemm_shapes, conv_layers, vgg16_base);
+criterion_main!(benches);
