@@ -147,21 +147,43 @@ pub fn gemm<K: Micro>(
                         let mut abuf = A_BUF.take();
                         // Read A in place when it is a matrix (measured faster at every VGG
                         // shape: its MR rows stream well, and packing cost as much as it
-                        // saved); pack only a ragged last panel then.
+                        // saved); pack only a ragged last panel then. When A's rows are a
+                        // multiple of 4 KB apart they fall into the same L1 set and evict each
+                        // other (1024^3 ran at 93 GFLOP/s, 1040^3 at 103): then the block's
+                        // rows are first copied, untransposed, to rows `kc + 16` apart.
                         let direct = a.direct();
                         let (first_row, rows) = match direct {
                             Some(_) => (ic + mcb / K::MR * K::MR, mcb % K::MR),
                             None => (ic, mcb),
                         };
+                        let restride = direct.is_some_and(|(_, lda)| aliases_in_l1(lda, K::MR));
+                        let copy_ld = kc + 16;
+                        let copy_len = if restride {
+                            mcb / K::MR * K::MR * copy_ld
+                        } else {
+                            0
+                        };
                         let len = rows.div_ceil(K::MR) * K::MR * kc;
-                        if abuf.len() < len {
-                            abuf = AlignedVec::zeros(len);
+                        if abuf.len() < copy_len + len {
+                            abuf = AlignedVec::zeros(copy_len + len);
                         }
-                        let packed = &mut abuf.as_mut_slice()[..len];
+                        let (copy, packed) =
+                            abuf.as_mut_slice()[..copy_len + len].split_at_mut(copy_len);
                         if rows > 0 {
                             a.pack(first_row, rows, pc, kc, K::MR, packed);
                         }
                         let apanels = match direct {
+                            Some((data, lda)) if restride => {
+                                for (r, dst) in copy.chunks_exact_mut(copy_ld).enumerate() {
+                                    dst[..kc].copy_from_slice(&data[(ic + r) * lda + pc..][..kc]);
+                                }
+                                APanels::Direct {
+                                    base: copy.as_ptr(),
+                                    lda: copy_ld,
+                                    full: mcb / K::MR,
+                                    tail: packed,
+                                }
+                            }
                             Some((data, lda)) => APanels::Direct {
                                 // SAFETY: not dereferenced here; the micro-kernel reads rows
                                 // ic.. of A, columns pc..pc+kc, all inside `data`.
@@ -197,6 +219,18 @@ pub fn gemm<K: Micro>(
             }
         }
     }
+}
+
+/// Whether `mr` rows `lda` floats apart crowd into too few L1 sets to stay cached together:
+/// rows a multiple of 4 KB apart map to the same set of an 8-way L1, so at `lda = 1024` the
+/// twelve rows of an AVX-512 tile compete for 8 ways. More than 6 rows per set (the B panel
+/// needs ways too) counts as crowded; VGG's K = 4608 puts 6 rows per set and measured faster
+/// read in place.
+fn aliases_in_l1(lda: usize, mr: usize) -> bool {
+    const WAY_BYTES: usize = 4096;
+    // One bit per 64-byte set within a 4 KB way.
+    let sets = (0..mr).fold(0u64, |bits, r| bits | 1 << ((r * lda * 4) % WAY_BYTES / 64));
+    mr > 6 * sets.count_ones() as usize
 }
 
 /// The rows of A for one task.
@@ -254,13 +288,13 @@ fn macro_kernel<K: Micro>(
     let mut edge = [0f32; 512];
     let mut edge_bias = [0f32; 64];
     debug_assert!(mr * nr <= edge.len() && nr <= edge_bias.len());
-    for (jp, bp) in bpanels.chunks_exact(kc * nr).enumerate() {
-        let j0 = cols.0 + jp * nr;
-        let nrb = nr.min(cols.1 - j0);
-        for ip in 0..mc.div_ceil(mr) {
-            let (ap, lda) = apanels.panel(ip, mr, kc);
-            let i0 = ic + ip * mr;
-            let mrb = mr.min(ic + mc - i0);
+    for ip in 0..mc.div_ceil(mr) {
+        let (ap, lda) = apanels.panel(ip, mr, kc);
+        let i0 = ic + ip * mr;
+        let mrb = mr.min(ic + mc - i0);
+        for (jp, bp) in bpanels.chunks_exact(kc * nr).enumerate() {
+            let j0 = cols.0 + jp * nr;
+            let nrb = nr.min(cols.1 - j0);
             // SAFETY: (i0, j0) is inside this task's rectangle of C, which no other task
             // touches; the full-tile case writes MR x NR inside C's m x n; the edge case goes
             // through `edge`, a full tile, and copies back only the rows and columns inside C.

@@ -79,13 +79,21 @@ unsafe fn tile_avx2<const STRIDED: bool>(
 ) {
     const MR: usize = 6;
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    // Row starts computed once: the loop then addresses each A value as base + p.
+    // SAFETY: rows r < MR of A start inside the caller's A operand.
+    let rows: [*const f32; MR] =
+        std::array::from_fn(|r| unsafe { a_at::<STRIDED, MR>(a, lda, 0, r) });
     for p in 0..kc {
         // SAFETY: p < kc; B's panel holds kc * NR floats and A's operand kc values in each of MR rows.
         unsafe {
             let b0 = _mm256_loadu_ps(b.add(p * 16));
             let b1 = _mm256_loadu_ps(b.add(p * 16 + 8));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a_at::<STRIDED, MR>(a, lda, p, r));
+                let av = _mm256_broadcast_ss(if STRIDED {
+                    &*rows[r].add(p)
+                } else {
+                    &*a.add(p * MR + r)
+                });
                 acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
                 acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
             }
@@ -120,7 +128,7 @@ impl Micro for Avx512 {
     const MR: usize = 12;
     const NR: usize = 32;
     const MC: usize = 96;
-    const KC: usize = 384;
+    const KC: usize = 512;
     const NC: usize = 4096;
     const ISA: Isa = Isa::Avx512;
 
@@ -161,13 +169,21 @@ unsafe fn tile_avx512<const STRIDED: bool>(
 ) {
     const MR: usize = 12;
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    // Row starts computed once: the loop then addresses each A value as base + p.
+    // SAFETY: rows r < MR of A start inside the caller's A operand.
+    let rows: [*const f32; MR] =
+        std::array::from_fn(|r| unsafe { a_at::<STRIDED, MR>(a, lda, 0, r) });
     for p in 0..kc {
         // SAFETY: p < kc; B's panel holds kc * NR floats and A's operand kc values in each of MR rows.
         unsafe {
             let b0 = _mm512_loadu_ps(b.add(p * 32));
             let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a_at::<STRIDED, MR>(a, lda, p, r));
+                let av = _mm512_set1_ps(if STRIDED {
+                    *rows[r].add(p)
+                } else {
+                    *a.add(p * MR + r)
+                });
                 acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
                 acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
             }

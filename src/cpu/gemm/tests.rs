@@ -8,7 +8,9 @@
 use super::*;
 use crate::rng::Rng;
 
-const SIZES: [(usize, usize, usize); 9] = [
+/// (27, 70, 1024) has A's rows 4 KB apart, so the AVX-512 kernel reads a re-strided copy of A;
+/// (13, 33, 512) has them 2 KB apart, read in place.
+const SIZES: [(usize, usize, usize); 11] = [
     (1, 1, 1),
     (3, 5, 7),
     (1, 63, 17),
@@ -18,6 +20,8 @@ const SIZES: [(usize, usize, usize); 9] = [
     (145, 97, 300),
     (31, 513, 17),
     (290, 40, 531),
+    (27, 70, 1024),
+    (13, 33, 512),
 ];
 
 struct Case {
