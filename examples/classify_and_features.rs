@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use keel::cpu::CpuReference;
+use keel::cpu::Cpu;
 use keel::io::image::Interpolation;
 use keel::nn::{Pooling, Vgg, VggConfig};
 
@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
 
     // load_img(target_size=(224, 224)) + preprocess_input, stacked into one batch.
     let x = keel::io::batch::load_preprocessed(&images, config.input, Interpolation::Nearest)?;
-    let y = model.forward(&CpuReference, &x)?;
+    let y = model.forward(&Cpu::new(), &x)?;
 
     if id.include_top && id.classes == 1000 {
         for (path, top) in images

@@ -35,6 +35,17 @@ pub enum BSource<'a> {
 /// C as a raw pointer, so that tasks can write disjoint tiles of it in parallel.
 #[derive(Clone, Copy)]
 struct CPtr(*mut f32);
+impl CPtr {
+    /// The pointer `count` floats on.
+    ///
+    /// # Safety
+    /// The result must stay inside C.
+    unsafe fn add(self, count: usize) -> CPtr {
+        // SAFETY: forwarded to the caller.
+        CPtr(unsafe { self.0.add(count) })
+    }
+}
+
 // SAFETY: every task writes a disjoint set of C's elements (its row block times its column
 // chunk), and the product's caller holds the only `&mut` to C for the duration.
 unsafe impl Send for CPtr {}
@@ -90,22 +101,63 @@ pub fn gemm<K: Micro>(
     } else {
         1
     };
-    // Enough row blocks to feed every thread; fewer, smaller blocks only when M is small.
-    let mc = K::MC
-        .min(m.div_ceil(threads).next_multiple_of(K::MR))
-        .max(K::MR);
-    let row_blocks = m.div_ceil(mc);
     let cp = CPtr(c.as_mut_ptr());
+    // Small M (at most MC rows per thread): each thread takes a share of the columns and runs
+    // the whole product on it alone, packing only its share of B (the larger operand here)
+    // with no barrier between K blocks. 196x512x4608 on 2 threads: 111 GFLOP/s splitting rows,
+    // 152 splitting columns this way.
+    let panels = n.div_ceil(K::NR);
+    if let BSource::Matrix { data, ld } = b
+        && threads > 1
+        && m <= K::MC * threads
+        && panels > 1
+    {
+        let chunks = threads.min(panels);
+        let per = panels.div_ceil(chunks) * K::NR;
+        (0..chunks).into_par_iter().for_each(|ch| {
+            let j0 = ch * per;
+            if j0 >= n {
+                return;
+            }
+            let b = BSource::Matrix {
+                data: &data[j0..],
+                ld,
+            };
+            let ep = Epilogue::new(ep.bias.map(|bias| &bias[j0..]), ep.relu);
+            // SAFETY: column j0 < n is inside C's first row; this task writes only columns
+            // j0..j0+per of C's rows.
+            let c = unsafe { cp.add(j0) };
+            run::<K>(a, b, per.min(n - j0), c, ldc, ep, 1);
+        });
+        return;
+    }
+    run::<K>(a, b, n, cp, ldc, ep, threads);
+}
+
+/// The loop nest for columns `0..n` of C at `c`, on `threads` threads (1: this thread only).
+#[allow(clippy::too_many_arguments)]
+fn run<K: Micro>(
+    a: &dyn ASource,
+    b: BSource,
+    n: usize,
+    cp: CPtr,
+    ldc: usize,
+    ep: Epilogue,
+    threads: usize,
+) {
+    let (m, k) = (a.rows(), a.cols());
+    let parallel = threads > 1;
+    // Row blocks of about MC, their count a multiple of the thread count and their sizes
+    // equal, so that no thread idles at the end (784 rows on 2 threads as 6 x 132, not
+    // 5 x 144 + 64).
+    let blocks = m.div_ceil(K::MC).next_multiple_of(threads);
+    let mc = m.div_ceil(blocks).next_multiple_of(K::MR).max(K::MR);
+    let row_blocks = m.div_ceil(mc);
 
     for jc in (0..n).step_by(K::NC) {
         let nc = K::NC.min(n - jc);
         let panels = nc.div_ceil(K::NR);
-        // When M gives too few row blocks, split the columns too.
-        let col_chunks = if row_blocks >= threads {
-            1
-        } else {
-            threads.div_ceil(row_blocks).min(panels)
-        };
+        let col_chunks = 1;
         let panels_per_chunk = panels.div_ceil(col_chunks);
         for pc in (0..k).step_by(K::KC) {
             let kc = K::KC.min(k - pc);
@@ -135,7 +187,7 @@ pub fn gemm<K: Micro>(
                     }
                 };
                 let task = |t: usize| {
-                    let (ib, chunk) = (t / col_chunks, t % col_chunks);
+                    let (chunk, ib) = (t / row_blocks, t % row_blocks);
                     let ic = ib * mc;
                     let mcb = mc.min(m - ic);
                     let p_first = chunk * panels_per_chunk;
