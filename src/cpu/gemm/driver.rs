@@ -1,14 +1,15 @@
 //! The BLIS loop nest around a micro-kernel.
 //!
 //! ```text
-//! for jc in 0..N step NC            B block (KC x NC) packed once, shared by all threads (L3)
-//!   for pc in 0..K step KC
-//!     pack B[pc.., jc..]
-//!     parallel for (ic, jr-chunk)   tasks: row blocks of MC, split in columns when M is small
-//!       pack A[ic.., pc..]          private to the task (L2)
-//!       for jr step NR              B micro-panel stays in L1 while ...
-//!         for ir step MR            ... A micro-panels stream past it
-//!           micro-kernel            C tile in registers
+//! parallel over threads             one rectangle of C each: rows, or columns when M is small
+//!   for jc in 0..N step NC            B block (KC x NC)
+//!     for pc in 0..K step KC
+//!       pack B[pc.., jc..]            (L3/L2)
+//!       for ic in 0..M step MC
+//!         A[ic.., pc..] in place      (packed only for im2col, ragged tails, aliasing rows)
+//!         for jr step NR              B micro-panel stays in L1/L2 while ...
+//!           for ir step MR            ... A micro-panels stream past it
+//!             micro-kernel            C tile in registers
 //! ```
 //!
 //! The bias and ReLU epilogue runs in the micro-kernel on the last K block, while the tile is
@@ -102,16 +103,21 @@ pub fn gemm<K: Micro>(
         1
     };
     let cp = CPtr(c.as_mut_ptr());
-    // Small M (at most MC rows per thread): each thread takes a share of the columns and runs
-    // the whole product on it alone, packing only its share of B (the larger operand here)
-    // with no barrier between K blocks. 196x512x4608 on 2 threads: 111 GFLOP/s splitting rows,
-    // 152 splitting columns this way.
+    if threads == 1 {
+        run::<K>(a, b, n, cp, ldc, ep);
+        return;
+    }
+    // One rayon task per thread, each running the whole loop nest on its own rectangle of C
+    // and packing its own B: no barrier inside the product. (A first version synchronised the
+    // threads twice per K block, to share one packed B; on this VM a waking thread sometimes
+    // took milliseconds, and a 6 ms product on 2 threads ran as slowly as on one.)
     let panels = n.div_ceil(K::NR);
     if let BSource::Matrix { data, ld } = b
-        && threads > 1
         && m <= K::MC * threads
         && panels > 1
     {
+        // Small M: split the columns, so that each thread reads only its share of B, here
+        // the larger operand.
         let chunks = threads.min(panels);
         let per = panels.div_ceil(chunks) * K::NR;
         (0..chunks).into_par_iter().for_each(|ch| {
@@ -127,38 +133,70 @@ pub fn gemm<K: Micro>(
             // SAFETY: column j0 < n is inside C's first row; this task writes only columns
             // j0..j0+per of C's rows.
             let c = unsafe { cp.add(j0) };
-            run::<K>(a, b, per.min(n - j0), c, ldc, ep, 1);
+            run::<K>(a, b, per.min(n - j0), c, ldc, ep);
         });
-        return;
+    } else {
+        // Otherwise split the rows, in whole micro-panels, as evenly as they go.
+        let per = m.div_ceil(K::MR).div_ceil(threads) * K::MR;
+        (0..threads).into_par_iter().for_each(|t| {
+            let i0 = t * per;
+            if i0 >= m {
+                return;
+            }
+            let rows = RowRange {
+                a,
+                i0,
+                rows: per.min(m - i0),
+            };
+            // SAFETY: row i0 < m is inside C; this task writes only rows i0..i0+per.
+            let c = unsafe { cp.add(i0 * ldc) };
+            run::<K>(&rows, b, n, c, ldc, ep);
+        });
     }
-    run::<K>(a, b, n, cp, ldc, ep, threads);
 }
 
-/// The loop nest for columns `0..n` of C at `c`, on `threads` threads (1: this thread only).
-#[allow(clippy::too_many_arguments)]
-fn run<K: Micro>(
-    a: &dyn ASource,
-    b: BSource,
-    n: usize,
-    cp: CPtr,
-    ldc: usize,
-    ep: Epilogue,
-    threads: usize,
-) {
+/// Rows `i0..i0+rows` of another A.
+struct RowRange<'a> {
+    a: &'a dyn ASource,
+    i0: usize,
+    rows: usize,
+}
+
+impl ASource for RowRange<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.a.cols()
+    }
+
+    fn pack(&self, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
+        // Clipped to this range: the rows past it are zero, as the contract says.
+        let mc = mc.min(self.rows.saturating_sub(i0));
+        self.a.pack(self.i0 + i0, mc, p0, kc, mr, dst);
+    }
+
+    fn direct(&self) -> Option<(&[f32], usize)> {
+        self.a
+            .direct()
+            .map(|(data, lda)| (&data[self.i0 * lda..], lda))
+    }
+}
+
+/// The loop nest for all of A's rows and columns `0..n` of C at `c`, on this thread.
+fn run<K: Micro>(a: &dyn ASource, b: BSource, n: usize, cp: CPtr, ldc: usize, ep: Epilogue) {
     let (m, k) = (a.rows(), a.cols());
-    let parallel = threads > 1;
-    // Row blocks of about MC, their count a multiple of the thread count and their sizes
-    // equal, so that no thread idles at the end (784 rows on 2 threads as 6 x 132, not
-    // 5 x 144 + 64).
-    let blocks = m.div_ceil(K::MC).next_multiple_of(threads);
-    let mc = m.div_ceil(blocks).next_multiple_of(K::MR).max(K::MR);
+    // Row blocks of about MC and equal sizes.
+    let mc = m
+        .div_ceil(m.div_ceil(K::MC))
+        .next_multiple_of(K::MR)
+        .max(K::MR);
     let row_blocks = m.div_ceil(mc);
 
     for jc in (0..n).step_by(K::NC) {
         let nc = K::NC.min(n - jc);
         let panels = nc.div_ceil(K::NR);
-        let col_chunks = 1;
-        let panels_per_chunk = panels.div_ceil(col_chunks);
         for pc in (0..k).step_by(K::KC) {
             let kc = K::KC.min(k - pc);
             let last = pc + kc == k;
@@ -173,28 +211,22 @@ fn run<K: Micro>(
                         if bbuf.len() < len {
                             bbuf = AlignedVec::zeros(len);
                         }
-                        let dst = &mut bbuf.as_mut_slice()[..len];
-                        if parallel && panels > 1 {
-                            dst.par_chunks_mut(kc * K::NR)
-                                .enumerate()
-                                .for_each(|(i, d)| {
-                                    pack_b(data, ld, n, pc, kc, jc + i * K::NR, K::NR, d)
-                                });
-                        } else {
-                            pack_b(data, ld, n, pc, kc, jc, K::NR, dst);
-                        }
+                        pack_b(
+                            data,
+                            ld,
+                            n,
+                            pc,
+                            kc,
+                            jc,
+                            K::NR,
+                            &mut bbuf.as_mut_slice()[..len],
+                        );
                         &bbuf.as_slice()[..len]
                     }
                 };
-                let task = |t: usize| {
-                    let (chunk, ib) = (t / row_blocks, t % row_blocks);
+                for ib in 0..row_blocks {
                     let ic = ib * mc;
                     let mcb = mc.min(m - ic);
-                    let p_first = chunk * panels_per_chunk;
-                    let p_end = panels.min(p_first + panels_per_chunk);
-                    if p_first >= p_end {
-                        return;
-                    }
                     {
                         let mut abuf = A_BUF.take();
                         // Read A in place when it is a matrix (measured faster at every VGG
@@ -248,10 +280,10 @@ fn run<K: Micro>(
                         };
                         macro_kernel::<K>(
                             apanels,
-                            &bpanels[p_first * kc * K::NR..p_end * kc * K::NR],
+                            bpanels,
                             kc,
                             mcb,
-                            (jc + p_first * K::NR, (jc + nc).min(jc + p_end * K::NR)),
+                            (jc, jc + nc),
                             cp,
                             ic,
                             ldc,
@@ -260,12 +292,6 @@ fn run<K: Micro>(
                         );
                         A_BUF.set(abuf);
                     }
-                };
-                let tasks = row_blocks * col_chunks;
-                if parallel && tasks > 1 {
-                    (0..tasks).into_par_iter().for_each(task);
-                } else {
-                    (0..tasks).for_each(task);
                 }
                 B_BUF.set(bbuf);
             }
