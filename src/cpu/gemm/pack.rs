@@ -81,19 +81,21 @@ pub fn pack_b(
     nr: usize,
     dst: &mut [f32],
 ) {
-    for (panel, out) in dst.chunks_exact_mut(kc * nr).enumerate() {
-        let col = j0 + panel * nr;
-        let width = nr.min(n.saturating_sub(col));
-        for p in 0..kc {
-            let o = &mut out[p * nr..][..nr];
-            let src = &b[(p0 + p) * ldb + col..];
+    // Row by row: each row of B is read once, front to back, and scattered to its panels.
+    let panels = dst.len() / (kc * nr);
+    for p in 0..kc {
+        let src = &b[(p0 + p) * ldb..];
+        for panel in 0..panels {
+            let col = j0 + panel * nr;
+            let width = nr.min(n.saturating_sub(col));
+            let o = &mut dst[(panel * kc + p) * nr..][..nr];
             // Whole panels of the kernels' widths get fixed-length copies, which compile to
             // vector moves; a variable-length copy is a `memmove` call per 64-128 bytes.
             match (width, nr) {
-                (32, 32) => copy_fixed::<32>(o, src),
-                (16, 16) => copy_fixed::<16>(o, src),
+                (32, 32) => copy_fixed::<32>(o, &src[col..]),
+                (16, 16) => copy_fixed::<16>(o, &src[col..]),
                 _ => {
-                    o[..width].copy_from_slice(&src[..width]);
+                    o[..width].copy_from_slice(&src[col..col + width]);
                     o[width..].fill(0.0);
                 }
             }
