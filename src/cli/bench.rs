@@ -18,7 +18,7 @@ use crate::cpu::peak::fma_peak_gflops;
 use crate::cpu::{Cpu, CpuReference, conv2d_reference};
 use crate::nn::{Arch, LayerKind, Vgg, VggConfig};
 use crate::rng::Rng;
-use crate::tensor::{Backend, Conv2dSpec, Tensor};
+use crate::tensor::{AlignedVec, Backend, Conv2dSpec, Tensor};
 
 #[derive(Parser, Debug)]
 pub struct Args {
@@ -181,24 +181,14 @@ fn bench_gemm(a: GemmArgs) -> anyhow::Result<()> {
     }
     let reps = reps(a.reps)?;
     let mut rng = Rng::new(0);
-    let am = rng.uniform_vec(m * k, -1.0, 1.0);
-    let bm = rng.uniform_vec(k * n, -1.0, 1.0);
-    let mut c = vec![0f32; m * n];
+    // keel's aligned storage, as tensors use (large buffers get 2 MB pages, as numpy's do).
+    let am = AlignedVec::from_slice(&rng.uniform_vec(m * k, -1.0, 1.0));
+    let bm = AlignedVec::from_slice(&rng.uniform_vec(k * n, -1.0, 1.0));
+    let mut cm = AlignedVec::zeros(m * n);
+    let (am, bm) = (am.as_slice(), bm.as_slice());
+    let c = cm.as_mut_slice();
     let times = time_reps(reps, || {
-        gemm::gemm_with(
-            kernel,
-            m,
-            n,
-            k,
-            &am,
-            k,
-            &bm,
-            n,
-            &mut c,
-            n,
-            Epilogue::NONE,
-            true,
-        )
+        gemm::gemm_with(kernel, m, n, k, am, k, bm, n, c, n, Epilogue::NONE, true)
     });
     // Spot-check 256 entries against f64 dot products: the whole naive product of a large
     // shape would take longer than the benchmark.

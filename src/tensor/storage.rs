@@ -65,6 +65,38 @@ mod pool {
     }
 }
 
+/// Ask Linux to back a large buffer with 2 MB pages (it does so only when asked, with
+/// `transparent_hugepage=madvise`, the setting here; numpy asks for every array of 4 MB or
+/// more). Before the buffer is first touched, this turns 512 page faults into one and takes
+/// most TLB misses out of the kernels' streaming: measured on VGG16 at 240x240 and on GEMMs
+/// with a large C.
+fn advise_huge_pages(v: &[Block]) {
+    const MIN_BYTES: usize = 4 << 20;
+    let bytes = std::mem::size_of_val(v);
+    if bytes < MIN_BYTES {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        const MADV_HUGEPAGE: i32 = 14;
+        const HUGE: usize = 2 << 20;
+        unsafe extern "C" {
+            fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+        }
+        // The whole 2 MB pages inside the buffer.
+        let start = (v.as_ptr() as usize).next_multiple_of(HUGE);
+        let end = (v.as_ptr() as usize + bytes) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: [start, end) lies inside `v`'s allocation, which stays alive for the
+            // call; MADV_HUGEPAGE changes only how the kernel backs those pages, not their
+            // contents, and a refusal (an error return) leaves everything as it was.
+            unsafe {
+                madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE);
+            }
+        }
+    }
+}
+
 impl Drop for AlignedVec {
     fn drop(&mut self) {
         pool::give(std::mem::take(&mut self.blocks));
@@ -81,11 +113,10 @@ impl AlignedVec {
             v.resize(blocks, Block([0.0; LANES]));
             return AlignedVec { blocks: v, len };
         }
-        AlignedVec {
-            // alloc_zeroed: large buffers come as fresh zero pages, with no memset pass.
-            blocks: bytemuck::zeroed_vec(blocks),
-            len,
-        }
+        // alloc_zeroed: large buffers come as fresh zero pages, with no memset pass.
+        let v: Vec<Block> = bytemuck::zeroed_vec(blocks);
+        advise_huge_pages(&v);
+        AlignedVec { blocks: v, len }
     }
 
     /// A copy of `values`, aligned.
