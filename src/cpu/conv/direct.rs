@@ -61,7 +61,14 @@ pub fn conv_direct(
                     };
                     let lanes = LANES.min(g.cout - c0);
                     for (p, acc) in acc.iter().enumerate().take(px) {
-                        out_row[(ox0 + p) * g.cout + c0..][..lanes].copy_from_slice(&acc[..lanes]);
+                        let o = &mut out_row[(ox0 + p) * g.cout + c0..];
+                        if lanes == LANES {
+                            // A fixed-length copy is two vector moves, not a memmove call.
+                            let o: &mut [f32; LANES] = (&mut o[..LANES]).try_into().expect("16");
+                            *o = *acc;
+                        } else {
+                            o[..lanes].copy_from_slice(&acc[..lanes]);
+                        }
                     }
                 }
             }
