@@ -408,7 +408,8 @@ fn macro_kernel<K: Micro>(
                             }
                         }
                     }
-                    K::tile(
+                    K::tile_rows(
+                        mrb,
                         kc,
                         ap,
                         lda,

@@ -39,6 +39,30 @@ pub trait Micro: Sync {
         bias: *const f32,
         relu: bool,
     );
+
+    /// [`Micro::tile`] for a ragged panel where only the first `rows` (< MR) rows matter, into
+    /// a full `MR x NR` scratch tile `c`. Kernels may compute only those rows; by default the
+    /// whole tile is computed.
+    ///
+    /// # Safety
+    /// As for [`Micro::tile`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_rows(
+        rows: usize,
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        let _ = rows;
+        // SAFETY: forwarded to the caller.
+        unsafe { Self::tile(kc, a, lda, b, c, ldc, accumulate, bias, relu) }
+    }
 }
 
 /// Plain Rust tile of 4 x 16: fixed-size arrays the compiler keeps in vector registers of

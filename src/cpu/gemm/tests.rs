@@ -9,8 +9,9 @@ use super::*;
 use crate::rng::Rng;
 
 /// (27, 70, 1024) has A's rows 4 KB apart, so the AVX-512 kernel reads a re-strided copy of A;
-/// (13, 33, 512) has them 2 KB apart, read in place.
-const SIZES: [(usize, usize, usize); 11] = [
+/// (13, 33, 512) has them 2 KB apart, read in place. Ragged last row panels of 1-4, 5-8 and
+/// 9-11 rows (m = 13, 17, 23 and others) take the AVX-512 kernel's 4-, 8- and 12-row tiles.
+const SIZES: [(usize, usize, usize); 12] = [
     (1, 1, 1),
     (3, 5, 7),
     (1, 63, 17),
@@ -22,6 +23,7 @@ const SIZES: [(usize, usize, usize); 11] = [
     (290, 40, 531),
     (27, 70, 1024),
     (13, 33, 512),
+    (23, 17, 9),
 ];
 
 struct Case {
