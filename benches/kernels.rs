@@ -103,5 +103,11 @@ fn vgg16_base(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gemm_shapes, conv_layers, vgg16_base);
+// No plots: criterion draws them with plotters, whose text needs a font that keel's own
+// plotters features (ab_glyph, no system fonts) leave unregistered; its HTML report would panic.
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = gemm_shapes, conv_layers, vgg16_base
+}
 criterion_main!(benches);

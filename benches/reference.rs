@@ -53,5 +53,11 @@ fn vgg16_base(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, conv_layers, vgg16_base);
+// No plots: criterion draws them with plotters, whose text needs a font that keel's own
+// plotters features (ab_glyph, no system fonts) leave unregistered; its HTML report would panic.
+criterion_group! {
+    name = benches;
+    config = Criterion::default().without_plots();
+    targets = conv_layers, vgg16_base
+}
 criterion_main!(benches);
