@@ -2,7 +2,7 @@
 //!
 //! 64 bytes is one cache line and one AVX-512 register: kernels may use aligned loads and no
 //! tensor ever straddles a line at its start. The alignment comes from the element type of the
-//! backing `Vec` (a 64-byte aligned block of 16 floats), so it needs no `unsafe`.
+//! backing `Vec` (a 64-byte aligned block of 16 floats), so the alignment needs no `unsafe`.
 
 use bytemuck::{Pod, Zeroable};
 use half::{bf16, f16};

@@ -54,7 +54,7 @@ unsafe impl Send for CPtr {}
 unsafe impl Sync for CPtr {}
 
 thread_local! {
-    /// Each worker's packed A block, reused across calls.
+    /// This thread's packed A rows (ragged tails, im2col, re-strided copies), reused.
     static A_BUF: Cell<AlignedVec> = Cell::new(AlignedVec::zeros(0));
     /// The calling thread's packed B block, reused across calls.
     static B_BUF: Cell<AlignedVec> = Cell::new(AlignedVec::zeros(0));
@@ -200,101 +200,96 @@ fn run<K: Micro>(a: &dyn ASource, b: BSource, n: usize, cp: CPtr, ldc: usize, ep
         for pc in (0..k).step_by(K::KC) {
             let kc = K::KC.min(k - pc);
             let last = pc + kc == k;
-            {
-                // Taken out of the cell, not borrowed: a nested product started by work this
-                // thread steals while waiting finds the cell empty and allocates its own.
-                let mut bbuf = B_BUF.take();
-                let bpanels: &[f32] = match b {
-                    BSource::Packed(p) => p.panels(pc, jc / K::NR, panels),
-                    BSource::Matrix { data, ld } => {
-                        let len = panels * kc * K::NR;
-                        if bbuf.len() < len {
-                            bbuf = AlignedVec::zeros(len);
-                        }
-                        pack_b(
-                            data,
-                            ld,
-                            n,
-                            pc,
-                            kc,
-                            jc,
-                            K::NR,
-                            &mut bbuf.as_mut_slice()[..len],
-                        );
-                        &bbuf.as_slice()[..len]
+            // This thread's packing buffers are taken out of their cells and put back
+            // after, so they are reused from call to call.
+            let mut bbuf = B_BUF.take();
+            let bpanels: &[f32] = match b {
+                BSource::Packed(p) => p.panels(pc, jc / K::NR, panels),
+                BSource::Matrix { data, ld } => {
+                    let len = panels * kc * K::NR;
+                    if bbuf.len() < len {
+                        bbuf = AlignedVec::zeros(len);
                     }
-                };
-                for ib in 0..row_blocks {
-                    let ic = ib * mc;
-                    let mcb = mc.min(m - ic);
-                    {
-                        let mut abuf = A_BUF.take();
-                        // Read A in place when it is a matrix (measured faster at every VGG
-                        // shape: its MR rows stream well, and packing cost as much as it
-                        // saved); pack only a ragged last panel then. When A's rows are a
-                        // multiple of 4 KB apart they fall into the same L1 set and evict each
-                        // other (1024^3 ran at 93 GFLOP/s, 1040^3 at 103): then the block's
-                        // rows are first copied, untransposed, to rows `kc + 16` apart.
-                        let direct = a.direct();
-                        let (first_row, rows) = match direct {
-                            Some(_) => (ic + mcb / K::MR * K::MR, mcb % K::MR),
-                            None => (ic, mcb),
-                        };
-                        let restride = direct.is_some_and(|(_, lda)| aliases_in_l1(lda, K::MR));
-                        let copy_ld = kc + 16;
-                        let copy_len = if restride {
-                            mcb / K::MR * K::MR * copy_ld
-                        } else {
-                            0
-                        };
-                        let len = rows.div_ceil(K::MR) * K::MR * kc;
-                        if abuf.len() < copy_len + len {
-                            abuf = AlignedVec::zeros(copy_len + len);
-                        }
-                        let (copy, packed) =
-                            abuf.as_mut_slice()[..copy_len + len].split_at_mut(copy_len);
-                        if rows > 0 {
-                            a.pack(first_row, rows, pc, kc, K::MR, packed);
-                        }
-                        let apanels = match direct {
-                            Some((data, lda)) if restride => {
-                                for (r, dst) in copy.chunks_exact_mut(copy_ld).enumerate() {
-                                    dst[..kc].copy_from_slice(&data[(ic + r) * lda + pc..][..kc]);
-                                }
-                                APanels::Direct {
-                                    base: copy.as_ptr(),
-                                    lda: copy_ld,
-                                    full: mcb / K::MR,
-                                    tail: packed,
-                                }
-                            }
-                            Some((data, lda)) => APanels::Direct {
-                                // SAFETY: not dereferenced here; the micro-kernel reads rows
-                                // ic.. of A, columns pc..pc+kc, all inside `data`.
-                                base: unsafe { data.as_ptr().add(ic * lda + pc) },
-                                lda,
-                                full: mcb / K::MR,
-                                tail: packed,
-                            },
-                            None => APanels::Packed(packed),
-                        };
-                        macro_kernel::<K>(
-                            apanels,
-                            bpanels,
-                            kc,
-                            mcb,
-                            (jc, jc + nc),
-                            cp,
-                            ic,
-                            ldc,
-                            pc > 0,
-                            if last { ep } else { Epilogue::NONE },
-                        );
-                        A_BUF.set(abuf);
-                    }
+                    pack_b(
+                        data,
+                        ld,
+                        n,
+                        pc,
+                        kc,
+                        jc,
+                        K::NR,
+                        &mut bbuf.as_mut_slice()[..len],
+                    );
+                    &bbuf.as_slice()[..len]
                 }
-                B_BUF.set(bbuf);
+            };
+            for ib in 0..row_blocks {
+                let ic = ib * mc;
+                let mcb = mc.min(m - ic);
+                let mut abuf = A_BUF.take();
+                // Read A in place when it is a matrix (measured faster at every VGG
+                // shape: its MR rows stream well, and packing cost as much as it
+                // saved); pack only a ragged last panel then. When A's rows are a
+                // multiple of 4 KB apart they fall into the same L1 set and evict each
+                // other (1024^3 ran at 93 GFLOP/s, 1040^3 at 103): then the block's
+                // rows are first copied, untransposed, to rows `kc + 16` apart.
+                let direct = a.direct();
+                let (first_row, rows) = match direct {
+                    Some(_) => (ic + mcb / K::MR * K::MR, mcb % K::MR),
+                    None => (ic, mcb),
+                };
+                let restride = direct.is_some_and(|(_, lda)| aliases_in_l1(lda, K::MR));
+                let copy_ld = kc + 16;
+                let copy_len = if restride {
+                    mcb / K::MR * K::MR * copy_ld
+                } else {
+                    0
+                };
+                let len = rows.div_ceil(K::MR) * K::MR * kc;
+                if abuf.len() < copy_len + len {
+                    abuf = AlignedVec::zeros(copy_len + len);
+                }
+                let (copy, packed) = abuf.as_mut_slice()[..copy_len + len].split_at_mut(copy_len);
+                if rows > 0 {
+                    a.pack(first_row, rows, pc, kc, K::MR, packed);
+                }
+                let apanels = match direct {
+                    Some((data, lda)) if restride => {
+                        for (r, dst) in copy.chunks_exact_mut(copy_ld).enumerate() {
+                            dst[..kc].copy_from_slice(&data[(ic + r) * lda + pc..][..kc]);
+                        }
+                        APanels::Direct {
+                            base: copy.as_ptr(),
+                            lda: copy_ld,
+                            full: mcb / K::MR,
+                            tail: packed,
+                        }
+                    }
+                    Some((data, lda)) => APanels::Direct {
+                        // SAFETY: not dereferenced here; the micro-kernel reads rows
+                        // ic.. of A, columns pc..pc+kc, all inside `data`.
+                        base: unsafe { data.as_ptr().add(ic * lda + pc) },
+                        lda,
+                        full: mcb / K::MR,
+                        tail: packed,
+                    },
+                    None => APanels::Packed(packed),
+                };
+                macro_kernel::<K>(
+                    apanels,
+                    bpanels,
+                    kc,
+                    mcb,
+                    (jc, jc + nc),
+                    cp,
+                    ic,
+                    ldc,
+                    pc > 0,
+                    if last { ep } else { Epilogue::NONE },
+                );
+                A_BUF.set(abuf);
             }
+            B_BUF.set(bbuf);
         }
     }
 }
@@ -347,8 +342,8 @@ impl APanels<'_> {
     }
 }
 
-/// The jr and ir loops over one packed A block and a run of packed B panels covering columns
-/// `cols.0..cols.1` of C.
+/// The ir and jr loops over one block of A's rows (packed or in place) and the packed B panels
+/// covering columns `cols.0..cols.1` of C.
 #[allow(clippy::too_many_arguments)]
 fn macro_kernel<K: Micro>(
     apanels: APanels,
@@ -376,8 +371,9 @@ fn macro_kernel<K: Micro>(
             // SAFETY: (i0, j0) is inside this task's rectangle of C, which no other task
             // touches; the full-tile case writes MR x NR inside C's m x n; the edge case goes
             // through `edge`, a full tile, and copies back only the rows and columns inside C.
-            // The packed panels hold kc * MR and kc * NR floats; bias, if any, has n >= j0 + nrb
-            // entries, and `edge_bias` covers the ragged case.
+            // A's operand is a packed panel of kc * MR floats or MR rows of A in place, each
+            // with kc values from column pc; B's packed panel holds kc * NR floats; bias, if
+            // any, has n >= j0 + nrb entries, and `edge_bias` covers the ragged case.
             unsafe {
                 let ctile = c.0.add(i0 * ldc + j0);
                 let bias = match ep.bias {
