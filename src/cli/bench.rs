@@ -249,6 +249,9 @@ fn parse_algo(s: &str) -> anyhow::Result<ConvAlgo> {
 fn bench_conv(a: ConvArgs) -> anyhow::Result<()> {
     let isa = parse_isa(a.isa.as_deref())?;
     let reps = reps(a.reps)?;
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
     let config = VggConfig {
         input: a.input,
         ..VggConfig::notop(Arch::Vgg16)
@@ -346,6 +349,9 @@ fn bench_conv(a: ConvArgs) -> anyhow::Result<()> {
 
 fn bench_vgg16(a: VggArgs) -> anyhow::Result<()> {
     let reps = reps(a.reps)?;
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
     let backend: Box<dyn Backend> = match a.isa.as_deref() {
         Some("reference") => Box::new(CpuReference),
         other => {
@@ -373,9 +379,6 @@ fn bench_vgg16(a: VggArgs) -> anyhow::Result<()> {
         None => Vgg::random(config, 0)?,
     };
     let [h, w] = a.input;
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
     let mut rng = Rng::new(0);
     let x = Tensor::from_vec(
         [a.batch, h, w, 3],
