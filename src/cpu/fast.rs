@@ -77,6 +77,7 @@ impl Backend for Cpu {
             Isa::Portable => "cpu-portable",
             Isa::Avx2 => "cpu-avx2",
             Isa::Avx512 => "cpu-avx512",
+            Isa::Neon => "cpu-neon",
         }
     }
 

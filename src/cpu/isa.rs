@@ -3,7 +3,8 @@
 //! The binary is built for baseline x86-64 (or whatever the target is) so that it runs
 //! everywhere; the AVX2 and AVX-512 kernels are compiled with `#[target_feature]` and only
 //! called after [`Isa::available`] has confirmed the CPU has them. `KEEL_ISA=portable|avx2|avx512`
-//! caps the choice, to study the rungs or to rule a SIMD path out when chasing a bug.
+//! caps the choice, to study the rungs or to rule a SIMD path out when chasing a bug. On aarch64
+//! the levels are portable and NEON (`KEEL_ISA=neon|portable`).
 
 use std::sync::OnceLock;
 
@@ -16,16 +17,19 @@ pub enum Isa {
     Avx2,
     /// 512-bit AVX-512F (with FMA and AVX2, which every AVX-512 CPU has).
     Avx512,
+    /// 128-bit NEON, part of every aarch64 CPU.
+    Neon,
 }
 
 impl Isa {
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
         }
     }
 
@@ -44,6 +48,7 @@ impl Isa {
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Isa::Avx2.available() && std::arch::is_x86_feature_detected!("avx512f"),
+            Isa::Neon => cfg!(target_arch = "aarch64"),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }

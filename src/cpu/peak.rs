@@ -28,7 +28,7 @@ pub fn fma_peak_gflops(isa: Isa, seconds: f64) -> f64 {
 
 fn lanes(isa: Isa) -> usize {
     match isa {
-        Isa::Portable => 4,
+        Isa::Portable | Isa::Neon => 4,
         Isa::Avx2 => 8,
         Isa::Avx512 => 16,
     }

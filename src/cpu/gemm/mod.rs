@@ -3,11 +3,14 @@
 //! The kernels form a ladder, each rung selectable by name (`keel bench gemm --kernel`):
 //! `naive` (triple loop), `blocked` (cache tiling, compiler-vectorized), `packed` (BLIS packing
 //! and a portable register-tile kernel), `avx2` and `avx512` (the same loops around
-//! hand-written SIMD micro-kernels). The fastest the CPU supports is the default. See
+//! hand-written SIMD micro-kernels), and `neon` on aarch64. The fastest the CPU supports is the
+//! default. See
 //! `docs/cpu-kernels.md` for what each rung buys on this machine.
 
 mod driver;
 mod micro;
+#[cfg(target_arch = "aarch64")]
+mod micro_neon;
 #[cfg(target_arch = "x86_64")]
 mod micro_x86;
 mod naive;
@@ -19,6 +22,8 @@ pub use pack::{ASource, MatrixA, PackedB, pack_b};
 
 use crate::cpu::isa::Isa;
 use micro::{Micro, Portable};
+#[cfg(target_arch = "aarch64")]
+use micro_neon::Neon;
 #[cfg(target_arch = "x86_64")]
 use micro_x86::{Avx2, Avx512};
 
@@ -57,15 +62,17 @@ pub enum Kernel {
     Packed,
     Avx2,
     Avx512,
+    Neon,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 6] = [
         Kernel::Naive,
         Kernel::Blocked,
         Kernel::Packed,
         Kernel::Avx2,
         Kernel::Avx512,
+        Kernel::Neon,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +82,7 @@ impl Kernel {
             Kernel::Packed => "packed",
             Kernel::Avx2 => "avx2",
             Kernel::Avx512 => "avx512",
+            Kernel::Neon => "neon",
         }
     }
 
@@ -87,6 +95,7 @@ impl Kernel {
         match self {
             Kernel::Avx2 => Isa::Avx2,
             Kernel::Avx512 => Isa::Avx512,
+            Kernel::Neon => Isa::Neon,
             _ => Isa::Portable,
         }
     }
@@ -101,6 +110,7 @@ impl Kernel {
             Isa::Portable => Kernel::Packed,
             Isa::Avx2 => Kernel::Avx2,
             Isa::Avx512 => Kernel::Avx512,
+            Isa::Neon => Kernel::Neon,
         }
     }
 
@@ -209,8 +219,10 @@ pub fn gemm_source(
         Isa::Avx2 => driver::gemm::<Avx2>(a, b, n, c, ldc, ep, parallel),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => driver::gemm::<Avx512>(a, b, n, c, ldc, ep, parallel),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!("available() is false for x86 ISAs elsewhere"),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => driver::gemm::<Neon>(a, b, n, c, ldc, ep, parallel),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("available() is false for another architecture's ISAs"),
     }
 }
 
@@ -229,7 +241,9 @@ fn blocking(isa: Isa) -> (usize, usize) {
         Isa::Avx2 => (Avx2::KC, Avx2::NR),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => (Avx512::KC, Avx512::NR),
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => (Neon::KC, Neon::NR),
+        #[allow(unreachable_patterns)]
         _ => (Portable::KC, Portable::NR),
     }
 }
