@@ -46,7 +46,7 @@ struct ConvArgs {
     /// reference, direct, implicit-gemm, winograd2, winograd4 (default: keel's choice).
     #[arg(long)]
     algo: Option<String>,
-    /// Instruction set: portable, avx2, avx512 (default: the best here).
+    /// Instruction set: portable, avx2, avx512, neon (default: the best here).
     #[arg(long)]
     isa: Option<String>,
     /// Network input size HxW (the layer's size follows from it).
@@ -72,7 +72,7 @@ struct VggArgs {
     /// Force one convolution algorithm where it applies (default: keel's choice per layer).
     #[arg(long)]
     algo: Option<String>,
-    /// Instruction set: portable, avx2, avx512, or reference for the reference kernels.
+    /// Instruction set: portable, avx2, avx512, neon, or reference for the reference kernels.
     #[arg(long)]
     isa: Option<String>,
     /// Timed repetitions after one warm-up (default: REPS from the environment, else 5).
@@ -85,7 +85,7 @@ struct GemmArgs {
     m: usize,
     n: usize,
     k: usize,
-    /// Rung of the ladder: naive, blocked, packed, avx2, avx512 (default: the fastest here).
+    /// Rung of the ladder: naive, blocked, packed, avx2, avx512, neon (default: the fastest here).
     #[arg(long)]
     kernel: Option<String>,
     /// Timed repetitions after one warm-up (default: REPS from the environment, else 5).
@@ -166,7 +166,7 @@ fn bench_gemm(a: GemmArgs) -> anyhow::Result<()> {
     let kernel = match &a.kernel {
         None => Kernel::best(),
         Some(s) => Kernel::parse(s).with_context(|| {
-            format!("unknown --kernel {s}: use naive, blocked, packed, avx2 or avx512")
+            format!("unknown --kernel {s}: use naive, blocked, packed, avx2, avx512 or neon")
         })?,
     };
     if !kernel.available() {
@@ -229,7 +229,7 @@ fn parse_isa(s: Option<&str>) -> anyhow::Result<Isa> {
     let isa = match s {
         None => Isa::selected(),
         Some(s) => Isa::parse(s)
-            .with_context(|| format!("unknown --isa {s}: use portable, avx2 or avx512"))?,
+            .with_context(|| format!("unknown --isa {s}: use portable, avx2, avx512 or neon"))?,
     };
     if !isa.available() {
         bail!(
