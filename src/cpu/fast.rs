@@ -3,14 +3,15 @@
 //! 2x2 max pooling has a streaming kernel; softmax and global pooling are small and use the
 //! reference kernels.
 
-use super::conv::{ConvAlgo, ConvPlan, conv2d_with};
+use super::conv::{ConvAlgo, ConvPlan, conv2d_pool_with, conv2d_with};
 use super::gemm::{self, Epilogue, Kernel};
 use super::isa::Isa;
 use super::pool2x2::{is_2x2_stride2, max_pool_2x2};
 use super::{global_pool_reference, max_pool2d_reference, softmax_reference};
 use crate::error::{Error, Result};
 use crate::tensor::{
-    Activation, Backend, Conv2dSpec, GlobalPool, LayerCache, Pool2dSpec, Tensor, dense_geometry,
+    Activation, Backend, Conv2dSpec, ConvGeometry, GlobalPool, LayerCache, Pool2dSpec, Tensor,
+    dense_geometry,
 };
 
 /// The fast CPU backend.
@@ -63,11 +64,15 @@ impl Cpu {
         plan: Option<&ConvPlan>,
     ) -> Result<Tensor> {
         let g = spec.geometry(x.shape(), kernel.shape(), bias.map(Tensor::shape))?;
-        let algo = match self.algo {
-            Some(a) if a.supports(&g) => a,
-            _ => ConvAlgo::auto(&g),
-        };
-        conv2d_with(algo, self.isa, x, kernel, bias, spec, plan)
+        conv2d_with(self.pick(&g), self.isa, x, kernel, bias, spec, plan)
+    }
+
+    /// The algorithm for a layer: the forced one where it applies, else keel's choice.
+    fn pick(&self, g: &ConvGeometry) -> ConvAlgo {
+        match self.algo {
+            Some(a) if a.supports(g) => a,
+            _ => ConvAlgo::auto(g),
+        }
     }
 }
 
@@ -101,6 +106,26 @@ impl Backend for Cpu {
     ) -> Result<Tensor> {
         let plan = cache.get_or_init(ConvPlan::default);
         self.conv(x, kernel, bias, spec, plan)
+    }
+
+    fn conv2d_pool_cached(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        bias: Option<&Tensor>,
+        spec: &Conv2dSpec,
+        pool: &Pool2dSpec,
+        cache: &LayerCache,
+    ) -> Result<Tensor> {
+        let plan = cache.get_or_init(ConvPlan::default);
+        let g = spec.geometry(x.shape(), kernel.shape(), bias.map(Tensor::shape))?;
+        let algo = self.pick(&g);
+        if is_2x2_stride2(pool) && matches!(algo, ConvAlgo::Winograd2 | ConvAlgo::Winograd4) {
+            // Pooled in Winograd's output transform (see `conv::conv2d_pool_with`).
+            return conv2d_pool_with(algo, self.isa, x, kernel, bias, spec, plan);
+        }
+        let y = self.conv(x, kernel, bias, spec, plan)?;
+        self.max_pool2d(&y, pool)
     }
 
     fn max_pool2d(&self, x: &Tensor, spec: &Pool2dSpec) -> Result<Tensor> {

@@ -17,7 +17,7 @@ pub mod gemm;
 pub mod isa;
 pub mod peak;
 mod pool;
-mod pool2x2;
+pub(crate) mod pool2x2;
 mod softmax;
 
 pub use conv2d::conv2d_reference;

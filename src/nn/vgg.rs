@@ -194,16 +194,33 @@ impl Vgg {
         let trace = std::env::var_os("KEEL_TRACE").is_some();
         let mut outputs: Vec<Option<Tensor>> = vec![None; names.len()];
         let mut cur = x.clone();
-        for (i, layer) in self.layers.iter().enumerate().take(stop + 1) {
+        let mut i = 0;
+        while i <= stop {
+            let layer = &self.layers[i];
             let started = Instant::now();
-            cur = layer.forward(backend, cur)?;
+            // A convolution followed by its block's max pool runs as one op when nobody asked
+            // for the convolution's own output: the backend may then pool as it writes
+            // (Winograd does) instead of writing the full-size output and reading it back.
+            let fuse = i < stop
+                && matches!(layer.spec.kind, LayerKind::Conv2d { .. })
+                && matches!(self.layers[i + 1].spec.kind, LayerKind::MaxPool)
+                && !wanted.contains(&i);
+            let (name, kind) = if fuse {
+                cur = layer.forward_with_pool(backend, cur)?;
+                i += 1;
+                (
+                    format!("{}+pool", layer.spec.name),
+                    format!("{}+MaxPool", layer.spec.keras_type()),
+                )
+            } else {
+                cur = layer.forward(backend, cur)?;
+                (layer.spec.name.clone(), layer.spec.keras_type().to_string())
+            };
             if trace {
                 let ms = started.elapsed().as_secs_f64() * 1e3;
-                let gflop = layer.spec.flops() as f64 * cur.dims()[0] as f64 / 1e9;
+                let gflop = layer.spec.flops() as f64 * x.dims()[0] as f64 / 1e9;
                 eprintln!(
-                    "[trace] {:<14} {:<22} {:<10} {:<20} {gflop:>7.3} GFLOP {ms:>9.2} ms {:>7.1} GFLOP/s",
-                    layer.spec.name,
-                    layer.spec.keras_type(),
+                    "[trace] {name:<19} {kind:<22} {:<10} {:<20} {gflop:>7.3} GFLOP {ms:>9.2} ms {:>7.1} GFLOP/s",
                     backend.name(),
                     cur.shape().to_string(),
                     gflop / (ms / 1e3).max(1e-12)
@@ -212,6 +229,7 @@ impl Vgg {
             for (slot, _) in wanted.iter().enumerate().filter(|&(_, &w)| w == i) {
                 outputs[slot] = Some(cur.clone());
             }
+            i += 1;
         }
         Ok(outputs
             .into_iter()
@@ -246,6 +264,16 @@ impl Vgg {
 }
 
 impl Layer {
+    /// This convolution, then VGG's 2x2 max pool, as one backend op.
+    fn forward_with_pool(&self, be: &dyn Backend, x: Tensor) -> Result<Tensor> {
+        let (k, b) = self
+            .params
+            .as_ref()
+            .ok_or_else(|| Error::Invalid(format!("layer {} has no weights", self.spec.name)))?;
+        let spec = Conv2dSpec::same_relu();
+        be.conv2d_pool_cached(&x, k, Some(b), &spec, &Pool2dSpec::vgg(), &self.cache)
+    }
+
     fn forward(&self, be: &dyn Backend, x: Tensor) -> Result<Tensor> {
         let params = || {
             self.params

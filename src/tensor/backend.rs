@@ -71,6 +71,21 @@ pub trait Backend: Send + Sync {
         self.conv2d(x, kernel, bias, spec)
     }
 
+    /// [`Backend::conv2d_cached`] then [`Backend::max_pool2d`], for a convolution whose
+    /// full-size output is not needed: a backend may fuse the two.
+    fn conv2d_pool_cached(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        bias: Option<&Tensor>,
+        spec: &Conv2dSpec,
+        pool: &Pool2dSpec,
+        cache: &LayerCache,
+    ) -> Result<Tensor> {
+        let y = self.conv2d_cached(x, kernel, bias, spec, cache)?;
+        self.max_pool2d(&y, pool)
+    }
+
     /// Max pooling over windows of NHWC `x`.
     fn max_pool2d(&self, x: &Tensor, spec: &Pool2dSpec) -> Result<Tensor>;
 

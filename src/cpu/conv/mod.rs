@@ -22,8 +22,9 @@ pub use winograd::{Variant, WinogradWeights, conv_winograd};
 use crate::cpu::conv2d_reference;
 use crate::cpu::gemm::{self, BSource, Epilogue};
 use crate::cpu::isa::Isa;
+use crate::cpu::pool2x2::max_pool_2x2;
 use crate::error::{Error, Result};
-use crate::tensor::{Activation, Conv2dSpec, ConvGeometry, Tensor};
+use crate::tensor::{Activation, Conv2dSpec, ConvGeometry, Pool2dSpec, Tensor};
 
 /// A convolution algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -121,6 +122,48 @@ pub fn conv2d_with(
     spec: &Conv2dSpec,
     plan: Option<&ConvPlan>,
 ) -> Result<Tensor> {
+    conv(algo, isa, x, kernel, bias, spec, plan, false)
+}
+
+/// [`conv2d_with`] followed by VGG's 2x2 stride-2 max pooling. Winograd does the pooling in
+/// its output transform, so the full-size output is never written; the other algorithms
+/// convolve, then pool.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_pool_with(
+    algo: ConvAlgo,
+    isa: Isa,
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    spec: &Conv2dSpec,
+    plan: Option<&ConvPlan>,
+) -> Result<Tensor> {
+    match algo {
+        ConvAlgo::Winograd2 | ConvAlgo::Winograd4 => {
+            conv(algo, isa, x, kernel, bias, spec, plan, true)
+        }
+        _ => {
+            let y = conv(algo, isa, x, kernel, bias, spec, plan, false)?;
+            max_pool_2x2(isa, &y, &Pool2dSpec::vgg())
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv(
+    algo: ConvAlgo,
+    isa: Isa,
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    spec: &Conv2dSpec,
+    plan: Option<&ConvPlan>,
+    pool: bool,
+) -> Result<Tensor> {
+    assert!(
+        !pool || matches!(algo, ConvAlgo::Winograd2 | ConvAlgo::Winograd4),
+        "only Winograd pools in its output transform"
+    );
     let g = spec.geometry(x.shape(), kernel.shape(), bias.map(Tensor::shape))?;
     if !algo.supports(&g) {
         return Err(Error::Invalid(format!(
@@ -134,7 +177,14 @@ pub fn conv2d_with(
     if algo == ConvAlgo::Reference {
         return conv2d_reference(x, kernel, bias, spec);
     }
-    let mut out = Tensor::zeros(g.output_shape())?;
+    let shape = if pool {
+        Pool2dSpec::vgg()
+            .geometry(&g.output_shape())?
+            .output_shape()
+    } else {
+        g.output_shape()
+    };
+    let mut out = Tensor::zeros(shape)?;
     if out.numel() == 0 {
         return Ok(out);
     }
@@ -180,7 +230,7 @@ pub fn conv2d_with(
                     &owned
                 }
             };
-            conv_winograd(w, xd, bias, relu, &g, out.data_mut());
+            conv_winograd(w, xd, bias, relu, &g, pool, out.data_mut());
         }
     }
     Ok(out)

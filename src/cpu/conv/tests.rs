@@ -152,3 +152,63 @@ fn auto_picks_per_layer() {
         assert_eq!(ConvAlgo::parse(a.name()), Some(a));
     }
 }
+
+#[test]
+fn fused_pooling_matches_convolution_then_pooling() {
+    use crate::cpu::max_pool2d_reference;
+    let mut rng = Rng::new(21);
+    // (n, h, w, cin, cout): odd and even sizes, down to one pooled pixel.
+    for (n, h, w, cin, cout) in [
+        (1, 9, 7, 17, 33),
+        (2, 12, 10, 16, 20),
+        (1, 5, 13, 8, 7),
+        (1, 2, 3, 4, 5),
+    ] {
+        let x = random(&[n, h, w, cin], &mut rng);
+        let kernel = random(&[3, 3, cin, cout], &mut rng);
+        let bias = random(&[cout], &mut rng);
+        let spec = Conv2dSpec::same_relu();
+        let conv = conv2d_reference(&x, &kernel, Some(&bias), &spec).unwrap();
+        let want = max_pool2d_reference(&conv, &crate::tensor::Pool2dSpec::vgg()).unwrap();
+        let scale = conv.max_abs().max(1e-3);
+        for algo in ConvAlgo::ALL {
+            for isa in Isa::all_available() {
+                let got =
+                    conv2d_pool_with(algo, isa, &x, &kernel, Some(&bias), &spec, None).unwrap();
+                assert_eq!(got.shape(), want.shape(), "{algo} {isa} {h}x{w}");
+                for (a, b) in got.data().iter().zip(want.data()) {
+                    assert!(
+                        a.is_finite() && (a - b).abs() <= tolerance(algo) * scale,
+                        "{algo} {isa} {h}x{w}: {a} vs {b}"
+                    );
+                }
+                // Winograd's fused pooling gives exactly its own convolution, then pooling.
+                let unfused = conv2d_with(algo, isa, &x, &kernel, Some(&bias), &spec, None)
+                    .and_then(|y| max_pool2d_reference(&y, &crate::tensor::Pool2dSpec::vgg()))
+                    .unwrap();
+                assert_eq!(got.data(), unfused.data(), "{algo} {isa} {h}x{w}");
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_pooling_refuses_an_output_smaller_than_the_window() {
+    let mut rng = Rng::new(4);
+    let x = random(&[1, 1, 6, 4], &mut rng);
+    let k = random(&[3, 3, 4, 5], &mut rng);
+    for algo in ConvAlgo::ALL {
+        let err = conv2d_pool_with(
+            algo,
+            Isa::Portable,
+            &x,
+            &k,
+            None,
+            &Conv2dSpec::same_relu(),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("smaller than the window"), "{algo}: {err}");
+    }
+}

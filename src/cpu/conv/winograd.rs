@@ -131,13 +131,18 @@ impl WinogradWeights {
 /// GEMMs enough rows (tiles) to run near peak.
 const BLOCK_FLOATS: usize = 2 << 20;
 
-/// `out = act(conv3x3(x) + bias)`; `g` must be a 3x3 stride-1 geometry matching `w`.
+/// `out = act(conv3x3(x) + bias)`; `g` must be a 3x3 stride-1 geometry matching `w`. With
+/// `pool`, `out` is instead that output max-pooled 2x2 with stride 2 (odd sizes floored, as
+/// Keras's `MaxPooling2D`), computed in the output transform: a tile's `m x m` outputs hold
+/// whole pooling windows (m is even and tiles start at even rows and columns), so the
+/// full-size output is never written.
 pub fn conv_winograd(
     w: &WinogradWeights,
     x: &[f32],
     bias: Option<&[f32]>,
     relu: bool,
     g: &ConvGeometry,
+    pool: bool,
     out: &mut [f32],
 ) {
     assert!(
@@ -195,13 +200,18 @@ pub fn conv_winograd(
             });
 
         // 3. Output transform, one tile row (m output rows, fewer at the bottom) per task.
+        // With `pool`, a tile row covers m / 2 pooled rows (fewer at the bottom, maybe none).
+        let (row_len, rows_of) = if pool {
+            ((g.ow / 2) * g.cout, (g.oh / 2, m / 2))
+        } else {
+            (g.ow * g.cout, (g.oh, m))
+        };
         let mut chunks = Vec::with_capacity(r1 - r0);
         for row in r0..r1 {
-            let oy0 = (row % th) * m;
-            let rows_out = m.min(g.oh - oy0);
-            let (chunk, rest) =
-                std::mem::take(&mut out_rest).split_at_mut(rows_out * g.ow * g.cout);
-            chunks.push((row - r0, oy0, rows_out, chunk));
+            let first = (row % th) * rows_of.1;
+            let rows_out = rows_of.1.min(rows_of.0.saturating_sub(first));
+            let (chunk, rest) = std::mem::take(&mut out_rest).split_at_mut(rows_out * row_len);
+            chunks.push((row - r0, first, rows_out, chunk));
             out_rest = rest;
         }
         let mm = &*mm;
@@ -213,6 +223,7 @@ pub fn conv_winograd(
                     dispatch_output(
                         w.variant,
                         w.isa,
+                        pool,
                         mm,
                         tiles,
                         t,
@@ -357,8 +368,19 @@ fn input_tile<const A: usize>(
     }
 }
 
+/// The larger of two values, except that NaN wins, as in the reference pooling.
+#[inline(always)]
+fn max_nan(a: f32, b: f32) -> f32 {
+    if !a.is_nan() && (b > a || b.is_nan()) {
+        b
+    } else {
+        a
+    }
+}
+
 /// Transform tile `t` of `mm` (`mm[e][t][co]`, `tiles` tiles per e) back to `M x M` outputs
-/// with bias and ReLU, into `chunk` (output rows of one tile row, `rows_out` of them).
+/// with bias and ReLU, into `chunk` (output rows of one tile row, `rows_out` of them); with
+/// `pool`, the 2x2 maxima of those outputs (`rows_out` pooled rows).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn output_tile<const A: usize, const M: usize>(
@@ -370,11 +392,14 @@ fn output_tile<const A: usize, const M: usize>(
     ox0: usize,
     bias: Option<&[f32]>,
     relu: bool,
+    pool: bool,
     chunk: &mut [f32],
     at: impl Fn(&dyn Fn(usize) -> f32, &mut dyn FnMut(usize, f32)) + Copy,
 ) {
     let cout = g.cout;
     let cols_out = M.min(g.ow - ox0);
+    // Pooled: `rows_out` pooled rows, and the whole windows inside the output's width.
+    let (pw, pool_cols) = (g.ow / 2, (M / 2).min((g.ow / 2).saturating_sub(ox0 / 2)));
     for c0 in (0..cout).step_by(LANES) {
         let lanes = LANES.min(cout - c0);
         let mut d = [[[0f32; LANES]; A]; A];
@@ -390,13 +415,33 @@ fn output_tile<const A: usize, const M: usize>(
         if let Some(bias) = bias {
             b[..lanes].copy_from_slice(&bias[c0..c0 + lanes]);
         }
-        for (i, yrow) in y.iter().enumerate().take(rows_out) {
-            for (j, yv) in yrow.iter().enumerate().take(cols_out) {
-                let v: V = std::array::from_fn(|l| {
-                    let v = yv[l] + b[l];
-                    if relu && v < 0.0 { 0.0 } else { v }
-                });
-                store_lanes(&mut chunk[(i * g.ow + ox0 + j) * cout + c0..], &v, lanes);
+        let act = |yv: &V| -> V {
+            std::array::from_fn(|l| {
+                let v = yv[l] + b[l];
+                if relu && v < 0.0 { 0.0 } else { v }
+            })
+        };
+        if pool {
+            for i in 0..rows_out {
+                for j in 0..pool_cols {
+                    let (p, q) = (2 * i, 2 * j);
+                    let (v00, v01) = (act(&y[p][q]), act(&y[p][q + 1]));
+                    let (v10, v11) = (act(&y[p + 1][q]), act(&y[p + 1][q + 1]));
+                    let v: V = std::array::from_fn(|l| {
+                        max_nan(max_nan(v00[l], v01[l]), max_nan(v10[l], v11[l]))
+                    });
+                    store_lanes(&mut chunk[(i * pw + ox0 / 2 + j) * cout + c0..], &v, lanes);
+                }
+            }
+        } else {
+            for (i, yrow) in y.iter().enumerate().take(rows_out) {
+                for (j, yv) in yrow.iter().enumerate().take(cols_out) {
+                    store_lanes(
+                        &mut chunk[(i * g.ow + ox0 + j) * cout + c0..],
+                        &act(yv),
+                        lanes,
+                    );
+                }
             }
         }
     }
@@ -425,6 +470,7 @@ fn input_generic(
 #[inline(always)]
 fn output_generic(
     variant: Variant,
+    pool: bool,
     mm: &[f32],
     tiles: usize,
     t: usize,
@@ -436,16 +482,32 @@ fn output_generic(
     chunk: &mut [f32],
 ) {
     match variant {
-        Variant::F2 => {
-            output_tile::<4, 2>(mm, tiles, t, g, rows_out, ox0, bias, relu, chunk, |d, o| {
-                at2(d, o)
-            })
-        }
-        Variant::F4 => {
-            output_tile::<6, 4>(mm, tiles, t, g, rows_out, ox0, bias, relu, chunk, |d, o| {
-                at4(d, o)
-            })
-        }
+        Variant::F2 => output_tile::<4, 2>(
+            mm,
+            tiles,
+            t,
+            g,
+            rows_out,
+            ox0,
+            bias,
+            relu,
+            pool,
+            chunk,
+            |d, o| at2(d, o),
+        ),
+        Variant::F4 => output_tile::<6, 4>(
+            mm,
+            tiles,
+            t,
+            g,
+            rows_out,
+            ox0,
+            bias,
+            relu,
+            pool,
+            chunk,
+            |d, o| at4(d, o),
+        ),
     }
 }
 
@@ -469,6 +531,7 @@ unsafe fn input_avx2(
 #[allow(clippy::too_many_arguments)]
 unsafe fn output_avx2(
     variant: Variant,
+    pool: bool,
     mm: &[f32],
     tiles: usize,
     t: usize,
@@ -479,7 +542,9 @@ unsafe fn output_avx2(
     relu: bool,
     chunk: &mut [f32],
 ) {
-    output_generic(variant, mm, tiles, t, g, rows_out, ox0, bias, relu, chunk)
+    output_generic(
+        variant, pool, mm, tiles, t, g, rows_out, ox0, bias, relu, chunk,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -506,6 +571,7 @@ fn dispatch_input(
 fn dispatch_output(
     variant: Variant,
     isa: Isa,
+    pool: bool,
     mm: &[f32],
     tiles: usize,
     t: usize,
@@ -519,8 +585,14 @@ fn dispatch_output(
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 && Isa::Avx2.available() {
         // SAFETY: AVX2 and FMA are available (checked just above).
-        return unsafe { output_avx2(variant, mm, tiles, t, g, rows_out, ox0, bias, relu, chunk) };
+        return unsafe {
+            output_avx2(
+                variant, pool, mm, tiles, t, g, rows_out, ox0, bias, relu, chunk,
+            )
+        };
     }
     let _ = isa;
-    output_generic(variant, mm, tiles, t, g, rows_out, ox0, bias, relu, chunk)
+    output_generic(
+        variant, pool, mm, tiles, t, g, rows_out, ox0, bias, relu, chunk,
+    )
 }
