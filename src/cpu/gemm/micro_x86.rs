@@ -127,7 +127,7 @@ pub struct Avx512;
 impl Micro for Avx512 {
     const MR: usize = 12;
     const NR: usize = 32;
-    const MC: usize = 96;
+    const MC: usize = 144;
     const KC: usize = 512;
     const NC: usize = 4096;
     const ISA: Isa = Isa::Avx512;
