@@ -6,11 +6,8 @@
 
 mod common;
 
-use keel::cpu::isa::Isa;
-use keel::cpu::{Cpu, CpuReference};
 use keel::io::npy;
 use keel::nn::{Arch, Vgg, VggConfig};
-use keel::tensor::Backend;
 use keel::tensor::DType;
 
 const TOL: f64 = 1e-4;
@@ -67,10 +64,7 @@ fn vgg16_imagenet_base_matches_keras_via_h5_and_safetensors() {
             "{name}: preprocess_input differs from Keras's"
         );
     }
-    let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(CpuReference)];
-    for isa in Isa::all_available() {
-        backends.push(Box::new(Cpu::with_isa(isa).unwrap()));
-    }
+    let backends = common::backends();
     for (label, weights, backend) in [("h5", &h5, &backends[0])]
         .into_iter()
         .chain(backends.iter().map(|b| ("safetensors", &st, b)))

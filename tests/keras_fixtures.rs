@@ -7,11 +7,9 @@ mod common;
 
 use std::path::Path;
 
-use keel::cpu::isa::Isa;
-use keel::cpu::{Cpu, CpuReference};
 use keel::io::npy;
 use keel::nn::{Arch, ClassifierActivation, Pooling, Vgg, VggConfig};
-use keel::tensor::{Backend, Tensor};
+use keel::tensor::Tensor;
 
 const TOL: f64 = 1e-5;
 const FLAVOURS: [&str; 6] = [
@@ -93,10 +91,7 @@ fn check_outputs(
     .unwrap();
     let names: Vec<&str> = refs.iter().map(|(layer, _)| *layer).collect();
     // The reference kernels, then the fast backend on every instruction set this CPU has.
-    let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(CpuReference)];
-    for isa in Isa::all_available() {
-        backends.push(Box::new(Cpu::with_isa(isa).unwrap()));
-    }
+    let backends = common::backends();
     let mut worst = 0f64;
     for backend in &backends {
         let outs = model.forward_outputs(backend.as_ref(), &x, &names).unwrap();

@@ -120,8 +120,8 @@ impl Backend for Cpu {
         let plan = cache.get_or_init(ConvPlan::default);
         let g = spec.geometry(x.shape(), kernel.shape(), bias.map(Tensor::shape))?;
         let algo = self.pick(&g);
-        if is_2x2_stride2(pool) && matches!(algo, ConvAlgo::Winograd2 | ConvAlgo::Winograd4) {
-            // Pooled in Winograd's output transform (see `conv::conv2d_pool_with`).
+        if is_2x2_stride2(pool) {
+            // Winograd pools in its output transform; the others convolve, then pool.
             return conv2d_pool_with(algo, self.isa, x, kernel, bias, spec, plan);
         }
         let y = self.conv(x, kernel, bias, spec, plan)?;

@@ -54,6 +54,14 @@ impl Isa {
         }
     }
 
+    /// Whether code for this level may use AVX2+FMA: it is AVX2 or AVX-512 and the CPU has
+    /// AVX2. The kernels without a hand-written AVX-512 version (transforms, direct
+    /// convolution, pooling) run their AVX2 build for both. (Comparing levels would count NEON
+    /// as above AVX2.)
+    pub fn runs_avx2(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512) && Isa::Avx2.available()
+    }
+
     /// Every level this CPU can run, lowest first.
     pub fn all_available() -> Vec<Isa> {
         Isa::ALL.into_iter().filter(|i| i.available()).collect()

@@ -7,8 +7,8 @@ use crate::tensor::{GlobalPool, Pool2dSpec, Tensor};
 
 /// The larger of two values, except that NaN wins: a NaN in the input must reach the output
 /// (`f32::max` would silently drop it).
-#[inline]
-fn max_nan(a: f32, b: f32) -> f32 {
+#[inline(always)]
+pub(crate) fn max_nan(a: f32, b: f32) -> f32 {
     if !a.is_nan() && (b > a || b.is_nan()) {
         b
     } else {

@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use crate::cpu::isa::Isa;
+use crate::cpu::pool::max_nan;
 use crate::error::Result;
 use crate::tensor::{Padding, Pool2dSpec, Tensor};
 
@@ -31,7 +32,7 @@ pub fn max_pool_2x2(isa: Isa, x: &Tensor, spec: &Pool2dSpec) -> Result<Tensor> {
             let top = &xd[((n * g.h + 2 * oy) * w) * c..][..w * c];
             let bottom = &xd[((n * g.h + 2 * oy + 1) * w) * c..][..w * c];
             #[cfg(target_arch = "x86_64")]
-            if isa >= Isa::Avx2 && Isa::Avx2.available() {
+            if isa.runs_avx2() {
                 // SAFETY: AVX2 is available (checked just above).
                 unsafe { pool_row_avx2(top, bottom, c, out_row) };
                 return;
@@ -40,15 +41,6 @@ pub fn max_pool_2x2(isa: Isa, x: &Tensor, spec: &Pool2dSpec) -> Result<Tensor> {
             pool_row(top, bottom, c, out_row);
         });
     Ok(out)
-}
-
-#[inline(always)]
-fn max_nan(a: f32, b: f32) -> f32 {
-    if !a.is_nan() && (b > a || b.is_nan()) {
-        b
-    } else {
-        a
-    }
 }
 
 #[inline(always)]

@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
+use keel::cpu::isa::Isa;
+use keel::cpu::{Cpu, CpuReference};
 use keel::io::npy::NpyArray;
-use keel::tensor::Tensor;
+use keel::tensor::{Backend, Tensor};
 
 /// `../shared` next to the checkout, or `None` (with a printed reason) when it is absent, so
 /// the suite still passes on a machine without the data.
@@ -57,4 +59,14 @@ pub fn assert_close(what: &str, got: &Tensor, want: &NpyArray, rel: f64) -> f64 
         worst = worst.max(err);
     }
     worst / scale
+}
+
+/// The reference backend, then the fast backend on every instruction set this CPU has: the
+/// backends every parity test runs.
+pub fn backends() -> Vec<Box<dyn Backend>> {
+    let mut all: Vec<Box<dyn Backend>> = vec![Box::new(CpuReference)];
+    for isa in Isa::all_available() {
+        all.push(Box::new(Cpu::with_isa(isa).unwrap()));
+    }
+    all
 }

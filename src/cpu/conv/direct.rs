@@ -36,7 +36,7 @@ pub fn conv_direct(
     if let Some(b) = bias {
         bp[..g.cout].copy_from_slice(b);
     }
-    let use_avx2 = cfg!(target_arch = "x86_64") && isa >= Isa::Avx2 && Isa::Avx2.available();
+    let use_avx2 = isa.runs_avx2();
     out.par_chunks_mut(g.ow * g.cout)
         .enumerate()
         .for_each(|(row, out_row)| {

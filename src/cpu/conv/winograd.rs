@@ -20,6 +20,7 @@ use rayon::prelude::*;
 
 use crate::cpu::gemm::{self, BSource, Epilogue, MatrixA, PackedB};
 use crate::cpu::isa::Isa;
+use crate::cpu::pool::max_nan;
 use crate::tensor::ConvGeometry;
 
 const LANES: usize = 16;
@@ -368,16 +369,6 @@ fn input_tile<const A: usize>(
     }
 }
 
-/// The larger of two values, except that NaN wins, as in the reference pooling.
-#[inline(always)]
-fn max_nan(a: f32, b: f32) -> f32 {
-    if !a.is_nan() && (b > a || b.is_nan()) {
-        b
-    } else {
-        a
-    }
-}
-
 /// Transform tile `t` of `mm` (`mm[e][t][co]`, `tiles` tiles per e) back to `M x M` outputs
 /// with bias and ReLU, into `chunk` (output rows of one tile row, `rows_out` of them); with
 /// `pool`, the 2x2 maxima of those outputs (`rows_out` pooled rows).
@@ -559,7 +550,7 @@ fn dispatch_input(
     vt: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2 && Isa::Avx2.available() {
+    if isa.runs_avx2() {
         // SAFETY: AVX2 and FMA are available (checked just above).
         return unsafe { input_avx2(variant, x, g, n, oy0, ox0, vt) };
     }
@@ -583,7 +574,7 @@ fn dispatch_output(
     chunk: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2 && Isa::Avx2.available() {
+    if isa.runs_avx2() {
         // SAFETY: AVX2 and FMA are available (checked just above).
         return unsafe {
             output_avx2(
