@@ -6,6 +6,9 @@
 //! - `conv_fast/*`: every VGG16 conv layer at 224x224, batch 1, with keel's per-layer choice
 //!   of algorithm (direct, Winograd F(4x4) or implicit GEMM), prepared weights cached as in a
 //!   model.
+//! - `conv_backward/*`: the same layers' input gradient (a forward convolution of the output
+//!   gradient with the flipped kernel) and kernel gradient (a GEMM over the transposed
+//!   im2col), the ReLU's mask included, as fine-tuning runs them.
 //! - `vgg16_base_fast`: the whole conv base (compare with `cargo bench --bench reference`).
 //!
 //! Throughput is in FLOPs of the direct algorithm, so Winograd layers can exceed the FMA peak.
@@ -16,7 +19,7 @@ use keel::cpu::Cpu;
 use keel::cpu::gemm::{Epilogue, gemm};
 use keel::nn::{Arch, LayerKind, Vgg, VggConfig};
 use keel::rng::Rng;
-use keel::tensor::{Backend, Conv2dSpec, LayerCache, Tensor};
+use keel::tensor::{Backend, Conv2dSpec, LayerParams, Tensor, Wanted};
 
 /// (M, N, K) of VGG16's convolutions as GEMMs at 224x224, one per distinct shape.
 pub const VGG16_GEMM_SHAPES: [(&str, usize, usize, usize); 9] = [
@@ -68,18 +71,51 @@ fn conv_layers(c: &mut Criterion) {
         match spec.kind {
             LayerKind::Conv2d { cin, cout } => {
                 let x = random(&[1, hw, hw, cin], 1);
-                let k = random(&[3, 3, cin, cout], 2);
-                let b = random(&[cout], 3);
-                let cache = LayerCache::default();
+                let w = LayerParams::new(random(&[3, 3, cin, cout], 2), Some(random(&[cout], 3)));
                 let conv = Conv2dSpec::same_relu();
                 group.throughput(Throughput::Elements(spec.flops()));
                 group.bench_function(&spec.name, |bench| {
-                    bench.iter(|| {
-                        backend
-                            .conv2d_cached(&x, &k, Some(&b), &conv, &cache)
-                            .unwrap()
-                    })
+                    bench.iter(|| backend.conv2d(&x, &w, &conv).unwrap())
                 });
+            }
+            LayerKind::MaxPool => hw /= 2,
+            _ => {}
+        }
+    }
+    group.finish();
+}
+
+fn conv_backward(c: &mut Criterion) {
+    keel::cpu::alloc::keep_freed_buffers();
+    let mut group = c.benchmark_group("conv_backward");
+    group.sample_size(10);
+    let backend = Cpu::new();
+    let config = VggConfig::notop(Arch::Vgg16);
+    let mut hw = 224;
+    for spec in config.layers() {
+        match spec.kind {
+            LayerKind::Conv2d { cin, cout } => {
+                let x = random(&[1, hw, hw, cin], 1);
+                let w = LayerParams::new(random(&[3, 3, cin, cout], 2), Some(random(&[cout], 3)));
+                let conv = Conv2dSpec::same_relu();
+                let y = backend.conv2d(&x, &w, &conv).unwrap();
+                let dy = random(y.dims(), 4);
+                group.throughput(Throughput::Elements(spec.flops()));
+                for (pass, wanted) in [
+                    ("input_grad", Wanted::INPUT),
+                    ("kernel_grad", Wanted::PARAMS),
+                ] {
+                    if pass == "input_grad" && cin < 8 {
+                        continue; // block1_conv1: fine-tuning never needs the image's gradient
+                    }
+                    group.bench_function(format!("{}_{pass}", spec.name), |bench| {
+                        bench.iter(|| {
+                            backend
+                                .conv2d_backward(&x, &y, &dy, &w, &conv, wanted)
+                                .unwrap()
+                        })
+                    });
+                }
             }
             LayerKind::MaxPool => hw /= 2,
             _ => {}
@@ -108,6 +144,6 @@ fn vgg16_base(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().without_plots();
-    targets = gemm_shapes, conv_layers, vgg16_base
+    targets = gemm_shapes, conv_layers, conv_backward, vgg16_base
 }
 criterion_main!(benches);

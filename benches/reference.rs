@@ -8,7 +8,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use keel::cpu::CpuReference;
 use keel::nn::{Arch, LayerKind, Vgg, VggConfig};
 use keel::rng::Rng;
-use keel::tensor::{Backend, Conv2dSpec, Tensor};
+use keel::tensor::{Backend, Conv2dSpec, LayerParams, Tensor};
 
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let n = shape.iter().product();
@@ -24,13 +24,12 @@ fn conv_layers(c: &mut Criterion) {
         match spec.kind {
             LayerKind::Conv2d { cin, cout } => {
                 let x = random(&[1, hw, hw, cin], 1);
-                let k = random(&[3, 3, cin, cout], 2);
-                let b = random(&[cout], 3);
+                let w = LayerParams::new(random(&[3, 3, cin, cout], 2), Some(random(&[cout], 3)));
                 group.throughput(Throughput::Elements(spec.flops()));
                 group.bench_function(&spec.name, |bench| {
                     bench.iter(|| {
                         CpuReference
-                            .conv2d(&x, &k, Some(&b), &Conv2dSpec::same_relu())
+                            .conv2d(&x, &w, &Conv2dSpec::same_relu())
                             .unwrap()
                     })
                 });

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use keel::cpu::Cpu;
 use keel::io::image::Interpolation;
 use keel::nn::{Pooling, Vgg, VggConfig};
+use keel::tensor::Backend;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1).map(PathBuf::from);
@@ -22,7 +23,7 @@ fn main() -> anyhow::Result<()> {
 
     // Any Keras flavour (.h5) or a keel safetensors file; the architecture comes from the file.
     let weights = keel::io::load_weights(&weights_path)?;
-    let id = weights.identify()?;
+    let id = weights.identity().clone();
     println!(
         "{}: {} ({})",
         weights_path.display(),
@@ -43,7 +44,8 @@ fn main() -> anyhow::Result<()> {
 
     // load_img(target_size=(224, 224)) + preprocess_input, stacked into one batch.
     let x = keel::io::batch::load_preprocessed(&images, config.input, Interpolation::Nearest)?;
-    let y = model.forward(&Cpu::new(), &x)?;
+    let backend = Cpu::new();
+    let y = backend.to_host(model.forward(&backend, &x)?)?;
 
     if id.include_top && id.classes == 1000 {
         for (path, top) in images

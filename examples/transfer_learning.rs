@@ -9,14 +9,20 @@
 //! PHOTOS is `<class>/...` folders or `{train,val}/<class>/...`, as for `keel train`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use keel::cpu::Cpu;
 use keel::io::dataset::scan_training_folder;
 use keel::io::feature_cache::FeatureCache;
 use keel::io::image::Interpolation;
-use keel::nn::fit::{FitConfig, evaluate, fit};
+use keel::nn::Classifier;
+use keel::nn::fit::{FitConfig, Fixed, Samples, evaluate, fit};
 use keel::nn::head::{DEFAULT_HEAD, Head, HeadSpec};
 use keel::nn::metrics::Classification;
-use keel::transfer::{ExtractOptions, FrozenBase, TrainOptions, extract_features, train};
+use keel::tensor::Backend;
+use keel::transfer::{
+    ExtractOptions, FrozenBase, MemoryBudget, TrainOptions, extract_features, train,
+};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,8 +49,16 @@ fn main() -> anyhow::Result<()> {
         data.val.len()
     );
 
-    // 2. The frozen base: VGG's conv base up to block5_pool, from Keras's .h5.
-    let base = FrozenBase::load(&weights, "block5_pool", input, Interpolation::Bilinear)?;
+    // 2. The frozen base: VGG's conv base up to block5_pool, from Keras's .h5, on the fast
+    //    CPU kernels (the backend is chosen here, once, and handed down).
+    let backend = Arc::new(Cpu::new());
+    let base = FrozenBase::load(
+        &weights,
+        "block5_pool",
+        input,
+        Interpolation::Bilinear,
+        backend.clone(),
+    )?;
     println!(
         "base {} {:?}, features {:?}",
         base.info().model,
@@ -59,23 +73,33 @@ fn main() -> anyhow::Result<()> {
         progress: Some("features"),
         ..Default::default()
     };
-    let (mut train_set, _) = extract_features(&base, &data.train, &opts)?;
-    let (val_set, _) = extract_features(&base, &data.val, &opts)?;
+    // Stored in memory up to 1 GiB, beyond that in a temporary file.
+    let budget = MemoryBudget::new(1 << 30);
+    let (train_set, _) = extract_features(&base, &data.train, &opts, &budget)?;
+    let (val_set, _) = extract_features(&base, &data.val, &opts, &budget)?;
 
     // 4. A head and the training loop, by hand.
     let spec = HeadSpec::parse(DEFAULT_HEAD, data.classes.len())?;
-    let mut head = Head::<f32>::new(spec, base.feature_shape(), 0)?;
+    let mut model = Classifier::head_only(Head::new(spec, base.feature_shape(), 0)?);
     let cfg = FitConfig::default();
-    let report = fit(&mut head, &mut train_set, Some(&val_set), &cfg, &mut |m| {
-        println!(
-            "epoch {:>2} loss {:.4} val_acc {:.4}",
-            m.epoch,
-            m.train_loss,
-            m.val_accuracy.unwrap_or(0.0)
-        );
-    })?;
-    let (loss, _, predicted) = evaluate(&head, &val_set, cfg.l2)?;
-    let metrics = Classification::new(&data.classes, &val_set.labels, &predicted);
+    let be = backend.as_ref();
+    let report = fit(
+        be,
+        &mut model,
+        &mut Fixed(&train_set),
+        Some(&val_set),
+        &cfg,
+        &mut |m| {
+            println!(
+                "epoch {:>2} loss {:.4} val_acc {:.4}",
+                m.epoch,
+                m.train_loss,
+                m.val_accuracy.unwrap_or(0.0)
+            );
+        },
+    )?;
+    let (loss, _, predicted) = evaluate(be, &model, &val_set, cfg.l2)?;
+    let metrics = Classification::new(&data.classes, val_set.labels(), &predicted);
     println!(
         "best epoch {:?}, val loss {loss:.4}\n{}",
         report.best_epoch,
@@ -85,7 +109,8 @@ fn main() -> anyhow::Result<()> {
     // 5. Probabilities for one photo.
     let first = &data.val[0].path;
     let x = base.run_images(&[base.load_image(first)?])?;
-    let p = head.predict_proba(x.data())?;
+    let p = be.softmax(&model.logits(be, &x)?)?;
+    let p = p.data();
     println!("{}: {:?} -> {:?}", first.display(), data.classes, p);
 
     // 6. Or all of the above in one call, written as a model folder (what `keel train` does).

@@ -4,17 +4,20 @@
 //! and reproduces Keras's numbers. The layout follows the architecture:
 //! [`tensor`] (shapes, storage, the op surface), [`cpu`] (kernels), [`nn`] (layers and VGG),
 //! [`io`] (HDF5/Keras, safetensors, images, .npy, datasets), [`transfer`] (frozen base, head
-//! training, model folders), [`cli`] (the `keel` command).
+//! training and fine-tuning, model folders), [`viz`] (curves and confusion matrices), [`cli`]
+//! (the `keel` command).
 
 pub mod cli;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod digest;
 pub mod error;
 pub mod io;
 pub mod nn;
 pub mod rng;
 pub mod tensor;
 pub mod transfer;
+pub mod viz;
 
 pub use error::{Error, Result};

@@ -485,13 +485,8 @@ fn random_imagenet_top(path: &Path) {
     add("fc1".into(), vec![7 * 7 * 4, 8], &mut rng);
     add("fc2".into(), vec![8, 8], &mut rng);
     add("predictions".into(), vec![8, 1000], &mut rng);
-    let set = WeightSet {
-        source: path.to_path_buf(),
-        format: "test".into(),
-        layers,
-    };
-    let id = set.identify().unwrap();
-    keel::io::safetensors::write_weights(path, &set, &id, DType::F16).unwrap();
+    let set = WeightSet::new(path, "test", layers).unwrap();
+    keel::io::safetensors::write_weights(path, &set, DType::F16).unwrap();
 }
 
 #[test]

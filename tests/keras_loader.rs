@@ -13,7 +13,12 @@ fn load(name: &str) -> WeightSet {
 
 /// Same layers in the same order, same shapes, bit-identical values.
 fn assert_same(a: &WeightSet, b: &WeightSet) {
-    let names = |w: &WeightSet| w.layers.iter().map(|l| l.layer.clone()).collect::<Vec<_>>();
+    let names = |w: &WeightSet| {
+        w.layers()
+            .iter()
+            .map(|l| l.layer.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
         names(a),
         names(b),
@@ -21,7 +26,7 @@ fn assert_same(a: &WeightSet, b: &WeightSet) {
         a.source.display(),
         b.source.display()
     );
-    for (la, lb) in a.layers.iter().zip(&b.layers) {
+    for (la, lb) in a.layers().iter().zip(b.layers()) {
         assert_eq!(la.tensors.len(), lb.tensors.len(), "{}", la.layer);
         for (ta, tb) in la.tensors.iter().zip(&lb.tensors) {
             assert_eq!(ta.tensor.dims(), tb.tensor.dims(), "{}", la.layer);
@@ -45,15 +50,15 @@ fn assert_same(a: &WeightSet, b: &WeightSet) {
 #[test]
 fn every_encoding_of_the_micro_vgg16_base_loads_identically() {
     let reference = load("micro_vgg16_notop.h5");
-    let id = reference.identify().unwrap();
+    let id = reference.identity().clone();
     assert_eq!(
         (id.arch, id.include_top, id.widths),
         (Arch::Vgg16, false, [2, 3, 4, 5, 6])
     );
     // Model order, not HDF5's alphabetical order.
-    assert_eq!(reference.layers[0].layer, "block1_conv1");
-    assert_eq!(reference.layers[12].layer, "block5_conv3");
-    assert!(reference.layers.iter().all(|l| l.tensors.len() == 2));
+    assert_eq!(reference.layers()[0].layer, "block1_conv1");
+    assert_eq!(reference.layers()[12].layer, "block5_conv3");
+    assert!(reference.layers().iter().all(|l| l.tensors.len() == 2));
     for variant in [
         "micro_vgg16_notop_f16.h5",
         "micro_vgg16_notop_f64.h5",
@@ -64,7 +69,7 @@ fn every_encoding_of_the_micro_vgg16_base_loads_identically() {
     ] {
         let w = load(variant);
         assert_same(&reference, &w);
-        assert_eq!(w.identify().unwrap(), id, "{variant}");
+        assert_eq!(w.identity().clone(), id, "{variant}");
     }
 }
 
@@ -83,16 +88,16 @@ fn keras3_files_map_class_counters_to_layers() {
 
 #[test]
 fn identify_reads_vgg19_and_the_top() {
-    let id = load("micro_vgg19_notop.h5").identify().unwrap();
+    let id = load("micro_vgg19_notop.h5").identity().clone();
     assert_eq!((id.arch, id.include_top), (Arch::Vgg19, false));
-    let id = load("micro_vgg16_top.h5").identify().unwrap();
+    let id = load("micro_vgg16_top.h5").identity().clone();
     assert_eq!(
         (id.arch, id.include_top, id.fc_units, id.classes),
         (Arch::Vgg16, true, 7, 5)
     );
     let base = load("micro_vgg16_top.h5").conv_base();
-    assert!(!base.identify().unwrap().include_top);
-    assert_eq!(base.layers.len(), 13);
+    assert!(!base.identity().clone().include_top);
+    assert_eq!(base.layers().len(), 13);
 }
 
 #[test]
@@ -102,7 +107,7 @@ fn the_real_keras1_download_file_loads_in_model_order() {
     };
     let w = keel::io::load_weights(&shared.join("weights/vgg16_imagenet_notop.h5")).unwrap();
     assert_eq!(w.format, "Keras 1 download layout .h5");
-    assert_eq!(w.layers.len(), 13);
-    assert_eq!(w.layers[0].tensors[0].name, "block1_conv1_W_1:0");
-    assert_eq!(w.identify().unwrap().widths, keel::nn::IMAGENET_WIDTHS);
+    assert_eq!(w.layers().len(), 13);
+    assert_eq!(w.layers()[0].tensors[0].name, "block1_conv1_W_1:0");
+    assert_eq!(w.identity().clone().widths, keel::nn::IMAGENET_WIDTHS);
 }

@@ -10,15 +10,16 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+use super::backend::{BackendArgs, parse_algo, parse_isa};
 use super::common::parse_hw;
-use crate::cpu::conv::{ConvAlgo, ConvPlan, conv2d_with};
+use crate::cpu::conv::{ConvAlgo, ConvPlan, conv2d_backward_with, conv2d_with};
 use crate::cpu::gemm::{self, Epilogue, Kernel};
 use crate::cpu::isa::Isa;
 use crate::cpu::peak::fma_peak_gflops;
-use crate::cpu::{Cpu, CpuReference, conv2d_reference};
+use crate::cpu::{conv2d_backward_reference, conv2d_reference};
 use crate::nn::{Arch, LayerKind, Vgg, VggConfig};
 use crate::rng::Rng;
-use crate::tensor::{AlignedVec, Backend, Conv2dSpec, Tensor};
+use crate::tensor::{AlignedVec, Conv2dSpec, LayerParams, Tensor, Wanted};
 
 #[derive(Parser, Debug)]
 pub struct Args {
@@ -49,6 +50,10 @@ struct ConvArgs {
     /// Instruction set: portable, avx2, avx512, neon (default: the best here).
     #[arg(long)]
     isa: Option<String>,
+    /// forward, input-grad (the gradient with respect to the input) or kernel-grad (with
+    /// respect to the kernel and bias).
+    #[arg(long, default_value = "forward")]
+    pass: String,
     /// Network input size HxW (the layer's size follows from it).
     #[arg(long, value_parser = parse_hw, default_value = "224x224")]
     input: [usize; 2],
@@ -142,13 +147,14 @@ pub(super) fn time_reps(reps: usize, mut work: impl FnMut()) -> Vec<f64> {
         .collect()
 }
 
-/// The stderr summary: GFLOP/s of the median and best repetition, and % of peak.
-pub(super) fn report_speed(flops: f64, times: &[f64], isa: Isa) {
+/// The stderr summary: GFLOP/s of the median and best repetition, and % of this machine's
+/// peak (that of its best ISA, whatever the kernel ran on).
+pub(super) fn report_speed(flops: f64, times: &[f64]) {
     let mut sorted = times.to_vec();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     let best = sorted[0];
-    let peak = fma_peak_gflops(Isa::selected().max(isa), 0.1);
+    let peak = fma_peak_gflops(Isa::best(), 0.1);
     let g = |s: f64| flops / s / 1e9;
     eprintln!(
         "median {:.4} s  {:.1} GFLOP/s ({:.0}% of peak)  best {:.1} GFLOP/s ({:.0}%)  peak {:.0} GFLOP/s on {} threads",
@@ -171,8 +177,8 @@ fn bench_gemm(a: GemmArgs) -> anyhow::Result<()> {
     };
     if !kernel.available() {
         bail!(
-            "this CPU cannot run the {kernel} kernel (it has: {:?})",
-            Isa::all_available()
+            "this CPU cannot run the {kernel} kernel (it has {})",
+            Isa::names(&Isa::all_available())
         );
     }
     let (m, n, k) = (a.m, a.n, a.k);
@@ -218,32 +224,11 @@ fn bench_gemm(a: GemmArgs) -> anyhow::Result<()> {
             "FAILED, tolerance 1e-5"
         }
     );
-    report_speed(2.0 * (m * n * k) as f64, &times, kernel.isa());
+    report_speed(2.0 * (m * n * k) as f64, &times);
     if worst > 1e-5 {
         bail!("the {kernel} kernel disagrees with the reference");
     }
     Ok(())
-}
-
-fn parse_isa(s: Option<&str>) -> anyhow::Result<Isa> {
-    let isa = match s {
-        None => Isa::selected(),
-        Some(s) => Isa::parse(s)
-            .with_context(|| format!("unknown --isa {s}: use portable, avx2, avx512 or neon"))?,
-    };
-    if !isa.available() {
-        bail!(
-            "this CPU cannot run {isa} kernels (it has: {:?})",
-            Isa::all_available()
-        );
-    }
-    Ok(isa)
-}
-
-fn parse_algo(s: &str) -> anyhow::Result<ConvAlgo> {
-    ConvAlgo::parse(s).with_context(|| {
-        format!("unknown --algo {s}: use reference, direct, implicit-gemm, winograd2 or winograd4")
-    })
 }
 
 fn bench_conv(a: ConvArgs) -> anyhow::Result<()> {
@@ -291,24 +276,56 @@ fn bench_conv(a: ConvArgs) -> anyhow::Result<()> {
     let bias = Tensor::from_vec([cout], &rng.uniform_vec(cout, -0.1, 0.1))?;
     let spec = Conv2dSpec::same_relu();
     let g = spec.geometry(x.shape(), kernel.shape(), Some(bias.shape()))?;
-    let algo = match &a.algo {
-        Some(s) => parse_algo(s)?,
-        None => ConvAlgo::auto(&g),
+    let forced = a.algo.as_deref().map(parse_algo).transpose()?;
+    let algo = ConvAlgo::choose(forced, &g);
+    let params = LayerParams::new(kernel.clone(), Some(bias.clone()));
+    let pass = Pass::parse(&a.pass)?;
+    // The backward passes need the forward output (the ReLU's mask) and an output gradient.
+    let (y, dy) = if pass == Pass::Forward {
+        (None, None)
+    } else {
+        let y = conv2d_reference(&x, &kernel, Some(&bias), &spec)?;
+        let dy = Tensor::from_vec(y.dims(), &rng.uniform_vec(y.numel(), -1.0, 1.0))?;
+        (Some(y), Some(dy))
     };
-    let plan = ConvPlan::default();
+    let wanted = match pass {
+        Pass::InputGrad => Wanted::INPUT,
+        _ => Wanted::PARAMS,
+    };
     let mut out = None;
     let mut failed = None;
     let times = time_reps(reps, || {
-        match conv2d_with(algo, isa, &x, &kernel, Some(&bias), &spec, Some(&plan)) {
-            Ok(y) => out = Some(y),
+        let r = match (&y, &dy) {
+            (Some(y), Some(dy)) => {
+                conv2d_backward_with(forced, isa, &x, y, dy, &params, &spec, wanted).map(|g| {
+                    match pass {
+                        Pass::InputGrad => g.input,
+                        _ => g.kernel,
+                    }
+                })
+            }
+            _ => conv2d_with(algo, isa, &x, &params, &spec).map(Some),
+        };
+        match r {
+            Ok(t) => out = t,
             Err(e) => failed = Some(e),
         }
     });
     if let Some(e) = failed {
         return Err(e.into());
     }
-    let got = out.expect("at least one run");
-    let want = conv2d_reference(&x, &kernel, Some(&bias), &spec)?;
+    let got = out.context("the pass produced nothing")?;
+    let want = match (&y, &dy) {
+        (Some(y), Some(dy)) => {
+            let g = conv2d_backward_reference(&x, y, dy, &kernel, &spec, wanted)?;
+            match pass {
+                Pass::InputGrad => g.input,
+                _ => g.kernel,
+            }
+            .context("the reference produced nothing")?
+        }
+        _ => conv2d_reference(&x, &kernel, Some(&bias), &spec)?,
+    };
     let scale = want.max_abs().max(f32::MIN_POSITIVE);
     let worst = got
         .data()
@@ -323,14 +340,19 @@ fn bench_conv(a: ConvArgs) -> anyhow::Result<()> {
         })
         .fold(0f32, f32::max)
         / scale;
-    let tol = if algo == ConvAlgo::Winograd4 {
-        1e-4
-    } else {
-        1e-5
+    // The input gradient runs the forward algorithms (Winograd's tolerance); the kernel
+    // gradient is a GEMM whose sums run over every pixel of the batch (thousands of terms,
+    // against 9 * Cin for the forward pass), so it gets F(4x4)'s looser tolerance too.
+    let tol = match pass {
+        Pass::KernelGrad => 1e-4,
+        _ if algo == ConvAlgo::Winograd4 => 1e-4,
+        _ => 1e-5,
     };
+    let plan = ConvPlan::of(&params).map_or(0, ConvPlan::bytes);
     eprintln!(
-        "{} {}x{}x{}->{} batch {} algo {algo} isa {isa} on {} threads: max|diff|/max|ref| {worst:.1e} ({}, tolerance {tol:.0e}); prepared weights {:.1} MB",
+        "{} {} {}x{}x{}->{} batch {} algo {algo} isa {isa} on {} threads: max|diff|/max|ref| {worst:.1e} ({}, tolerance {tol:.0e}); prepared weights {:.1} MB",
         a.layer,
+        pass.name(),
         h,
         w,
         cin,
@@ -338,13 +360,47 @@ fn bench_conv(a: ConvArgs) -> anyhow::Result<()> {
         a.batch,
         rayon::current_num_threads(),
         if worst <= tol { "ok" } else { "FAILED" },
-        plan.bytes() as f64 / 1e6
+        plan as f64 / 1e6
     );
-    report_speed(g.flops() as f64, &times, isa);
+    report_speed(g.flops() as f64, &times);
     if worst > tol {
-        bail!("{algo} disagrees with the reference on {}", a.layer);
+        bail!(
+            "{algo} {} disagrees with the reference on {}",
+            pass.name(),
+            a.layer
+        );
     }
     Ok(())
+}
+
+/// Which pass of a convolution `keel bench conv` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    /// The gradient with respect to the input (a forward convolution of the output gradient
+    /// with the flipped kernel).
+    InputGrad,
+    /// The gradients with respect to the kernel and bias (a GEMM over the transposed im2col).
+    KernelGrad,
+}
+
+impl Pass {
+    const ALL: [Pass; 3] = [Pass::Forward, Pass::InputGrad, Pass::KernelGrad];
+
+    fn name(self) -> &'static str {
+        match self {
+            Pass::Forward => "forward",
+            Pass::InputGrad => "input-grad",
+            Pass::KernelGrad => "kernel-grad",
+        }
+    }
+
+    fn parse(s: &str) -> anyhow::Result<Pass> {
+        Pass::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .with_context(|| format!("unknown --pass {s}: use forward, input-grad or kernel-grad"))
+    }
 }
 
 fn bench_vgg16(a: VggArgs) -> anyhow::Result<()> {
@@ -352,30 +408,18 @@ fn bench_vgg16(a: VggArgs) -> anyhow::Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let backend: Box<dyn Backend> = match a.isa.as_deref() {
-        Some("reference") => Box::new(CpuReference),
-        other => {
-            let mut cpu = Cpu::with_isa(parse_isa(other)?)?;
-            if let Some(s) = &a.algo {
-                cpu = cpu.with_algo(parse_algo(s)?);
-            }
-            Box::new(cpu)
-        }
-    };
+    let backend = BackendArgs {
+        isa: a.isa.clone(),
+        algo: a.algo.clone(),
+        ..BackendArgs::default()
+    }
+    .build()?;
     let config = VggConfig {
         input: a.input,
         ..VggConfig::notop(Arch::Vgg16)
     };
     let model = match &a.weights {
-        Some(path) => {
-            let w = crate::io::load_weights(path)?;
-            let w = if w.identify()?.include_top {
-                w.conv_base()
-            } else {
-                w
-            };
-            Vgg::new(config, w)?
-        }
+        Some(path) => Vgg::new(config, crate::io::load_weights(path)?.conv_base())?,
         None => Vgg::random(config, 0)?,
     };
     let [h, w] = a.input;
@@ -401,6 +445,6 @@ fn bench_vgg16(a: VggArgs) -> anyhow::Result<()> {
         rayon::current_num_threads(),
         flops as f64 / 1e9
     );
-    report_speed(flops as f64, &times, Isa::selected());
+    report_speed(flops as f64, &times);
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Parser;
 
+use super::backend::BackendArgs;
 use super::common::{ModelArgs, collect_images, load_weights, parse_hw};
-use crate::cpu::Cpu;
 use crate::io::image::Interpolation;
 use crate::io::labels::{IMAGENET_CLASS_COUNT, decode_predictions, top_k};
 use crate::nn::Vgg;
@@ -18,6 +18,8 @@ pub struct Args {
     images: Vec<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// How many classes to show per image.
     #[arg(long, default_value_t = 5)]
     top: usize,
@@ -43,14 +45,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let model = Vgg::new(config.clone(), set)?;
     let paths = collect_images(&a.images)?;
-    let backend = Cpu::new();
+    let backend = a.backend.build()?;
     for path in &paths {
         let x = crate::io::batch::load_preprocessed(
             std::slice::from_ref(path),
             config.input,
             a.model.interpolation.unwrap_or(Interpolation::Nearest),
         )?;
-        let probs = model.forward(&backend, &x)?;
+        let probs = backend.to_host(model.forward(backend.as_ref(), &x)?)?;
         println!("{}", path.display());
         if config.classes == IMAGENET_CLASS_COUNT {
             for (rank, p) in decode_predictions(&probs, a.top)?[0].iter().enumerate() {

@@ -1,14 +1,17 @@
 //! What several commands share: thread setup, size parsing, weights resolution, image lists.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
+use super::backend::BackendArgs;
 use crate::io::dataset::{IMAGE_EXTENSIONS, Skipped, is_image_path};
 use crate::io::feature_cache::FeatureCache;
 use crate::io::fetch;
 use crate::io::image::Interpolation;
 use crate::nn::{Arch, Identity, WeightSet};
+use crate::tensor::Backend;
 use crate::transfer::{ExtractOptions, FrozenBase, TrainedModel};
 
 /// Size the rayon pool from `--threads`, else `KEEL_THREADS`, else all cores.
@@ -79,7 +82,7 @@ pub fn load_weights(
         }
     };
     let set = crate::io::load_weights(&path)?;
-    let id = set.identify()?;
+    let id = set.identity().clone();
     if let Some(m) = model
         && m != id.arch
     {
@@ -142,22 +145,24 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The frozen base a model folder was trained on, from `--weights`, else the file recorded at
+/// The base a model folder was trained on, from `--weights`, else the file recorded at
 /// training (if it still exists), else the official Keras file; refused if its checksum,
-/// layer, input size or preprocessing differ from the model's.
-fn base_for_model(
+/// layer, input size or preprocessing differ from the model's. Fine-tuned layers replace the
+/// base's own.
+pub fn base_for_model(
     model: &TrainedModel,
     model_dir: &Path,
     weights: Option<&Path>,
+    backend: Arc<dyn Backend>,
 ) -> anyhow::Result<FrozenBase> {
     let info = &model.card.base;
     let recorded = Some(info.weights_file.as_path()).filter(|p| p.is_file());
     let arch: Arch = info.model.parse().map_err(anyhow::Error::msg)?;
     let (set, _) = load_weights(weights.or(recorded), Some(arch), false)?;
     let interpolation = info.interpolation.parse()?;
-    let base = FrozenBase::new(set, &info.layer, info.input, interpolation)?;
+    let base = FrozenBase::new(set, &info.layer, info.input, interpolation, backend)?;
     model.check_base(&base, model_dir)?;
-    Ok(base)
+    Ok(model.tuned_base(&base)?)
 }
 
 /// What `evaluate` and `predict` share: which base weights, the cache, unreadable images.
@@ -172,13 +177,20 @@ pub struct UseModelArgs {
     pub skip_bad: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
 }
 
 impl UseModelArgs {
-    /// The model folder and the base it was trained on (checked).
+    /// The model folder and the base it was trained on (checked, fine-tuned layers in place).
     pub fn open(&self, model_dir: &Path) -> anyhow::Result<(TrainedModel, FrozenBase)> {
         let model = TrainedModel::load(model_dir)?;
-        let base = base_for_model(&model, model_dir, self.weights.as_deref())?;
+        let base = base_for_model(
+            &model,
+            model_dir,
+            self.weights.as_deref(),
+            self.backend.build()?,
+        )?;
         Ok((model, base))
     }
 

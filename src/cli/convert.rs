@@ -13,21 +13,21 @@ pub struct Args {
     /// The safetensors file to write.
     #[arg(short, long)]
     output: PathBuf,
-    /// Storage type of the tensors: f32, f16 or bf16.
+    /// Storage type of the tensors: f32, f16, bf16 (or f64).
     #[arg(long, default_value = "f32")]
     dtype: DType,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let set = crate::io::load_weights(&a.input)?;
-    let id = set.identify()?;
-    crate::io::safetensors::write_weights(&a.output, &set, &id, a.dtype)?;
-    let tensors: usize = set.layers.iter().map(|l| l.tensors.len()).sum();
+    let id = set.identity();
+    crate::io::safetensors::write_weights(&a.output, &set, a.dtype)?;
+    let tensors: usize = set.layers().iter().map(|l| l.tensors.len()).sum();
     eprintln!(
         "wrote {}: {}, {} layers, {tensors} tensors, {} parameters, {} (from {})",
         a.output.display(),
         id.describe(),
-        set.layers.len(),
+        set.layers().len(),
         set.num_params(),
         a.dtype,
         set.format

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Parser;
 
-use super::common::{ModelArgs, collect_images, load_weights, parse_hw};
-use crate::cpu::Cpu;
+use super::backend::BackendArgs;
+use super::common::{ModelArgs, base_for_model, collect_images, load_weights, parse_hw};
 use crate::io::image::Interpolation;
 use crate::nn::{Pooling, TOP_LAYERS, Vgg, VggConfig};
-use crate::tensor::{Backend, GlobalPool, Tensor};
+use crate::tensor::{GlobalPool, Tensor};
+use crate::transfer::TrainedModel;
 
 #[derive(Parser, Debug)]
 pub struct Args {
@@ -18,15 +19,21 @@ pub struct Args {
     images: Vec<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// A model folder written by keel train: use the base it was trained on, with its
+    /// fine-tuned layers (and, unless --input is given, its input size and resize filter).
+    #[arg(long, value_name = "MODEL_DIR", conflicts_with = "model")]
+    from: Option<PathBuf>,
     /// The layer whose output to save (Keras's name).
     #[arg(long, default_value = "block5_pool")]
     layer: String,
     /// Global pooling of the layer's output over H and W: none, avg or max.
     #[arg(long, default_value = "none")]
     pooling: Pooling,
-    /// Input size HxW every image is resized to.
-    #[arg(long, value_parser = parse_hw, default_value = "224x224")]
-    input: [usize; 2],
+    /// Input size HxW every image is resized to [default: 224x224, Keras's].
+    #[arg(long, value_parser = parse_hw)]
+    input: Option<[usize; 2]>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -41,42 +48,50 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         bail!("--batch must be at least 1");
     }
     let needs_top = a.layer == "flatten" || TOP_LAYERS.contains(&a.layer.as_str());
-    let (set, id) = load_weights(a.model.weights.as_deref(), a.model.model, needs_top)?;
-    let (set, config) = if needs_top {
-        if !id.include_top {
-            bail!(
-                "{}: layer {} is in the top, but the file holds only the conv base",
-                set.source.display(),
-                a.layer
-            );
+    let backend = a.backend.build()?;
+    let (model, input, interpolation) = match &a.from {
+        Some(dir) => {
+            if needs_top {
+                bail!(
+                    "--from uses a model's conv base; layer {} is in VGG's top",
+                    a.layer
+                );
+            }
+            let trained = TrainedModel::load(dir)?;
+            let info = &trained.card.base;
+            let input = a.input.unwrap_or(info.input);
+            let interpolation = a.model.interpolation.unwrap_or(info.interpolation.parse()?);
+            let base = base_for_model(&trained, dir, a.model.weights.as_deref(), backend.clone())?;
+            (base.vgg_at(input)?, input, interpolation)
         }
-        (
-            set,
-            VggConfig {
-                input: a.input,
-                ..id.config()
-            },
-        )
-    } else {
-        let config = VggConfig {
-            include_top: false,
-            input: a.input,
-            widths: id.widths,
-            ..VggConfig::notop(id.arch)
-        };
-        (set.conv_base(), config)
+        None => {
+            let input = a.input.unwrap_or([224, 224]);
+            let (set, id) = load_weights(a.model.weights.as_deref(), a.model.model, needs_top)?;
+            let (set, config) = if needs_top {
+                if !id.include_top {
+                    bail!(
+                        "{}: layer {} is in the top, but the file holds only the conv base",
+                        set.source.display(),
+                        a.layer
+                    );
+                }
+                (
+                    set,
+                    VggConfig {
+                        input,
+                        ..id.config()
+                    },
+                )
+            } else {
+                (set.conv_base(), id.base_config(input))
+            };
+            let interpolation = a.model.interpolation.unwrap_or(Interpolation::Nearest);
+            (Vgg::new(config, set)?, input, interpolation)
+        }
     };
-    let model = Vgg::new(config, set)?;
-    if !model.layer_names().contains(&a.layer.as_str()) {
-        bail!(
-            "{} has no layer named '{}'; its layers are: {}",
-            id.arch,
-            a.layer,
-            model.layer_names().join(", ")
-        );
-    }
+    model.layer_index(&a.layer)?;
     let paths = collect_images(&a.images)?;
-    let backend = Cpu::new();
+    let backend = backend.as_ref();
 
     let bar = indicatif::ProgressBar::new(paths.len() as u64);
     bar.set_style(
@@ -85,13 +100,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
     let mut rows: Vec<Tensor> = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(a.batch) {
-        let x = crate::io::batch::load_preprocessed(
-            chunk,
-            a.input,
-            a.model.interpolation.unwrap_or(Interpolation::Nearest),
-        )?;
+        let x = crate::io::batch::load_preprocessed(chunk, input, interpolation)?;
         let mut y = model
-            .forward_outputs(&backend, &x, &[a.layer.as_str()])?
+            .forward_outputs(backend, &x, &[a.layer.as_str()])?
             .remove(0);
         if a.pooling != Pooling::None {
             if y.shape().rank() != 4 {
@@ -108,6 +119,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             };
             y = backend.global_pool(&y, kind)?;
         }
+        let y = backend.to_host(y)?;
         for i in 0..chunk.len() {
             rows.push(y.index0(i)?);
         }

@@ -1,5 +1,6 @@
 //! The `keel` command line: argument parsing and one file per command.
 
+mod backend;
 mod bench;
 mod classify;
 mod common;

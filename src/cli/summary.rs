@@ -37,7 +37,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ..VggConfig::new(a.model)
     };
     if let Some(path) = &a.weights {
-        let id = crate::io::load_weights(path)?.identify()?;
+        let id = crate::io::load_weights(path)?.identity().clone();
         if id.arch != a.model {
             anyhow::bail!(
                 "{}: holds {} weights, not {}",

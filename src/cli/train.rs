@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Parser;
 
+use super::backend::BackendArgs;
 use super::common::{CacheArgs, ModelArgs, load_weights, parse_hw, print_skipped};
 use crate::io::dataset::scan_training_folder;
 use crate::io::image::Interpolation;
@@ -12,7 +13,7 @@ use crate::nn::fit::{EarlyStopping, FitConfig};
 use crate::nn::head::DEFAULT_HEAD;
 use crate::nn::optim::OptimizerKind;
 use crate::nn::schedule::Schedule;
-use crate::transfer::{Augment, FrozenBase, TrainOptions, train};
+use crate::transfer::{Augment, FineTune, FrozenBase, TrainOptions, train};
 
 #[derive(Parser, Debug)]
 pub struct Args {
@@ -28,6 +29,8 @@ pub struct Args {
     overwrite: bool,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// The base layer the head reads.
     #[arg(long, default_value = "block5_pool")]
     layer: String,
@@ -47,10 +50,34 @@ pub struct Args {
     /// Seed for the split, the initial weights, shuffling and dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Epochs of training the head (the first phase when fine-tuning).
     #[arg(long, default_value_t = 30)]
     epochs: usize,
+    /// Images per training step.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// After training the head, unfreeze the base from this block up (block5: block5_conv1,
+    /// conv2, conv3; block4: also block4's) and train it with the head at a small learning
+    /// rate, as Keras's transfer-learning guide does (docs/fine-tune.md).
+    #[arg(long, value_name = "BLOCK")]
+    fine_tune: Option<String>,
+    /// Epochs of fine-tuning (the second phase).
+    #[arg(long, default_value_t = 10)]
+    fine_tune_epochs: usize,
+    /// Learning rate of fine-tuning: small, so the pretrained filters adapt rather than
+    /// restart.
+    #[arg(long, default_value_t = 1e-5)]
+    fine_tune_lr: f64,
+    /// Optimizer of fine-tuning: sgd, adam or adamw [default: --optimizer's].
+    #[arg(long)]
+    fine_tune_optimizer: Option<String>,
+    /// Images per fine-tuning step [default: --batch-size].
+    #[arg(long)]
+    fine_tune_batch_size: Option<usize>,
+    /// MiB of stored features and activations to keep in memory; what does not fit streams
+    /// from a temporary file (fine-tuning keeps 800 KB per photo for block5 at 320x320).
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    memory_budget: usize,
     /// sgd, adam or adamw (Keras's update rules and defaults).
     #[arg(long, default_value = "adam")]
     optimizer: String,
@@ -104,25 +131,31 @@ pub struct Args {
     quiet: bool,
 }
 
+fn optimizer(a: &Args, name: &str) -> anyhow::Result<OptimizerKind> {
+    Ok(
+        match OptimizerKind::from_name(name).map_err(anyhow::Error::msg)? {
+            OptimizerKind::Sgd { .. } => OptimizerKind::Sgd {
+                momentum: a.momentum,
+                nesterov: a.nesterov,
+            },
+            OptimizerKind::AdamW {
+                beta1,
+                beta2,
+                epsilon,
+                ..
+            } => OptimizerKind::AdamW {
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay: a.weight_decay,
+            },
+            adam => adam,
+        },
+    )
+}
+
 fn fit_config(a: &Args) -> anyhow::Result<FitConfig> {
-    let optimizer = match OptimizerKind::from_name(&a.optimizer).map_err(anyhow::Error::msg)? {
-        OptimizerKind::Sgd { .. } => OptimizerKind::Sgd {
-            momentum: a.momentum,
-            nesterov: a.nesterov,
-        },
-        OptimizerKind::AdamW {
-            beta1,
-            beta2,
-            epsilon,
-            ..
-        } => OptimizerKind::AdamW {
-            beta1,
-            beta2,
-            epsilon,
-            weight_decay: a.weight_decay,
-        },
-        adam => adam,
-    };
+    let optimizer = optimizer(a, &a.optimizer)?;
     let schedule = match a.schedule.to_ascii_lowercase().as_str() {
         "constant" => Schedule::Constant,
         "step" => Schedule::Step {
@@ -158,9 +191,31 @@ fn fit_config(a: &Args) -> anyhow::Result<FitConfig> {
     })
 }
 
+/// The second phase's settings: its own epochs, learning rate, optimizer and batch size; the
+/// rest (schedule, L2, seed, early stopping) as the first phase's.
+fn fine_tune(a: &Args, fit: &FitConfig) -> anyhow::Result<Option<FineTune>> {
+    let Some(block) = &a.fine_tune else {
+        return Ok(None);
+    };
+    let block = FineTune::parse_block(block)?;
+    let name = a.fine_tune_optimizer.as_deref().unwrap_or(&a.optimizer);
+    let ft = FitConfig {
+        epochs: a.fine_tune_epochs,
+        batch_size: a.fine_tune_batch_size.unwrap_or(a.batch_size),
+        optimizer: optimizer(a, name)?,
+        lr: a.fine_tune_lr,
+        ..fit.clone()
+    };
+    ft.validate()
+        .map_err(|e| anyhow::anyhow!("fine-tuning: {e} (--fine-tune-epochs, --fine-tune-lr)"))?;
+    Ok(Some(FineTune { block, fit: ft }))
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     let fit = fit_config(&a)?;
     fit.validate()?;
+    let fine_tune = fine_tune(&a, &fit)?;
+    let backend = a.backend.build()?;
     crate::io::atomic::check_dir_target(&a.output, a.overwrite)?;
     let dataset = scan_training_folder(&a.data, a.validation_split, a.seed)?;
     eprintln!(
@@ -179,10 +234,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &a.layer,
         a.input,
         a.model.interpolation.unwrap_or(Interpolation::Bilinear),
+        backend,
     )?;
     let opts = TrainOptions {
         head: a.head.clone(),
         fit,
+        fine_tune,
+        memory_budget: a.memory_budget.saturating_mul(1 << 20),
         augment: a.augment,
         cache: a.cache.cache(),
         skip_bad: a.skip_bad,
@@ -190,6 +248,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         progress: !a.quiet,
     };
     let quiet = a.quiet;
+    let head_epochs = opts.fit.epochs;
+    let mut first_fine_tune = None;
     let outcome = train(&dataset, &base, &opts, &mut |m| {
         if quiet {
             return;
@@ -198,9 +258,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             (Some(l), Some(acc)) => format!("  val_loss {l:.4}  val_acc {acc:.4}"),
             _ => String::new(),
         };
+        let (phase, of) = match (&opts.fine_tune, m.fine_tune) {
+            (Some(ft), true) => {
+                let first = *first_fine_tune.get_or_insert(m.epoch);
+                if first == m.epoch {
+                    eprintln!(
+                        "fine-tuning from {} (lr {:.1e})",
+                        ft.first_layer(),
+                        ft.fit.lr
+                    );
+                }
+                (
+                    "fine-tune ",
+                    format!("{}/{}", m.epoch + 1 - first, ft.fit.epochs),
+                )
+            }
+            _ => ("", format!("{}/{head_epochs}", m.epoch)),
+        };
         eprintln!(
-            "epoch {:>3}/{}  loss {:.4}  acc {:.4}{val}  lr {:.2e}  {:.2} s",
-            m.epoch, opts.fit.epochs, m.train_loss, m.train_accuracy, m.lr, m.seconds
+            "{phase}epoch {of:>5}  loss {:.4}  acc {:.4}{val}  lr {:.2e}  {:.2} s",
+            m.train_loss, m.train_accuracy, m.lr, m.seconds
         );
     })?;
     let r = &outcome.report;
@@ -212,18 +289,48 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .save(&a.output, a.overwrite)
         .with_context(|| format!("{}: cannot write the model folder", a.output.display()))?;
     let t = &r.timings;
+    let ft = match &outcome.model.card.fine_tune {
+        Some(f) => format!(
+            "; fine-tuning: {:.1} s, {} epochs{}",
+            t.fine_tune_seconds,
+            f.epochs_run,
+            if f.stopped_early {
+                " (stopped early)"
+            } else {
+                ""
+            }
+        ),
+        None => String::new(),
+    };
+    let head_run = outcome.model.card.training.epochs_run;
     eprintln!(
-        "features: {:.1} s ({} computed, {} from cache); training: {:.2} s, {} epochs{}",
+        "features: {:.1} s ({} computed, {} from cache{}); training: {:.2} s, {head_run} epochs{}{ft}{}",
         t.features_seconds,
         t.images_computed,
         t.images_cached,
+        if t.streamed_from_disk {
+            ", streamed from disk"
+        } else {
+            ""
+        },
         t.training_seconds,
-        outcome.fit.history.len(),
+        if outcome.model.card.training.stopped_early {
+            " (stopped early)"
+        } else {
+            ""
+        },
         match outcome.fit.best_epoch {
-            Some(b) => format!(", best epoch {b} kept"),
+            Some(b) => format!("; best epoch {b} kept"),
             None => String::new(),
         }
     );
+    if let (Some(before), Some(after)) = (&r.validation_before_fine_tune, &r.validation) {
+        eprintln!(
+            "validation accuracy: {:.2}% with the head alone, {:.2}% fine-tuned",
+            before.metrics.accuracy * 100.0,
+            after.metrics.accuracy * 100.0
+        );
+    }
     let (which, eval) = match &r.validation {
         Some(v) => ("validation", v),
         None => ("training", &r.train),

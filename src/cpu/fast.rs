@@ -1,17 +1,19 @@
 //! The fast CPU backend, keel's default: the convolution algorithm picked per layer
-//! ([`ConvAlgo::auto`]), dense layers on the packed GEMM, both on the best ISA this CPU has.
-//! 2x2 max pooling has a streaming kernel; softmax and global pooling are small and use the
-//! reference kernels.
+//! ([`ConvAlgo::auto`]), forward and backward; dense layers and their gradients on the packed
+//! GEMM; VGG's 2x2 pooling and its gradient as streaming passes; all on the best ISA this CPU
+//! has. The rest (softmax, global pools, element-wise ops, optimizer steps) is memory-bound
+//! and small, and runs the reference kernels. f64 tensors (gradient checks) go to the
+//! reference kernels too.
 
-use super::conv::{ConvAlgo, ConvPlan, conv2d_pool_with, conv2d_with};
+use super::conv::{ConvAlgo, conv2d_backward_with, conv2d_pool_with, conv2d_with};
 use super::gemm::{self, Epilogue, Kernel};
 use super::isa::Isa;
-use super::pool2x2::{is_2x2_stride2, max_pool_2x2};
-use super::{global_pool_reference, max_pool2d_reference, softmax_reference};
+use super::pool2x2::{is_2x2_stride2, max_pool_2x2, max_pool_2x2_backward};
+use super::reference::{self as r, CpuReference, activation_backward, host};
 use crate::error::{Error, Result};
 use crate::tensor::{
-    Activation, Backend, Conv2dSpec, ConvGeometry, GlobalPool, LayerCache, Pool2dSpec, Tensor,
-    dense_geometry,
+    Activation, AdamStep, Backend, Conv2dSpec, CrossEntropy, DType, Device, GlobalPool, LayerGrads,
+    LayerParams, Pool2dSpec, Tensor, Wanted, check_grad_shape, dense_geometry,
 };
 
 /// The fast CPU backend.
@@ -29,10 +31,10 @@ impl Default for Cpu {
 }
 
 impl Cpu {
-    /// The best ISA (capped by `KEEL_ISA`), algorithms picked per layer.
+    /// The best ISA this CPU has, algorithms picked per layer.
     pub fn new() -> Cpu {
         Cpu {
-            isa: Isa::selected(),
+            isa: Isa::best(),
             algo: None,
         }
     }
@@ -55,24 +57,63 @@ impl Cpu {
         self.isa
     }
 
-    fn conv(
-        &self,
-        x: &Tensor,
-        kernel: &Tensor,
-        bias: Option<&Tensor>,
-        spec: &Conv2dSpec,
-        plan: Option<&ConvPlan>,
-    ) -> Result<Tensor> {
-        let g = spec.geometry(x.shape(), kernel.shape(), bias.map(Tensor::shape))?;
-        conv2d_with(self.pick(&g), self.isa, x, kernel, bias, spec, plan)
+    pub fn algo(&self) -> Option<ConvAlgo> {
+        self.algo
     }
 
     /// The algorithm for a layer: the forced one where it applies, else keel's choice.
-    fn pick(&self, g: &ConvGeometry) -> ConvAlgo {
-        match self.algo {
-            Some(a) if a.supports(g) => a,
-            _ => ConvAlgo::auto(g),
+    fn pick(&self, x: &Tensor, w: &LayerParams, spec: &Conv2dSpec) -> Result<ConvAlgo> {
+        let g = spec.geometry(x.shape(), w.kernel().shape(), w.bias().map(Tensor::shape))?;
+        Ok(ConvAlgo::choose(self.algo, &g))
+    }
+}
+
+/// Whether the operands are f64 (then the reference kernels run them).
+fn is_f64(x: &Tensor) -> bool {
+    x.dtype() == DType::F64
+}
+
+/// `a^T` of a row-major `rows x cols` matrix.
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
+    let mut t = Tensor::zeros([cols, rows])?;
+    let td = t.data_mut();
+    for (i, row) in a.chunks_exact(cols.max(1)).enumerate().take(rows) {
+        for (j, &v) in row.iter().enumerate() {
+            td[j * rows + i] = v;
         }
+    }
+    Ok(t)
+}
+
+impl Cpu {
+    /// `C (m x n) = A (m x k) B (k x n)` on this backend's packed kernel.
+    fn matmul(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        ep: Epilogue,
+    ) -> Result<Tensor> {
+        let mut c = Tensor::zeros([m, n])?;
+        if m > 0 && n > 0 {
+            gemm::gemm_with(
+                Kernel::for_isa(self.isa),
+                m,
+                n,
+                k,
+                a,
+                k.max(1),
+                b,
+                n,
+                c.data_mut(),
+                n,
+                ep,
+                true,
+            );
+        }
+        Ok(c)
     }
 }
 
@@ -86,88 +127,190 @@ impl Backend for Cpu {
         }
     }
 
-    fn conv2d(
-        &self,
-        x: &Tensor,
-        kernel: &Tensor,
-        bias: Option<&Tensor>,
-        spec: &Conv2dSpec,
-    ) -> Result<Tensor> {
-        self.conv(x, kernel, bias, spec, None)
+    fn device(&self) -> Device {
+        Device::Cpu
     }
 
-    fn conv2d_cached(
-        &self,
-        x: &Tensor,
-        kernel: &Tensor,
-        bias: Option<&Tensor>,
-        spec: &Conv2dSpec,
-        cache: &LayerCache,
-    ) -> Result<Tensor> {
-        let plan = cache.get_or_init(ConvPlan::default);
-        self.conv(x, kernel, bias, spec, plan)
+    fn upload(&self, x: Tensor) -> Result<Tensor> {
+        host(x, self.name())
     }
 
-    fn conv2d_pool_cached(
+    fn to_host(&self, x: Tensor) -> Result<Tensor> {
+        host(x, self.name())
+    }
+
+    fn conv2d(&self, x: &Tensor, w: &LayerParams, spec: &Conv2dSpec) -> Result<Tensor> {
+        if is_f64(x) {
+            return CpuReference.conv2d(x, w, spec);
+        }
+        conv2d_with(self.pick(x, w, spec)?, self.isa, x, w, spec)
+    }
+
+    fn conv2d_pool(
         &self,
         x: &Tensor,
-        kernel: &Tensor,
-        bias: Option<&Tensor>,
+        w: &LayerParams,
         spec: &Conv2dSpec,
         pool: &Pool2dSpec,
-        cache: &LayerCache,
     ) -> Result<Tensor> {
-        let plan = cache.get_or_init(ConvPlan::default);
-        let g = spec.geometry(x.shape(), kernel.shape(), bias.map(Tensor::shape))?;
-        let algo = self.pick(&g);
+        if is_f64(x) {
+            return CpuReference.conv2d_pool(x, w, spec, pool);
+        }
+        let algo = self.pick(x, w, spec)?;
         if is_2x2_stride2(pool) {
             // Winograd pools in its output transform; the others convolve, then pool.
-            return conv2d_pool_with(algo, self.isa, x, kernel, bias, spec, plan);
+            return conv2d_pool_with(algo, self.isa, x, w, spec);
         }
-        let y = self.conv(x, kernel, bias, spec, plan)?;
+        let y = conv2d_with(algo, self.isa, x, w, spec)?;
         self.max_pool2d(&y, pool)
     }
 
     fn max_pool2d(&self, x: &Tensor, spec: &Pool2dSpec) -> Result<Tensor> {
-        if is_2x2_stride2(spec) {
+        if is_2x2_stride2(spec) && !is_f64(x) {
+            x.values::<f32>()?;
             max_pool_2x2(self.isa, x, spec)
         } else {
-            max_pool2d_reference(x, spec)
+            r::max_pool2d_reference(x, spec)
         }
     }
 
-    fn dense(
-        &self,
-        x: &Tensor,
-        kernel: &Tensor,
-        bias: Option<&Tensor>,
-        activation: Activation,
-    ) -> Result<Tensor> {
+    fn dense(&self, x: &Tensor, w: &LayerParams, activation: Activation) -> Result<Tensor> {
+        if is_f64(x) {
+            return CpuReference.dense(x, w, activation);
+        }
+        let (kernel, bias) = (w.kernel(), w.bias());
         let [n, fin, fout] = dense_geometry(x.shape(), kernel.shape(), bias.map(Tensor::shape))?;
-        let mut out = Tensor::zeros([n, fout])?;
-        let ep = Epilogue::new(bias.map(Tensor::data), activation == Activation::Relu);
-        gemm::gemm_with(
-            Kernel::for_isa(self.isa),
-            n,
-            fout,
-            fin,
-            x.data(),
-            fin,
-            kernel.data(),
-            fout,
-            out.data_mut(),
-            fout,
-            ep,
-            true,
-        );
-        Ok(out)
+        let bias = bias.map(Tensor::values::<f32>).transpose()?;
+        let ep = Epilogue::new(bias, activation == Activation::Relu);
+        self.matmul(x.values()?, kernel.values()?, n, fin, fout, ep)
     }
 
     fn softmax(&self, x: &Tensor) -> Result<Tensor> {
-        softmax_reference(x)
+        r::softmax_reference(x)
     }
 
     fn global_pool(&self, x: &Tensor, kind: GlobalPool) -> Result<Tensor> {
-        global_pool_reference(x, kind)
+        r::global_pool_reference(x, kind)
+    }
+
+    fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        r::relu_reference(x)
+    }
+
+    fn mul(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        r::mul_reference(x, mask)
+    }
+
+    fn conv2d_backward(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        w: &LayerParams,
+        spec: &Conv2dSpec,
+        wanted: Wanted,
+    ) -> Result<LayerGrads> {
+        if is_f64(x) {
+            return CpuReference.conv2d_backward(x, y, dy, w, spec, wanted);
+        }
+        conv2d_backward_with(self.algo, self.isa, x, y, dy, w, spec, wanted)
+    }
+
+    /// `dx = dz W^T` and `dW = x^T dz` as GEMMs on explicit transposes (the head's matrices
+    /// are small; the copies cost far less than the products).
+    fn dense_backward(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        w: &LayerParams,
+        activation: Activation,
+        wanted: Wanted,
+    ) -> Result<LayerGrads> {
+        if is_f64(x) {
+            return CpuReference.dense_backward(x, y, dy, w, activation, wanted);
+        }
+        let [n, fin, fout] = dense_geometry(x.shape(), w.kernel().shape(), None)?;
+        check_grad_shape("dense", dy.shape(), &[n, fout].into())?;
+        let dz = activation_backward::<f32>(y, dy, activation)?;
+        let (xd, kd, dzv) = (x.values::<f32>()?, w.kernel().values::<f32>()?, dz.data());
+        let input = if wanted.input {
+            let kt = transpose(kd, fin, fout)?;
+            Some(self.matmul(dzv, kt.data(), n, fout, fin, Epilogue::NONE)?)
+        } else {
+            None
+        };
+        let (kernel, bias) = if wanted.params {
+            let xt = transpose(xd, n, fin)?;
+            let dk = self.matmul(xt.data(), dzv, fin, n, fout, Epilogue::NONE)?;
+            let mut db = Tensor::zeros([fout])?;
+            let dbv = db.data_mut();
+            for row in dzv.chunks_exact(fout.max(1)) {
+                for (o, &g) in dbv.iter_mut().zip(row) {
+                    *o += g;
+                }
+            }
+            (Some(dk), Some(db))
+        } else {
+            (None, None)
+        };
+        Ok(LayerGrads {
+            input,
+            kernel,
+            bias,
+        })
+    }
+
+    fn max_pool2d_backward(&self, x: &Tensor, dy: &Tensor, spec: &Pool2dSpec) -> Result<Tensor> {
+        if is_2x2_stride2(spec) && !is_f64(x) {
+            x.values::<f32>()?;
+            dy.values::<f32>()?;
+            max_pool_2x2_backward(x, dy, spec)
+        } else {
+            r::max_pool2d_backward_reference(x, dy, spec)
+        }
+    }
+
+    fn global_pool_backward(&self, x: &Tensor, dy: &Tensor, kind: GlobalPool) -> Result<Tensor> {
+        r::global_pool_backward_reference(x, dy, kind)
+    }
+
+    fn relu_backward(&self, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        r::relu_backward_reference(y, dy)
+    }
+
+    fn softmax_cross_entropy(&self, logits: &Tensor, labels: &[usize]) -> Result<CrossEntropy> {
+        r::softmax_cross_entropy_reference(logits, labels)
+    }
+
+    fn sum_squares(&self, x: &Tensor) -> Result<f64> {
+        r::sum_squares_reference(x)
+    }
+
+    fn axpy(&self, alpha: f64, x: &Tensor, y: &mut Tensor) -> Result<()> {
+        r::axpy_reference(alpha, x, y)
+    }
+
+    fn sgd_step(
+        &self,
+        w: &mut Tensor,
+        g: &Tensor,
+        velocity: &mut Tensor,
+        lr: f64,
+        momentum: f64,
+        nesterov: bool,
+    ) -> Result<()> {
+        r::sgd_step_reference(w, g, velocity, lr, momentum, nesterov)
+    }
+
+    fn adam_step(
+        &self,
+        w: &mut Tensor,
+        g: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        step: &AdamStep,
+    ) -> Result<()> {
+        r::adam_step_reference(w, g, m, v, step)
     }
 }

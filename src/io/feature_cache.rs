@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{hex, npy};
+use super::npy;
+use crate::digest::hex;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 

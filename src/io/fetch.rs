@@ -100,7 +100,7 @@ pub fn md5_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(super::hex(&hasher.finalize()))
+    Ok(crate::digest::hex(&hasher.finalize()))
 }
 
 /// The cached file if it is there and intact (a corrupt one is reported, not used).
@@ -194,7 +194,7 @@ pub fn download_verified(
             w.write_all(&buf[..n])?;
             bar.inc(n as u64);
         }
-        let got = super::hex(&hasher.finalize());
+        let got = crate::digest::hex(&hasher.finalize());
         if got != md5 {
             mismatch = Some(got);
             return Err(std::io::Error::other("checksum mismatch"));

@@ -94,13 +94,7 @@ pub fn from_h5(file: &hdf5::File, path: &Path) -> Result<WeightSet> {
 }
 
 fn finish(path: &Path, format: String, layers: Vec<LayerWeights>) -> Result<WeightSet> {
-    let set = WeightSet {
-        source: path.to_path_buf(),
-        format,
-        layers,
-    };
-    set.check_finite()?;
-    Ok(set)
+    WeightSet::new(path, format, layers)
 }
 
 /// An attribute of strings, also in Keras's split form (`name0`, `name1`, ...), which

@@ -11,7 +11,6 @@ pub mod image;
 pub mod keras;
 pub mod labels;
 pub mod npy;
-pub mod plots;
 mod resize;
 pub mod safetensors;
 
@@ -19,11 +18,6 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::nn::WeightSet;
-
-/// Bytes (a digest) as lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Load weights from a Keras `.h5` file or a keel `.safetensors` file (chosen by extension).
 pub fn load_weights(path: &Path) -> Result<WeightSet> {

@@ -12,7 +12,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
-use crate::nn::{Arch, Identity, LayerWeights, NamedTensor, VggConfig, WeightSet};
+use crate::nn::{Arch, LayerWeights, NamedTensor, VggConfig, WeightSet};
 use crate::tensor::{DType, Tensor};
 
 /// Metadata keys keel writes.
@@ -23,14 +23,16 @@ pub const META_LAYERS: &str = "keel.layers";
 const WEIGHT_NAMES: [&str; 2] = ["kernel", "bias"];
 
 /// Write `weights` to `path` (atomically) with tensors stored as `dtype`.
-pub fn write_weights(path: &Path, weights: &WeightSet, id: &Identity, dtype: DType) -> Result<()> {
+pub fn write_weights(path: &Path, weights: &WeightSet, dtype: DType) -> Result<()> {
+    let id = weights.identity();
     let st_dtype = match dtype {
         DType::F32 => StDtype::F32,
+        DType::F64 => StDtype::F64,
         DType::F16 => StDtype::F16,
         DType::BF16 => StDtype::BF16,
     };
     let mut entries: Vec<(String, Vec<usize>, Cow<[u8]>)> = Vec::new();
-    for layer in &weights.layers {
+    for layer in weights.layers() {
         if layer.tensors.len() > WEIGHT_NAMES.len() {
             return Err(Error::Invalid(format!(
                 "layer {} has more than a kernel and a bias",
@@ -57,7 +59,7 @@ pub fn write_weights(path: &Path, weights: &WeightSet, id: &Identity, dtype: DTy
                 .map_err(|e| Error::Invalid(format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let layers: Vec<&str> = weights.layers.iter().map(|l| l.layer.as_str()).collect();
+    let layers: Vec<&str> = weights.layers().iter().map(|l| l.layer.as_str()).collect();
     let source = weights
         .source
         .file_name()
@@ -112,6 +114,7 @@ pub fn read_weights(path: &Path) -> Result<WeightSet> {
             })?;
         let dtype = match view.dtype() {
             StDtype::F32 => DType::F32,
+            StDtype::F64 => DType::F64,
             StDtype::F16 => DType::F16,
             StDtype::BF16 => DType::BF16,
             other => {
@@ -174,13 +177,7 @@ pub fn read_weights(path: &Path) -> Result<WeightSet> {
             "tensors of layer {extra} are not in the metadata's layer list"
         )));
     }
-    let set = WeightSet {
-        source: path.to_path_buf(),
-        format: "safetensors".into(),
-        layers,
-    };
-    set.check_finite()?;
-    Ok(set)
+    WeightSet::new(path, "safetensors", layers)
 }
 
 #[cfg(test)]
@@ -195,7 +192,7 @@ mod tests {
         let h5 = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/h5/micro_vgg16_top.h5");
         let original = crate::io::keras::read_weights(&h5).unwrap();
         let mut views = Vec::new();
-        for l in original.layers.iter().rev() {
+        for l in original.layers().iter().rev() {
             for (t, w) in l.tensors.iter().zip(WEIGHT_NAMES) {
                 let bytes: &[u8] = bytemuck::cast_slice(t.tensor.data());
                 views.push((
@@ -209,9 +206,14 @@ mod tests {
         let path = dir.join("foreign.safetensors");
         safetensors::tensor::serialize_to_file(views, None, &path).unwrap();
         let back = read_weights(&path).unwrap();
-        let names = |w: &WeightSet| w.layers.iter().map(|l| l.layer.clone()).collect::<Vec<_>>();
+        let names = |w: &WeightSet| {
+            w.layers()
+                .iter()
+                .map(|l| l.layer.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&back), names(&original));
-        assert_eq!(back.identify().unwrap(), original.identify().unwrap());
+        assert_eq!(back.identity(), original.identity());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,17 +1,35 @@
-//! The training loop: mini-batches, the head's forward and backward, the optimizer, the
-//! learning-rate schedule, and early stopping with the best weights restored.
+//! The training loop: mini-batches, the model's forward and backward passes through the
+//! backend, the optimizer, the learning-rate schedule, and early stopping with the best
+//! weights restored. The same loop trains a head on stored features and fine-tunes conv
+//! layers with a head on top: both are a [`Classifier`].
 
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::head::{Head, Mode, softmax_cross_entropy};
-use super::optim::{Optimizer, OptimizerKind};
+use super::classifier::Classifier;
+use super::head::Mode;
+use super::optim::{Optimizer, OptimizerKind, add_l2_gradient, l2_penalty};
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use crate::tensor::{Backend, Tensor};
 
-/// One row of features per sample (the frozen base's output) and its class.
+/// Labeled inputs of a model, read a batch at a time: features or activations held in memory,
+/// or streamed from disk when they do not fit (`transfer::RowStore`).
+pub trait Samples: Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Per-sample shape, e.g. `[7, 7, 512]`.
+    fn shape(&self) -> &[usize];
+    fn labels(&self) -> &[usize];
+    /// The samples `idx`, in that order, as one host batch `(idx.len(), ...shape)`.
+    fn gather(&self, idx: &[usize]) -> Result<Tensor>;
+}
+
+/// One row of features per sample (the frozen base's output) and its class, in memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Features {
     /// Per-sample shape, e.g. `[7, 7, 512]`.
@@ -38,26 +56,53 @@ impl Features {
         let n = self.row_len();
         &self.data[i * n..(i + 1) * n]
     }
+}
 
-    /// The rows `idx`, in that order, gathered into one contiguous batch.
-    fn gather(&self, idx: &[usize]) -> (Vec<f32>, Vec<usize>) {
+impl Samples for Features {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+
+    fn gather(&self, idx: &[usize]) -> Result<Tensor> {
         let mut x = Vec::with_capacity(idx.len() * self.row_len());
         for &i in idx {
+            if i >= self.len() {
+                return Err(Error::Invalid(format!("sample {i} of {}", self.len())));
+            }
             x.extend_from_slice(self.row(i));
         }
-        (x, idx.iter().map(|&i| self.labels[i]).collect())
+        let mut shape = vec![idx.len()];
+        shape.extend(&self.shape);
+        Tensor::from_vec(shape, &x)
     }
 }
 
-/// Where each epoch's training features come from: the same cached features every epoch, or
+/// Where each epoch's training samples come from: the same stored features every epoch, or
 /// freshly augmented images run through the base.
 pub trait TrainSource {
-    fn epoch_features(&mut self, epoch: usize) -> Result<&Features>;
+    fn epoch_samples(&mut self, epoch: usize) -> Result<&dyn Samples>;
 }
 
 impl TrainSource for Features {
-    fn epoch_features(&mut self, _epoch: usize) -> Result<&Features> {
+    fn epoch_samples(&mut self, _epoch: usize) -> Result<&dyn Samples> {
         Ok(self)
+    }
+}
+
+/// The same samples every epoch.
+pub struct Fixed<'a>(pub &'a dyn Samples);
+
+impl TrainSource for Fixed<'_> {
+    fn epoch_samples(&mut self, _epoch: usize) -> Result<&dyn Samples> {
+        Ok(self.0)
     }
 }
 
@@ -68,8 +113,8 @@ pub struct EarlyStopping {
     pub min_delta: f64,
 }
 
-/// Everything that decides a training run; with the same features, the same config gives the
-/// same head bit for bit.
+/// Everything that decides a training run; with the same data, the same config gives the same
+/// weights bit for bit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FitConfig {
     pub epochs: usize,
@@ -132,8 +177,11 @@ impl Default for FitConfig {
 /// with dropout on, as Keras reports them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
-    /// 1-based.
+    /// 1-based, counted across phases in a model's history.
     pub epoch: usize,
+    /// Whether this epoch trained conv layers too (the second phase of fine-tuning).
+    #[serde(default)]
+    pub fine_tune: bool,
     pub lr: f64,
     pub train_loss: f64,
     pub train_accuracy: f64,
@@ -142,32 +190,44 @@ pub struct EpochMetrics {
     pub seconds: f64,
 }
 
-/// The run's history and which epoch's weights the head holds at the end.
+/// The run's history and which epoch's weights the model holds at the end.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FitReport {
     pub history: Vec<EpochMetrics>,
     /// The epoch (1-based) with the lowest validation loss, whose weights were restored;
-    /// `None` without validation data (the head holds the last epoch's weights).
+    /// `None` without validation data (the model holds the last epoch's weights).
     pub best_epoch: Option<usize>,
     pub stopped_early: bool,
 }
 
+/// Rows per evaluation batch.
+const EVAL_BATCH: usize = 64;
+
 /// Loss (cross-entropy plus the L2 term, as Keras's `val_loss`), accuracy and the predicted
-/// class of every row.
-pub fn evaluate(head: &Head<f32>, data: &Features, l2: f64) -> Result<(f64, f64, Vec<usize>)> {
-    check_features(head, data, "evaluation")?;
-    let classes = head.classes();
-    let logits = head.logits(&data.data)?;
-    let (loss, _, probs) = softmax_cross_entropy(&logits, &data.labels, classes);
-    let predicted = argmax_rows(&probs, classes);
-    let correct = predicted
-        .iter()
-        .zip(&data.labels)
-        .filter(|(p, l)| p == l)
-        .count();
+/// class of every sample.
+pub fn evaluate(
+    be: &dyn Backend,
+    model: &Classifier,
+    data: &dyn Samples,
+    l2: f64,
+) -> Result<(f64, f64, Vec<usize>)> {
+    check_samples(model, data, "evaluation")?;
+    let labels = data.labels();
+    let (mut loss, mut predicted) = (0f64, Vec::with_capacity(data.len()));
+    let idx: Vec<usize> = (0..data.len()).collect();
+    for chunk in idx.chunks(EVAL_BATCH) {
+        let logits = model.logits(be, &data.gather(chunk)?)?;
+        let part: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
+        let ce = be.softmax_cross_entropy(&be.upload(logits)?, &part)?;
+        loss += ce.loss * chunk.len() as f64;
+        let probs = be.to_host(ce.probs)?;
+        predicted.extend(argmax_rows(probs.data(), model.classes()));
+    }
+    let correct = predicted.iter().zip(labels).filter(|(p, l)| p == l).count();
+    let n = data.len().max(1) as f64;
     Ok((
-        loss as f64 + head.l2_penalty(l2) as f64,
-        correct as f64 / data.len().max(1) as f64,
+        loss / n + l2_penalty(be, &model.params(), l2)?,
+        correct as f64 / n,
         predicted,
     ))
 }
@@ -184,56 +244,57 @@ pub fn argmax_rows(values: &[f32], width: usize) -> Vec<usize> {
         .collect()
 }
 
-fn check_features(head: &Head<f32>, data: &Features, what: &str) -> Result<()> {
-    if data.shape != head.input_shape() {
+fn check_samples(model: &Classifier, data: &dyn Samples, what: &str) -> Result<()> {
+    if data.shape() != model.input_shape() {
         return Err(Error::Shape(format!(
-            "{what} features have shape {:?} per sample, the head takes {:?}",
-            data.shape,
-            head.input_shape()
+            "{what} samples have shape {:?}, the model takes {:?}",
+            data.shape(),
+            model.input_shape()
         )));
     }
-    if data.data.len() != data.len() * data.row_len() {
+    if data.labels().len() != data.len() {
         return Err(Error::Shape(format!(
-            "{what} features: {} values for {} samples of {:?}",
-            data.data.len(),
-            data.len(),
-            data.shape
+            "{what}: {} labels for {} samples",
+            data.labels().len(),
+            data.len()
         )));
     }
-    if let Some(&bad) = data.labels.iter().find(|&&l| l >= head.classes()) {
+    if let Some(&bad) = data.labels().iter().find(|&&l| l >= model.classes()) {
         return Err(Error::Invalid(format!(
             "{what} label {bad} is out of range for {} classes",
-            head.classes()
+            model.classes()
         )));
     }
     Ok(())
 }
 
-/// Train `head` on `train`, validating on `val` after every epoch. `on_epoch` sees each
+/// Train `model` on `train`, validating on `val` after every epoch. `on_epoch` sees each
 /// epoch's metrics as soon as they exist (for progress output).
 pub fn fit(
-    head: &mut Head<f32>,
+    be: &dyn Backend,
+    model: &mut Classifier,
     train: &mut dyn TrainSource,
-    val: Option<&Features>,
+    val: Option<&dyn Samples>,
     cfg: &FitConfig,
     on_epoch: &mut dyn FnMut(&EpochMetrics),
 ) -> Result<FitReport> {
     cfg.validate()?;
     if let Some(v) = val {
-        check_features(head, v, "validation")?;
+        check_samples(model, v, "validation")?;
     }
-    let classes = head.classes();
-    let mut optimizer = Optimizer::new(cfg.optimizer, head.params());
+    let classes = model.classes();
+    let fine_tune = model.tail.is_some();
+    let mut optimizer = Optimizer::new(be, cfg.optimizer, &model.params())?;
     // One stream for shuffling and dropout, seeded apart from the head's initialisation.
     let mut rng = Rng::new(cfg.seed ^ 0xD1B5_4A32_D192_ED03);
     let mut history = Vec::new();
-    let mut best: Option<(f64, usize, Vec<Vec<f32>>)> = None;
+    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     let mut stopped_early = false;
     for epoch in 0..cfg.epochs {
         let started = Instant::now();
         let lr = cfg.schedule.lr(cfg.lr, epoch, cfg.epochs);
-        let data = train.epoch_features(epoch)?;
-        check_features(head, data, "training")?;
+        let data = train.epoch_samples(epoch)?;
+        check_samples(model, data, "training")?;
         if data.is_empty() {
             return Err(Error::Invalid("no training samples".into()));
         }
@@ -243,10 +304,11 @@ pub fn fit(
         }
         let (mut loss_sum, mut correct) = (0f64, 0usize);
         for idx in order.chunks(cfg.batch_size) {
-            let (x, labels) = data.gather(idx);
-            let (logits, tape) = head.forward(&x, Mode::Train(&mut rng))?;
-            let (loss, dlogits, probs) = softmax_cross_entropy(&logits, &labels, classes);
-            let loss = loss as f64 + head.l2_penalty(cfg.l2) as f64;
+            let x = data.gather(idx)?;
+            let labels: Vec<usize> = idx.iter().map(|&i| data.labels()[i]).collect();
+            let (logits, tape) = model.forward_train(be, &x, Mode::Train(&mut rng))?;
+            let ce = be.softmax_cross_entropy(&logits, &labels)?;
+            let loss = ce.loss + l2_penalty(be, &model.params(), cfg.l2)?;
             if !loss.is_finite() {
                 return Err(Error::Invalid(format!(
                     "training diverged in epoch {} (loss {loss}); try a lower learning rate \
@@ -255,25 +317,35 @@ pub fn fit(
                 )));
             }
             loss_sum += loss * idx.len() as f64;
-            correct += argmax_rows(&probs, classes)
+            let probs = be.to_host(ce.probs)?;
+            correct += argmax_rows(probs.data(), classes)
                 .iter()
                 .zip(&labels)
                 .filter(|(p, l)| p == l)
                 .count();
-            let mut grads = head.backward(&tape, &dlogits);
-            head.add_l2_gradient(cfg.l2, &mut grads);
-            optimizer.step(head.params_mut(), &grads, lr);
+            let mut grads = model.backward(be, &tape, &ce.dlogits)?;
+            drop(tape);
+            add_l2_gradient(be, &model.params(), cfg.l2, &mut grads)?;
+            optimizer.step(be, model.params_mut(), &grads, lr)?;
         }
         let n = data.len() as f64;
         let (val_loss, val_accuracy) = match val {
             Some(v) if !v.is_empty() => {
-                let (l, a, _) = evaluate(head, v, cfg.l2)?;
+                let (l, a, _) = evaluate(be, model, v, cfg.l2)?;
+                if !l.is_finite() {
+                    return Err(Error::Invalid(format!(
+                        "training diverged in epoch {} (validation loss {l}); try a lower \
+                         learning rate than {lr}",
+                        epoch + 1
+                    )));
+                }
                 (Some(l), Some(a))
             }
             _ => (None, None),
         };
         let metrics = EpochMetrics {
             epoch: epoch + 1,
+            fine_tune,
             lr,
             train_loss: loss_sum / n,
             train_accuracy: correct as f64 / n,
@@ -287,8 +359,7 @@ pub fn fit(
             let min_delta = cfg.early_stopping.map_or(0.0, |e| e.min_delta);
             let improved = best.as_ref().is_none_or(|(b, _, _)| vl < b - min_delta);
             if improved {
-                let weights = head.params().iter().map(|p| p.data.clone()).collect();
-                best = Some((vl, epoch + 1, weights));
+                best = Some((vl, epoch + 1, model.snapshot()));
             } else if let (Some(es), Some((_, best_epoch, _))) = (cfg.early_stopping, &best)
                 && epoch + 1 - best_epoch >= es.patience
             {
@@ -298,9 +369,7 @@ pub fn fit(
         }
     }
     let best_epoch = best.map(|(_, epoch, weights)| {
-        for (p, w) in head.params_mut().iter_mut().zip(weights) {
-            p.data = w;
-        }
+        model.restore(weights);
         epoch
     });
     Ok(FitReport {
@@ -313,7 +382,8 @@ pub fn fit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::head::HeadSpec;
+    use crate::cpu::{Cpu, CpuReference};
+    use crate::nn::head::{Head, HeadSpec};
 
     /// Two Gaussian blobs per class in a (3, 3, 5) feature map, separable after pooling.
     fn blobs(n: usize, seed: u64) -> Features {
@@ -336,13 +406,25 @@ mod tests {
         }
     }
 
-    fn run(cfg: &FitConfig) -> (Head<f32>, FitReport) {
+    fn run_on(be: &dyn Backend, cfg: &FitConfig) -> (Classifier, FitReport) {
         let mut train = blobs(61, 1);
         let val = blobs(31, 2);
         let spec = HeadSpec::parse("gap,dense8,relu,dropout0.5", 3).unwrap();
-        let mut head = Head::new(spec, &train.shape, cfg.seed).unwrap();
-        let report = fit(&mut head, &mut train, Some(&val), cfg, &mut |_| {}).unwrap();
-        (head, report)
+        let head = Head::new(spec, &train.shape, cfg.seed).unwrap();
+        let mut model = Classifier::head_only(head);
+        let report = fit(be, &mut model, &mut train, Some(&val), cfg, &mut |_| {}).unwrap();
+        (model, report)
+    }
+
+    fn run(cfg: &FitConfig) -> (Classifier, FitReport) {
+        run_on(&Cpu::new(), cfg)
+    }
+
+    fn weights(m: &Classifier) -> Vec<Vec<f32>> {
+        m.params()
+            .iter()
+            .map(|p| p.tensor.data().to_vec())
+            .collect()
     }
 
     #[test]
@@ -353,11 +435,11 @@ mod tests {
             early_stopping: None,
             ..FitConfig::default()
         };
-        let (head, report) = run(&cfg);
+        let (model, report) = run(&cfg);
         let last = report.history.last().unwrap();
         assert!(last.val_accuracy.unwrap() > 0.9, "{last:?}");
         assert!(last.train_loss < report.history[0].train_loss);
-        let (_, acc, _) = evaluate(&head, &blobs(31, 2), 0.0).unwrap();
+        let (_, acc, _) = evaluate(&Cpu::new(), &model, &blobs(31, 2), 0.0).unwrap();
         let best = report.best_epoch.unwrap();
         assert_eq!(
             Some(acc),
@@ -380,7 +462,7 @@ mod tests {
             };
             let (a, ra) = run(&cfg);
             let (b, rb) = run(&cfg);
-            assert_eq!(a.params(), b.params(), "{name}");
+            assert_eq!(weights(&a), weights(&b), "{name}");
             let strip = |r: &FitReport| {
                 r.history
                     .iter()
@@ -389,7 +471,25 @@ mod tests {
             };
             assert_eq!(strip(&ra), strip(&rb), "{name}");
             let (c, _) = run(&FitConfig { seed: 43, ..cfg });
-            assert_ne!(a.params(), c.params(), "{name}: the seed must matter");
+            assert_ne!(weights(&a), weights(&c), "{name}: the seed must matter");
+        }
+    }
+
+    #[test]
+    fn fast_and_reference_backends_train_alike() {
+        let cfg = FitConfig {
+            epochs: 3,
+            batch_size: 8,
+            ..FitConfig::default()
+        };
+        let (a, _) = run_on(&Cpu::new(), &cfg);
+        let (b, _) = run_on(&CpuReference, &cfg);
+        for (x, y) in weights(&a)
+            .iter()
+            .flatten()
+            .zip(weights(&b).iter().flatten())
+        {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
         }
     }
 
@@ -420,21 +520,23 @@ mod tests {
 
     #[test]
     fn refuses_bad_settings_and_mismatched_features() {
+        let be = Cpu::new();
         let spec = HeadSpec::parse("gap", 3).unwrap();
         let mut train = blobs(6, 1);
-        let mut head = Head::new(spec, &[3, 3, 5], 0).unwrap();
+        let mut model = Classifier::head_only(Head::new(spec, &[3, 3, 5], 0).unwrap());
         let bad_lr = FitConfig {
             lr: f64::NAN,
             ..FitConfig::default()
         };
-        assert!(fit(&mut head, &mut train, None, &bad_lr, &mut |_| {}).is_err());
+        assert!(fit(&be, &mut model, &mut train, None, &bad_lr, &mut |_| {}).is_err());
         let mut other = Features {
             shape: vec![3, 3, 4],
             data: vec![1.0; 36],
             labels: vec![0],
         };
         let e = fit(
-            &mut head,
+            &be,
+            &mut model,
             &mut other,
             None,
             &FitConfig::default(),
@@ -444,7 +546,8 @@ mod tests {
         let mut diverge = blobs(6, 1);
         diverge.data[0] = f32::NAN;
         let e = fit(
-            &mut head,
+            &be,
+            &mut model,
             &mut diverge,
             None,
             &FitConfig::default(),

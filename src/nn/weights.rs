@@ -25,14 +25,18 @@ pub struct LayerWeights {
     pub tensors: Vec<NamedTensor>,
 }
 
-/// Every weighted layer of a file, in the model's layer order.
+/// Every weighted layer of a file, in the model's layer order, checked once when it is made
+/// ([`WeightSet::new`]): a VGG16/VGG19 whose every tensor has the shape the architecture
+/// needs, with finite values. Whatever holds a `WeightSet` can rely on that without checking
+/// again.
 #[derive(Clone, Debug)]
 pub struct WeightSet {
     /// The file the weights came from.
     pub source: PathBuf,
     /// What kind of file it was ("Keras 2 save_weights .h5", "safetensors", ...).
     pub format: String,
-    pub layers: Vec<LayerWeights>,
+    layers: Vec<LayerWeights>,
+    identity: Identity,
 }
 
 /// The architecture a weight set holds.
@@ -67,6 +71,17 @@ impl Identity {
         }
     }
 
+    /// The conv base of these weights (no top) for `input`-sized images: what feature
+    /// extraction and transfer learning build.
+    pub fn base_config(&self, input: [usize; 2]) -> VggConfig {
+        VggConfig {
+            include_top: false,
+            input,
+            widths: self.widths,
+            ..VggConfig::notop(self.arch)
+        }
+    }
+
     /// "VGG16 (conv base)" / "VGG19 with top (10 classes)", for messages.
     pub fn describe(&self) -> String {
         if self.include_top {
@@ -88,6 +103,45 @@ fn parse_conv_name(name: &str) -> Option<(usize, usize)> {
 }
 
 impl WeightSet {
+    /// The layers read from `source`, identified as VGG16 or VGG19 and checked (shapes, NaN
+    /// and infinities); the error names the file and the first problem.
+    pub fn new(
+        source: &Path,
+        format: impl Into<String>,
+        layers: Vec<LayerWeights>,
+    ) -> Result<WeightSet> {
+        let mut set = WeightSet {
+            source: source.to_path_buf(),
+            format: format.into(),
+            layers,
+            identity: Identity {
+                arch: Arch::Vgg16,
+                include_top: false,
+                widths: [0; 5],
+                fc_units: 0,
+                classes: 0,
+            },
+        };
+        set.identity = set.identify()?;
+        set.check_finite()?;
+        Ok(set)
+    }
+
+    /// The architecture the weights hold.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The layers, in model order.
+    pub fn layers(&self) -> &[LayerWeights] {
+        &self.layers
+    }
+
+    /// The layers, giving up the set.
+    pub fn into_layers(self) -> Vec<LayerWeights> {
+        self.layers
+    }
+
     pub fn get(&self, layer: &str) -> Option<&LayerWeights> {
         self.layers.iter().find(|l| l.layer == layer)
     }
@@ -99,7 +153,7 @@ impl WeightSet {
     /// Infer the architecture from layer names and check every tensor's shape against it, so
     /// that a broken file is named as such before any model is built. The input size is not
     /// known here; [`crate::nn::Vgg::new`] checks fc1 against it.
-    pub fn identify(&self) -> Result<Identity> {
+    fn identify(&self) -> Result<Identity> {
         let names: Vec<&str> = self.layers.iter().map(|l| l.layer.as_str()).collect();
         let is_vgg_layer =
             |n: &str| TOP_LAYERS.contains(&n) || matches!(parse_conv_name(n), Some((1..=5, 1..=4)));
@@ -248,11 +302,17 @@ impl WeightSet {
     pub fn conv_base(mut self) -> WeightSet {
         self.layers
             .retain(|l| !TOP_LAYERS.contains(&l.layer.as_str()));
+        self.identity = Identity {
+            include_top: false,
+            fc_units: 0,
+            classes: 0,
+            ..self.identity
+        };
         self
     }
 
     /// Refuse NaN and infinite weights, naming the first one found.
-    pub fn check_finite(&self) -> Result<()> {
+    fn check_finite(&self) -> Result<()> {
         for l in &self.layers {
             for t in &l.tensors {
                 if let Some(i) = t.tensor.first_non_finite() {
@@ -291,7 +351,7 @@ impl WeightSet {
                 }
             }
         }
-        format!("sha256:{}", crate::io::hex(&h.finalize()))
+        format!("sha256:{}", crate::digest::hex(&h.finalize()))
     }
 
     pub fn num_params(&self) -> usize {

@@ -1,420 +1,195 @@
-//! The op surface: the few typed operations VGG needs, which every backend implements.
+//! The op surface: the operations VGG, its head, the loss and the optimizers need, which every
+//! backend implements.
 //!
-//! `src/nn` calls only these. The CPU reference kernels implement them today; the fast CPU
-//! kernels and the CUDA backend plug in behind the same trait without touching `src/nn`.
-//! Geometry (output sizes, padding) is resolved here once, so every backend agrees on it.
+//! `src/nn` calls only these, on [`Tensor`]s that may live on any device, so a model runs
+//! unchanged on the CPU reference kernels, the fast CPU kernels or a GPU. The caller picks the
+//! backend once (the CLI, from `--device`, `--isa` and `--algo`) and hands it down.
+//!
+//! Forward ops fuse what VGG fuses (bias and ReLU into convolutions and dense layers, a block's
+//! max pool into its last convolution); each backward op undoes exactly one forward op, fused
+//! parts included: [`Backend::conv2d_backward`] applies the ReLU's mask itself because
+//! [`Backend::conv2d`] applied the ReLU.
 
-use std::any::Any;
-use std::sync::OnceLock;
+use super::{Activation, Conv2dSpec, Device, GlobalPool, LayerParams, Pool2dSpec, Tensor};
+use crate::error::Result;
 
-use super::{Shape, Tensor};
-use crate::error::{Error, Result};
-
-/// A slot where a backend keeps what it derives from one layer's weights (packed panels,
-/// Winograd transforms), so that the work is done once per model rather than once per call.
-/// The model owns the slot; the backend decides what goes in it. A slot filled by another
-/// backend holds a type this one does not recognise, and is then ignored.
-#[derive(Default)]
-pub struct LayerCache(OnceLock<Box<dyn Any + Send + Sync>>);
-
-impl LayerCache {
-    /// The cached value of type `T`, made by `init` if the slot is empty; None if the slot
-    /// holds another type.
-    pub fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
-        self.0.get_or_init(|| Box::new(init())).downcast_ref()
-    }
+/// Which gradients a backward op should compute: fine-tuning needs no input gradient at its
+/// first trainable layer, and a saliency map needs no weight gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wanted {
+    /// The gradient with respect to the layer's input.
+    pub input: bool,
+    /// The gradients with respect to the kernel and bias.
+    pub params: bool,
 }
 
-impl Clone for LayerCache {
-    /// A clone starts empty: the cache is derived data, cheap to rebuild, and may be large.
-    fn clone(&self) -> Self {
-        LayerCache::default()
-    }
+impl Wanted {
+    pub const ALL: Wanted = Wanted {
+        input: true,
+        params: true,
+    };
+    pub const PARAMS: Wanted = Wanted {
+        input: false,
+        params: true,
+    };
+    pub const INPUT: Wanted = Wanted {
+        input: true,
+        params: false,
+    };
 }
 
-impl std::fmt::Debug for LayerCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
-            "LayerCache(filled)"
-        } else {
-            "LayerCache(empty)"
-        })
-    }
+/// The gradients of a layer with weights, as [`Wanted`].
+#[derive(Clone, Debug)]
+pub struct LayerGrads {
+    pub input: Option<Tensor>,
+    pub kernel: Option<Tensor>,
+    pub bias: Option<Tensor>,
+}
+
+/// Softmax cross-entropy of a batch: the mean loss, its gradient with respect to the logits
+/// (`(softmax - onehot) / batch`) and the probabilities.
+#[derive(Clone, Debug)]
+pub struct CrossEntropy {
+    pub loss: f64,
+    pub dlogits: Tensor,
+    pub probs: Tensor,
+}
+
+/// One Adam update's constants (Keras's rule, bias correction folded into `alpha`):
+/// `w *= 1 - decay; m += (g - m)(1 - beta1); v += (g^2 - v)(1 - beta2);
+/// w -= alpha m / (sqrt(v) + epsilon)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub alpha: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub epsilon: f64,
+    /// AdamW's decoupled weight decay for this step, `lr * weight_decay` (0 for Adam).
+    pub decay: f64,
 }
 
 /// The operations a backend provides. All activations are NHWC.
 pub trait Backend: Send + Sync {
-    /// A short name for traces and benchmark tables ("cpu-reference", ...).
+    /// A short name for traces and benchmark tables ("cpu-reference", "cpu-avx512", ...).
     fn name(&self) -> &'static str;
 
-    /// 2-D convolution of NHWC `x` with a `(kH, kW, Cin, Cout)` kernel, plus bias, then the
-    /// activation.
-    fn conv2d(
-        &self,
-        x: &Tensor,
-        kernel: &Tensor,
-        bias: Option<&Tensor>,
-        spec: &Conv2dSpec,
-    ) -> Result<Tensor>;
+    // ---- where tensors live -------------------------------------------------------------
 
-    /// [`Backend::conv2d`] for a layer whose weights do not change between calls, with a slot
-    /// in which the backend may keep what it derives from them.
-    fn conv2d_cached(
-        &self,
-        x: &Tensor,
-        kernel: &Tensor,
-        bias: Option<&Tensor>,
-        spec: &Conv2dSpec,
-        cache: &LayerCache,
-    ) -> Result<Tensor> {
-        let _ = cache;
-        self.conv2d(x, kernel, bias, spec)
-    }
+    /// The device this backend computes on; its ops take and return tensors there.
+    fn device(&self) -> Device;
 
-    /// [`Backend::conv2d_cached`] then [`Backend::max_pool2d`], for a convolution whose
-    /// full-size output is not needed: a backend may fuse the two.
-    fn conv2d_pool_cached(
+    /// `x` on this backend's device: a host tensor is copied there, one already there comes
+    /// back as it is.
+    fn upload(&self, x: Tensor) -> Result<Tensor>;
+
+    /// `x` in host memory (f32 or f64), where files are written and results printed.
+    fn to_host(&self, x: Tensor) -> Result<Tensor>;
+
+    // ---- forward ------------------------------------------------------------------------
+
+    /// 2-D convolution of NHWC `x` with `w` (kernel `(kH, kW, Cin, Cout)`, optional bias), then
+    /// the activation. The backend may keep what it derives from the weights in their cache.
+    fn conv2d(&self, x: &Tensor, w: &LayerParams, spec: &Conv2dSpec) -> Result<Tensor>;
+
+    /// [`Backend::conv2d`] then [`Backend::max_pool2d`], for a convolution whose full-size
+    /// output is not needed: a backend may fuse the two.
+    fn conv2d_pool(
         &self,
         x: &Tensor,
-        kernel: &Tensor,
-        bias: Option<&Tensor>,
+        w: &LayerParams,
         spec: &Conv2dSpec,
         pool: &Pool2dSpec,
-        cache: &LayerCache,
     ) -> Result<Tensor> {
-        let y = self.conv2d_cached(x, kernel, bias, spec, cache)?;
+        let y = self.conv2d(x, w, spec)?;
         self.max_pool2d(&y, pool)
     }
 
-    /// Max pooling over windows of NHWC `x`.
+    /// Max pooling over windows of NHWC `x`; NaN wins.
     fn max_pool2d(&self, x: &Tensor, spec: &Pool2dSpec) -> Result<Tensor>;
 
     /// `x (N, in) @ kernel (in, out) + bias`, then the activation.
-    fn dense(
-        &self,
-        x: &Tensor,
-        kernel: &Tensor,
-        bias: Option<&Tensor>,
-        activation: Activation,
-    ) -> Result<Tensor>;
+    fn dense(&self, x: &Tensor, w: &LayerParams, activation: Activation) -> Result<Tensor>;
 
     /// Softmax over the last axis.
     fn softmax(&self, x: &Tensor) -> Result<Tensor>;
 
     /// Average or maximum over H and W of NHWC `x`, giving `(N, C)`.
     fn global_pool(&self, x: &Tensor, kind: GlobalPool) -> Result<Tensor>;
-}
 
-/// An element-wise activation fused into the op that precedes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Activation {
-    #[default]
-    Linear,
-    Relu,
-}
+    /// `max(x, 0)` element-wise, NaN kept.
+    fn relu(&self, x: &Tensor) -> Result<Tensor>;
 
-impl Activation {
-    #[inline]
-    pub fn apply(self, v: f32) -> f32 {
-        match self {
-            Activation::Linear => v,
-            // max(v, 0) would turn NaN into 0 and hide a broken input; this keeps NaN.
-            Activation::Relu => {
-                if v < 0.0 {
-                    0.0
-                } else {
-                    v
-                }
-            }
-        }
-    }
-}
+    /// Element-wise `x * mask` (dropout, forward and backward).
+    fn mul(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor>;
 
-/// Global pooling kind (Keras's `pooling='avg'` / `'max'`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GlobalPool {
-    Avg,
-    Max,
-}
+    // ---- backward -----------------------------------------------------------------------
 
-/// Spatial padding, with Keras/TensorFlow semantics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Padding {
-    /// No padding; windows that do not fit are dropped (Keras's floor).
-    #[default]
-    Valid,
-    /// Output size `ceil(in / stride)`; the padding is split with the extra pixel at the end,
-    /// as TensorFlow does.
-    Same,
-    /// Explicit pixels before and after, per axis: `[top, bottom, left, right]`.
-    Explicit([usize; 4]),
-}
-
-/// One spatial axis after padding is resolved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Axis {
-    /// Pixels of padding before the first input pixel.
-    pub pad_before: usize,
-    /// Output length.
-    pub out: usize,
-}
-
-impl Padding {
-    /// Resolve padding for one axis of length `input`, window `k`, `stride`; `axis` is 0 for
-    /// height and 1 for width.
-    pub fn resolve(self, input: usize, k: usize, stride: usize, axis: usize) -> Result<Axis> {
-        if k == 0 || stride == 0 {
-            return Err(Error::Invalid(format!(
-                "window {k} and stride {stride} must be positive"
-            )));
-        }
-        let (before, after) = match self {
-            Padding::Valid => (0, 0),
-            Padding::Same => {
-                let out = input.div_ceil(stride);
-                let total = ((out.saturating_sub(1)) * stride + k).saturating_sub(input);
-                (total / 2, total - total / 2)
-            }
-            Padding::Explicit(p) => (p[2 * axis], p[2 * axis + 1]),
-        };
-        let padded = input + before + after;
-        if padded < k {
-            let dim = ["height", "width"][axis.min(1)];
-            return Err(Error::Shape(format!(
-                "input {dim} {input} (padded {padded}) is smaller than the window {k}"
-            )));
-        }
-        Ok(Axis {
-            pad_before: before,
-            out: (padded - k) / stride + 1,
-        })
-    }
-}
-
-/// Convolution parameters beyond the tensors themselves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conv2dSpec {
-    pub stride: [usize; 2],
-    pub padding: Padding,
-    pub activation: Activation,
-}
-
-impl Conv2dSpec {
-    /// Keras's VGG convolution: 3x3 (from the kernel), stride 1, `padding='same'`, ReLU.
-    pub fn same_relu() -> Self {
-        Conv2dSpec {
-            stride: [1, 1],
-            padding: Padding::Same,
-            activation: Activation::Relu,
-        }
-    }
-
-    /// Check the operands and resolve the output geometry.
-    pub fn geometry(
+    /// Gradients of [`Backend::conv2d`] given `dy`, the gradient with respect to its output
+    /// `y`. With a ReLU in `spec`, `dy` is first masked where `y` is not positive (`y` is read
+    /// only then).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward(
         &self,
-        x: &Shape,
-        kernel: &Shape,
-        bias: Option<&Shape>,
-    ) -> Result<ConvGeometry> {
-        let [n, h, w, cin] = x.nhwc("conv2d input")?;
-        let [kh, kw, kcin, cout] = kernel.dims_n::<4>("conv2d kernel")?;
-        if kcin != cin {
-            return Err(Error::Shape(format!(
-                "conv2d kernel {kernel} expects {kcin} input channels but the input {x} has {cin}"
-            )));
-        }
-        if let Some(b) = bias
-            && b.dims() != [cout]
-        {
-            return Err(Error::Shape(format!(
-                "conv2d bias {b} does not match the kernel's {cout} output channels"
-            )));
-        }
-        let ay = self.padding.resolve(h, kh, self.stride[0], 0)?;
-        let ax = self.padding.resolve(w, kw, self.stride[1], 1)?;
-        Ok(ConvGeometry {
-            n,
-            h,
-            w,
-            cin,
-            kh,
-            kw,
-            cout,
-            oh: ay.out,
-            ow: ax.out,
-            stride: self.stride,
-            pad_top: ay.pad_before,
-            pad_left: ax.pad_before,
-        })
-    }
-}
+        x: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        w: &LayerParams,
+        spec: &Conv2dSpec,
+        wanted: Wanted,
+    ) -> Result<LayerGrads>;
 
-/// Everything a convolution kernel needs to know about its loops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvGeometry {
-    pub n: usize,
-    pub h: usize,
-    pub w: usize,
-    pub cin: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub cout: usize,
-    pub oh: usize,
-    pub ow: usize,
-    pub stride: [usize; 2],
-    pub pad_top: usize,
-    pub pad_left: usize,
-}
+    /// Gradients of [`Backend::dense`], as [`Backend::conv2d_backward`].
+    #[allow(clippy::too_many_arguments)]
+    fn dense_backward(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        w: &LayerParams,
+        activation: Activation,
+        wanted: Wanted,
+    ) -> Result<LayerGrads>;
 
-impl ConvGeometry {
-    pub fn output_shape(&self) -> Shape {
-        Shape::new([self.n, self.oh, self.ow, self.cout])
-    }
+    /// The gradient of [`Backend::max_pool2d`] with respect to its input `x`: each window's
+    /// gradient goes to its maximum (the first one in row-major order on ties, as TensorFlow
+    /// and PyTorch route it).
+    fn max_pool2d_backward(&self, x: &Tensor, dy: &Tensor, spec: &Pool2dSpec) -> Result<Tensor>;
 
-    /// Multiply-adds times two, the usual FLOP count.
-    pub fn flops(&self) -> u64 {
-        2 * (self.n * self.oh * self.ow) as u64 * (self.kh * self.kw * self.cin * self.cout) as u64
-    }
-}
+    /// The gradient of [`Backend::global_pool`] with respect to its input `x`.
+    fn global_pool_backward(&self, x: &Tensor, dy: &Tensor, kind: GlobalPool) -> Result<Tensor>;
 
-/// Pooling window parameters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pool2dSpec {
-    pub size: [usize; 2],
-    pub stride: [usize; 2],
-    pub padding: Padding,
-}
+    /// The gradient of [`Backend::relu`] given its output `y`: `dy` where `y > 0`, else 0.
+    fn relu_backward(&self, y: &Tensor, dy: &Tensor) -> Result<Tensor>;
 
-impl Pool2dSpec {
-    /// Keras's `MaxPooling2D((2, 2), strides=(2, 2))`: odd sizes are floored.
-    pub fn vgg() -> Self {
-        Pool2dSpec {
-            size: [2, 2],
-            stride: [2, 2],
-            padding: Padding::Valid,
-        }
-    }
+    /// Mean softmax cross-entropy of `(N, classes)` logits against integer labels.
+    fn softmax_cross_entropy(&self, logits: &Tensor, labels: &[usize]) -> Result<CrossEntropy>;
 
-    /// Check the input and resolve the output geometry.
-    pub fn geometry(&self, x: &Shape) -> Result<PoolGeometry> {
-        let [n, h, w, c] = x.nhwc("pool input")?;
-        let ay = self.padding.resolve(h, self.size[0], self.stride[0], 0)?;
-        let ax = self.padding.resolve(w, self.size[1], self.stride[1], 1)?;
-        Ok(PoolGeometry {
-            n,
-            h,
-            w,
-            c,
-            oh: ay.out,
-            ow: ax.out,
-            size: self.size,
-            stride: self.stride,
-            pad_top: ay.pad_before,
-            pad_left: ax.pad_before,
-        })
-    }
-}
+    // ---- optimizer ----------------------------------------------------------------------
 
-/// Everything a pooling kernel needs to know about its loops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PoolGeometry {
-    pub n: usize,
-    pub h: usize,
-    pub w: usize,
-    pub c: usize,
-    pub oh: usize,
-    pub ow: usize,
-    pub size: [usize; 2],
-    pub stride: [usize; 2],
-    pub pad_top: usize,
-    pub pad_left: usize,
-}
+    /// `sum(x^2)`, summed in f64 (the L2 penalty).
+    fn sum_squares(&self, x: &Tensor) -> Result<f64>;
 
-impl PoolGeometry {
-    pub fn output_shape(&self) -> Shape {
-        Shape::new([self.n, self.oh, self.ow, self.c])
-    }
-}
+    /// `y += alpha * x` (the L2 penalty's gradient).
+    fn axpy(&self, alpha: f64, x: &Tensor, y: &mut Tensor) -> Result<()>;
 
-/// Check the operands of a dense layer; returns `(batch, in, out)`.
-pub fn dense_geometry(x: &Shape, kernel: &Shape, bias: Option<&Shape>) -> Result<[usize; 3]> {
-    let [n, fin] = x.dims_n::<2>("dense input")?;
-    let [kin, out] = kernel.dims_n::<2>("dense kernel")?;
-    if kin != fin {
-        return Err(Error::Shape(format!(
-            "dense kernel {kernel} expects {kin} inputs but the input {x} has {fin}"
-        )));
-    }
-    if let Some(b) = bias
-        && b.dims() != [out]
-    {
-        return Err(Error::Shape(format!(
-            "dense bias {b} does not match the kernel's {out} outputs"
-        )));
-    }
-    Ok([n, fin, out])
-}
+    /// Keras's SGD: `v = momentum v - lr g; w += v` (Nesterov: `w += momentum v - lr g`).
+    fn sgd_step(
+        &self,
+        w: &mut Tensor,
+        g: &Tensor,
+        velocity: &mut Tensor,
+        lr: f64,
+        momentum: f64,
+        nesterov: bool,
+    ) -> Result<()>;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn same_padding_matches_tensorflow() {
-        // TF: out = ceil(in / s); total = max((out - 1) * s + k - in, 0); before = total / 2.
-        let a = Padding::Same.resolve(224, 3, 1, 0).unwrap();
-        assert_eq!((a.pad_before, a.out), (1, 224));
-        let a = Padding::Same.resolve(7, 3, 2, 0).unwrap();
-        assert_eq!((a.pad_before, a.out), (1, 4));
-        let a = Padding::Same.resolve(8, 3, 2, 1).unwrap();
-        assert_eq!((a.pad_before, a.out), (0, 4)); // total 1: the extra pixel goes after
-        let a = Padding::Same.resolve(1, 5, 1, 0).unwrap();
-        assert_eq!((a.pad_before, a.out), (2, 1));
-    }
-
-    #[test]
-    fn valid_pool_floors_odd_sizes() {
-        let g = Pool2dSpec::vgg()
-            .geometry(&Shape::new([1, 5, 3, 2]))
-            .unwrap();
-        assert_eq!((g.oh, g.ow), (2, 1));
-        let err = Pool2dSpec::vgg()
-            .geometry(&Shape::new([1, 1, 4, 2]))
-            .unwrap_err();
-        assert!(err.to_string().contains("smaller than the window"), "{err}");
-    }
-
-    #[test]
-    fn conv_geometry_checks_channels_and_bias() {
-        let spec = Conv2dSpec::same_relu();
-        let x = Shape::new([2, 9, 7, 3]);
-        let g = spec
-            .geometry(&x, &Shape::new([3, 3, 3, 8]), Some(&Shape::new([8])))
-            .unwrap();
-        assert_eq!(g.output_shape(), Shape::new([2, 9, 7, 8]));
-        assert_eq!(g.flops(), 2 * 2 * 9 * 7 * 27 * 8);
-        assert!(spec.geometry(&x, &Shape::new([3, 3, 4, 8]), None).is_err());
-        assert!(
-            spec.geometry(&x, &Shape::new([3, 3, 3, 8]), Some(&Shape::new([7])))
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn dense_geometry_checks_inputs() {
-        let d = dense_geometry(
-            &Shape::new([3, 5]),
-            &Shape::new([5, 2]),
-            Some(&Shape::new([2])),
-        );
-        assert_eq!(d.unwrap(), [3, 5, 2]);
-        assert!(dense_geometry(&Shape::new([3, 4]), &Shape::new([5, 2]), None).is_err());
-    }
-
-    #[test]
-    fn relu_keeps_nan() {
-        assert!(Activation::Relu.apply(f32::NAN).is_nan());
-        assert_eq!(Activation::Relu.apply(-2.0), 0.0);
-        assert_eq!(Activation::Relu.apply(3.0), 3.0);
-    }
+    /// Keras's Adam/AdamW, see [`AdamStep`].
+    fn adam_step(
+        &self,
+        w: &mut Tensor,
+        g: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        step: &AdamStep,
+    ) -> Result<()>;
 }

@@ -151,12 +151,15 @@ impl std::fmt::Debug for AlignedVec {
     }
 }
 
-/// Element types keel can store tensors in. Compute is always f32; f16/bf16 halve the size of
-/// converted weight files (and will feed the GPU's tensor cores).
+/// Element types keel stores tensors in. Kernels compute in f32; f64 tensors exist for the
+/// reference kernels, so that gradient checks against finite differences measure the backward
+/// pass and not rounding; f16/bf16 halve the size of converted weight files (and will feed the
+/// GPU's tensor cores).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DType {
     #[default]
     F32,
+    F64,
     F16,
     BF16,
 }
@@ -164,6 +167,7 @@ pub enum DType {
 impl DType {
     pub fn size_in_bytes(self) -> usize {
         match self {
+            DType::F64 => 8,
             DType::F32 => 4,
             DType::F16 | DType::BF16 => 2,
         }
@@ -173,6 +177,10 @@ impl DType {
     pub fn encode(self, values: &[f32]) -> Vec<u8> {
         match self {
             DType::F32 => bytemuck::cast_slice(values).to_vec(),
+            DType::F64 => values
+                .iter()
+                .flat_map(|&v| f64::from(v).to_le_bytes())
+                .collect(),
             DType::F16 => values
                 .iter()
                 .flat_map(|&v| f16::from_f32(v).to_le_bytes())
@@ -196,6 +204,9 @@ impl DType {
             DType::F32 => chunks
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
+            DType::F64 => chunks
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
             DType::F16 => chunks
                 .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
@@ -210,6 +221,7 @@ impl std::fmt::Display for DType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             DType::F32 => "f32",
+            DType::F64 => "f64",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
         })
@@ -221,9 +233,12 @@ impl std::str::FromStr for DType {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
             "f32" | "float32" => Ok(DType::F32),
+            "f64" | "float64" => Ok(DType::F64),
             "f16" | "float16" => Ok(DType::F16),
             "bf16" | "bfloat16" => Ok(DType::BF16),
-            _ => Err(format!("unknown dtype '{s}': expected f32, f16 or bf16")),
+            _ => Err(format!(
+                "unknown dtype '{s}': expected f32, f64, f16 or bf16"
+            )),
         }
     }
 }
@@ -270,6 +285,7 @@ mod tests {
         let values: Vec<f32> = (0..101).map(|i| (i as f32 - 50.0) * 0.137).collect();
         for (dtype, rel) in [
             (DType::F32, 0.0),
+            (DType::F64, 0.0),
             (DType::F16, 1.0 / 2048.0),
             (DType::BF16, 1.0 / 256.0),
         ] {

@@ -13,8 +13,9 @@ use super::base::{FrozenBase, flip_horizontal};
 use super::progress::Progress;
 use crate::error::{Error, Result};
 use crate::io::image::{RgbImage, load_img};
-use crate::nn::fit::{Features, TrainSource};
+use crate::nn::fit::{Features, Samples, TrainSource};
 use crate::rng::Rng;
+use crate::tensor::Tensor;
 
 /// Which augmentations are on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,47 +70,75 @@ fn seed_for(seed: u64, epoch: usize, sample: usize) -> u64 {
     r.next_u64() ^ Rng::new((epoch as u64) << 32 | sample as u64).next_u64()
 }
 
-/// Flip only: each epoch, every image comes as it is or mirrored, from two cached sets.
-pub struct FlipSource {
-    plain: Features,
-    flipped: Features,
+/// Flip only: each epoch, every image comes as it is or mirrored, picked from two stored sets
+/// without copying them.
+pub struct FlipSource<'a> {
+    view: FlipView<'a>,
     seed: u64,
-    current: Features,
 }
 
-impl FlipSource {
-    pub fn new(plain: Features, flipped: Features, seed: u64) -> Result<Self> {
-        if plain.labels != flipped.labels || plain.shape != flipped.shape {
+/// The plain or the mirrored row of each sample, as this epoch drew them.
+struct FlipView<'a> {
+    plain: &'a dyn Samples,
+    flipped: &'a dyn Samples,
+    mirrored: Vec<bool>,
+}
+
+impl<'a> FlipSource<'a> {
+    /// `flipped[i]` must be the mirror image of `plain[i]`, with the same label.
+    pub fn new(plain: &'a dyn Samples, flipped: &'a dyn Samples, seed: u64) -> Result<Self> {
+        if plain.labels() != flipped.labels() || plain.shape() != flipped.shape() {
             return Err(Error::Invalid(
                 "flipped features do not line up with the plain ones".into(),
             ));
         }
-        let current = plain.clone();
         Ok(FlipSource {
-            plain,
-            flipped,
+            view: FlipView {
+                plain,
+                flipped,
+                mirrored: vec![false; plain.len()],
+            },
             seed,
-            current,
         })
     }
 }
 
-impl FlipSource {
-    /// The features without mirroring, back from the source.
-    pub fn into_plain(self) -> Features {
-        self.plain
+impl Samples for FlipView<'_> {
+    fn len(&self) -> usize {
+        self.plain.len()
+    }
+
+    fn shape(&self) -> &[usize] {
+        self.plain.shape()
+    }
+
+    fn labels(&self) -> &[usize] {
+        self.plain.labels()
+    }
+
+    fn gather(&self, idx: &[usize]) -> Result<Tensor> {
+        let mut shape = vec![idx.len()];
+        shape.extend(self.shape());
+        let mut out = Tensor::zeros(shape)?;
+        let n: usize = self.shape().iter().product();
+        for (dst, &i) in out.data_mut().chunks_exact_mut(n.max(1)).zip(idx) {
+            let src = if *self.mirrored.get(i).unwrap_or(&false) {
+                self.flipped
+            } else {
+                self.plain
+            };
+            dst.copy_from_slice(src.gather(&[i])?.data());
+        }
+        Ok(out)
     }
 }
 
-impl TrainSource for FlipSource {
-    fn epoch_features(&mut self, epoch: usize) -> Result<&Features> {
-        let n = self.plain.row_len();
-        for i in 0..self.plain.len() {
-            let flip = Rng::new(seed_for(self.seed, epoch, i)).next_u64() & 1 == 1;
-            let src = if flip { &self.flipped } else { &self.plain };
-            self.current.data[i * n..(i + 1) * n].copy_from_slice(src.row(i));
+impl TrainSource for FlipSource<'_> {
+    fn epoch_samples(&mut self, epoch: usize) -> Result<&dyn Samples> {
+        for (i, m) in self.view.mirrored.iter_mut().enumerate() {
+            *m = Rng::new(seed_for(self.seed, epoch, i)).next_u64() & 1 == 1;
         }
-        Ok(&self.current)
+        Ok(&self.view)
     }
 }
 
@@ -183,7 +212,7 @@ impl<'a> CropSource<'a> {
 }
 
 impl TrainSource for CropSource<'_> {
-    fn epoch_features(&mut self, epoch: usize) -> Result<&Features> {
+    fn epoch_samples(&mut self, epoch: usize) -> Result<&dyn Samples> {
         use rayon::prelude::*;
         let n = self.base.feature_len();
         let label = format!("epoch {} augment", epoch + 1);
@@ -252,21 +281,26 @@ mod tests {
             data: vec![2.0; n * 2],
             ..plain.clone()
         };
-        let mut a = FlipSource::new(plain.clone(), flipped.clone(), 9).unwrap();
-        let mut b = FlipSource::new(plain.clone(), flipped.clone(), 9).unwrap();
-        let e0 = a.epoch_features(0).unwrap().data.clone();
-        assert_eq!(
-            e0,
-            b.epoch_features(0).unwrap().data,
-            "same seed, same epoch"
-        );
+        let all: Vec<usize> = (0..n).collect();
+        let epoch = |src: &mut FlipSource, e: usize| {
+            src.epoch_samples(e)
+                .unwrap()
+                .gather(&all)
+                .unwrap()
+                .data()
+                .to_vec()
+        };
+        let mut a = FlipSource::new(&plain, &flipped, 9).unwrap();
+        let mut b = FlipSource::new(&plain, &flipped, 9).unwrap();
+        let e0 = epoch(&mut a, 0);
+        assert_eq!(e0, epoch(&mut b, 0), "same seed, same epoch");
         let mirrored = e0.iter().filter(|&&v| v == 2.0).count() / 2;
         assert!((16..=48).contains(&mirrored), "{mirrored} of {n} mirrored");
-        assert_ne!(e0, a.epoch_features(1).unwrap().data, "epochs differ");
+        assert_ne!(e0, epoch(&mut a, 1), "epochs differ");
         let wrong = Features {
             labels: vec![1; n],
             ..flipped
         };
-        assert!(FlipSource::new(plain, wrong, 9).is_err());
+        assert!(FlipSource::new(&plain, &wrong, 9).is_err());
     }
 }

@@ -2,18 +2,18 @@
 //! results cached on disk.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::cpu::Cpu;
 use crate::error::{Error, Result};
 use crate::io::dataset::Skipped;
 use crate::io::feature_cache::{FeatureCache, sha256_file};
 use crate::io::image::{Interpolation, RgbImage, load_img};
-use crate::nn::{TOP_LAYERS, Vgg, VggConfig, WeightSet, preprocess_rgb8};
-use crate::tensor::Tensor;
+use crate::nn::{ConvTail, TOP_LAYERS, Vgg, WeightSet, preprocess_rgb8};
+use crate::tensor::{Backend, Tensor};
 
 use super::progress::Progress;
 
@@ -37,12 +37,18 @@ pub struct BaseInfo {
     pub interpolation: String,
 }
 
-/// VGG's conv base up to `layer`, ready to turn photos into features.
+/// VGG's conv base up to `layer`, on the backend the caller chose, ready to turn photos into
+/// features. Clones share the weights.
+#[derive(Clone)]
 pub struct FrozenBase {
-    vgg: Vgg,
+    vgg: Arc<Vgg>,
+    backend: Arc<dyn Backend>,
     info: BaseInfo,
     interpolation: Interpolation,
     feature_shape: Vec<usize>,
+    /// The checksum of fine-tuned layers that replace the weights' own (part of the cache key,
+    /// so tuned and original features never mix).
+    tuned: Option<String>,
 }
 
 /// How [`FrozenBase::extract`] runs.
@@ -71,11 +77,9 @@ impl Default for ExtractOptions<'_> {
     }
 }
 
-/// Features of the images that could be read, in input order.
+/// What an extraction did. The features themselves went to the caller's sink, in input order.
 pub struct Extraction {
-    /// `kept.len() * feature_len` values.
-    pub data: Vec<f32>,
-    /// Indices (into the input paths) of the images whose features are in `data`.
+    /// Indices (into the input paths) of the images whose features were delivered.
     pub kept: Vec<usize>,
     /// Unreadable images (only with `skip_bad`).
     pub skipped: Vec<Skipped>,
@@ -87,59 +91,44 @@ pub struct Extraction {
 
 impl FrozenBase {
     /// The conv base of `weights` (a file with the top works too; the top is dropped), cut at
-    /// `layer`, for `input`-sized images resized with `interpolation`.
+    /// `layer`, for `input`-sized images resized with `interpolation`, run on `backend`.
     pub fn new(
         weights: WeightSet,
         layer: &str,
         input: [usize; 2],
         interpolation: Interpolation,
+        backend: Arc<dyn Backend>,
     ) -> Result<FrozenBase> {
-        let id = weights.identify()?;
         // Absolute, so `evaluate` and `predict` find the file from any working directory.
         let weights_file =
             std::fs::canonicalize(&weights.source).unwrap_or_else(|_| weights.source.clone());
         let set = weights.conv_base();
         let weights_checksum = set.checksum();
-        let config = VggConfig {
-            include_top: false,
-            input,
-            widths: id.widths,
-            ..VggConfig::notop(id.arch)
-        };
+        let id = set.identity().clone();
         if TOP_LAYERS.contains(&layer) || layer == "flatten" {
             return Err(Error::Invalid(format!(
                 "layer {layer} is in VGG's top; transfer learning reads a conv-base layer \
                  (e.g. block5_pool)"
             )));
         }
-        let vgg = Vgg::new(config, set)?;
-        let spec = vgg.layer_specs().find(|s| s.name == layer).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{} has no layer named '{layer}'; its layers are: {}",
-                id.arch,
-                vgg.layer_names().join(", ")
-            ))
-        })?;
-        let feature_shape = spec.output.dims().to_vec();
-        if feature_shape.len() != 3 {
-            return Err(Error::Invalid(format!(
-                "layer {layer} is the input, not a feature layer"
-            )));
-        }
-        Ok(FrozenBase {
+        let vgg = Vgg::new(id.base_config(input), set)?;
+        let base = FrozenBase {
             info: BaseInfo {
                 model: id.arch.name().to_string(),
                 weights_checksum,
                 weights_file,
-                layer: layer.to_string(),
+                layer: String::new(),
                 input,
                 preprocessing: "caffe".into(),
                 interpolation: interpolation.to_string(),
             },
-            vgg,
+            vgg: Arc::new(vgg),
+            backend,
             interpolation,
-            feature_shape,
-        })
+            feature_shape: Vec::new(),
+            tuned: None,
+        };
+        base.at_layer(layer)
     }
 
     /// Load a weights file (Keras .h5 or keel safetensors) and build the base.
@@ -148,8 +137,65 @@ impl FrozenBase {
         layer: &str,
         input: [usize; 2],
         interpolation: Interpolation,
+        backend: Arc<dyn Backend>,
     ) -> Result<FrozenBase> {
-        FrozenBase::new(crate::io::load_weights(path)?, layer, input, interpolation)
+        let weights = crate::io::load_weights(path)?;
+        FrozenBase::new(weights, layer, input, interpolation, backend)
+    }
+
+    /// The same base (weights shared) read at another layer.
+    pub fn at_layer(&self, layer: &str) -> Result<FrozenBase> {
+        let i = self.vgg.layer_index(layer)?;
+        let spec = self.vgg.layer_specs().nth(i).expect("an index of a layer");
+        let feature_shape = spec.output.dims().to_vec();
+        if feature_shape.len() != 3 || i == 0 {
+            return Err(Error::Invalid(format!(
+                "layer {layer} is the input, not a feature layer"
+            )));
+        }
+        let mut base = self.clone();
+        base.info.layer = layer.to_string();
+        base.feature_shape = feature_shape;
+        Ok(base)
+    }
+
+    /// The name of the layer just below `name`.
+    pub fn layer_before(&self, name: &str) -> Result<String> {
+        let i = self.vgg.layer_index(name)?;
+        let names = self.vgg.layer_names();
+        i.checked_sub(1)
+            .map(|j| names[j].to_string())
+            .ok_or_else(|| Error::Invalid(format!("{name} is the first layer")))
+    }
+
+    /// A trainable copy of the layers from `first` (`block5_conv1`) to the end of the base.
+    pub fn tail(&self, first: &str) -> Result<ConvTail> {
+        self.vgg.tail(first)
+    }
+
+    /// The same base with `tail`'s (fine-tuned) weights in place of its own; `checksum` names
+    /// them in cache keys. [`FrozenBase::info`] still describes the original weights, which a
+    /// model folder records and checks.
+    pub fn with_tuned(&self, tail: &ConvTail, checksum: String) -> Result<FrozenBase> {
+        let mut base = self.clone();
+        base.vgg = Arc::new(self.vgg.as_ref().clone().with_tail(tail)?);
+        base.tuned = Some(checksum);
+        Ok(base)
+    }
+
+    /// The whole conv base (fine-tuned layers in place) for `input`-sized images.
+    pub fn vgg_at(&self, input: [usize; 2]) -> Result<Vgg> {
+        self.vgg.with_input(input)
+    }
+
+    /// The backend the base runs on.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// The backend, shared.
+    pub fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
     }
 
     pub fn info(&self) -> &BaseInfo {
@@ -172,8 +218,12 @@ impl FrozenBase {
     /// Everything but the image that decides an image's features (see [`FeatureCache`]).
     pub fn cache_key(&self, flip: bool) -> String {
         let i = &self.info;
+        let tuned = match &self.tuned {
+            Some(t) => format!("|tuned={t}"),
+            None => String::new(),
+        };
         format!(
-            "{}|{}|{}|{}x{}|{}|{}|flip={flip}",
+            "{}{tuned}|{}|{}|{}x{}|{}|{}|flip={flip}",
             i.weights_checksum,
             i.model,
             i.layer,
@@ -190,7 +240,7 @@ impl FrozenBase {
         load_img(path, Some((h, w)), self.interpolation)
     }
 
-    /// Features of a batch of RGB images of the input size.
+    /// Features of a batch of RGB images of the input size, in host memory.
     pub fn run_images(&self, images: &[RgbImage]) -> Result<Tensor> {
         let [h, w] = self.info.input;
         let items: Vec<Tensor> = images
@@ -198,87 +248,119 @@ impl FrozenBase {
             .map(|img| preprocess_rgb8(img.height, img.width, &img.data)?.reshape([h, w, 3]))
             .collect::<Result<_>>()?;
         let x = Tensor::stack(&items)?;
+        let be = self.backend();
         let mut out = self
             .vgg
-            .forward_outputs(&Cpu::new(), &x, &[self.info.layer.as_str()])?;
-        Ok(out.remove(0))
+            .forward_outputs(be, &x, &[self.info.layer.as_str()])?;
+        be.to_host(out.remove(0))
     }
 
-    /// Features of every image in `paths`, from the cache where possible.
-    pub fn extract(&self, paths: &[PathBuf], opts: &ExtractOptions) -> Result<Extraction> {
+    /// Features of every image in `paths`, from the cache where possible, handed to `sink`
+    /// one image at a time in input order (with the image's index), so the caller decides
+    /// where they go. Unreadable images stop the run with an error naming the first one, or
+    /// with `skip_bad` are left out and listed.
+    pub fn extract(
+        &self,
+        paths: &[PathBuf],
+        opts: &ExtractOptions,
+        sink: &mut dyn FnMut(usize, &[f32]) -> Result<()>,
+    ) -> Result<Extraction> {
         let started = Instant::now();
-        let n = self.feature_len();
         let key_base = self.cache_key(opts.flip);
         // Hash (when caching) in parallel; a file that cannot be read is a bad image.
         let hashes: Vec<Result<Option<String>>> = paths
             .par_iter()
             .map(|p| match opts.cache {
-                Some(_) => sha256_file(p).map(Some),
+                Some(_) => sha256_file(p).map(|h| Some(FeatureCache::key(&key_base, &h))),
                 None => Ok(None),
             })
             .collect();
-        let mut rows: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
-        let mut keys: Vec<Option<String>> = vec![None; paths.len()];
         let mut bad: Vec<(usize, Error)> = Vec::new();
-        let mut pending = Vec::new();
+        let mut keys: Vec<Option<String>> = Vec::with_capacity(paths.len());
         for (i, h) in hashes.into_iter().enumerate() {
             match h {
-                Err(e) => bad.push((i, e)),
-                Ok(hash) => {
-                    let key = hash.map(|h| FeatureCache::key(&key_base, &h));
-                    let hit = match (opts.cache, &key) {
-                        (Some(c), Some(k)) => c.get(k, &self.feature_shape),
-                        _ => None,
-                    };
-                    match hit {
-                        Some(v) => rows[i] = Some(v),
-                        None => pending.push(i),
-                    }
-                    keys[i] = key;
+                Ok(k) => keys.push(k),
+                Err(e) => {
+                    bad.push((i, e));
+                    keys.push(None);
                 }
             }
         }
-        let cached = rows.iter().filter(|r| r.is_some()).count();
-        let mut progress = Progress::new(opts.progress, pending.len());
-        let mut computed = 0;
-        for chunk in pending.chunks(opts.batch.max(1)) {
-            let loaded: Vec<(usize, Result<RgbImage>)> = chunk
+        let fail = |bad: Vec<(usize, Error)>| {
+            let (_, e) = bad.into_iter().next().expect("at least one");
+            Error::Invalid(format!(
+                "{e} (pass --skip-bad to leave unreadable images out)"
+            ))
+        };
+        if !opts.skip_bad && !bad.is_empty() {
+            return Err(fail(bad));
+        }
+        let mut progress = Progress::new(opts.progress, paths.len());
+        let (mut computed, mut cached) = (0, 0);
+        let mut kept = Vec::with_capacity(paths.len());
+        let all: Vec<usize> = (0..paths.len()).collect();
+        for chunk in all.chunks(opts.batch.max(1)) {
+            let mut rows: Vec<Option<Vec<f32>>> = vec![None; chunk.len()];
+            let mut missing = Vec::new();
+            for (slot, &i) in chunk.iter().enumerate() {
+                if bad.iter().any(|(b, _)| *b == i) {
+                    continue;
+                }
+                let hit = match (opts.cache, &keys[i]) {
+                    (Some(c), Some(k)) => c.get(k, &self.feature_shape),
+                    _ => None,
+                };
+                match hit {
+                    Some(v) => {
+                        rows[slot] = Some(v);
+                        cached += 1;
+                    }
+                    None => missing.push(slot),
+                }
+            }
+            let loaded: Vec<(usize, Result<RgbImage>)> = missing
                 .par_iter()
-                .map(|&i| {
-                    let img = self.load_image(&paths[i]).map(|img| {
+                .map(|&slot| {
+                    let img = self.load_image(&paths[chunk[slot]]).map(|img| {
                         if opts.flip {
                             flip_horizontal(&img)
                         } else {
                             img
                         }
                     });
-                    (i, img)
+                    (slot, img)
                 })
                 .collect();
             let mut good = Vec::new();
             let mut images = Vec::new();
-            for (i, r) in loaded {
+            for (slot, r) in loaded {
                 match r {
                     Ok(img) => {
-                        good.push(i);
+                        good.push(slot);
                         images.push(img);
                     }
-                    Err(e) => bad.push((i, e)),
+                    Err(e) => bad.push((chunk[slot], e)),
                 }
             }
             if !opts.skip_bad && !bad.is_empty() {
-                break;
+                return Err(fail(bad));
             }
             if !images.is_empty() {
                 let y = self.run_images(&images)?;
-                for (slot, &i) in good.iter().enumerate() {
-                    let row = y.index0(slot)?;
-                    if let (Some(c), Some(k)) = (opts.cache, &keys[i]) {
-                        c.put(k, &row)?;
+                for (k, &slot) in good.iter().enumerate() {
+                    let row = y.index0(k)?;
+                    if let (Some(c), Some(key)) = (opts.cache, &keys[chunk[slot]]) {
+                        c.put(key, &row)?;
                     }
-                    rows[i] = Some(row.data().to_vec());
+                    rows[slot] = Some(row.data().to_vec());
                 }
                 computed += images.len();
+            }
+            for (slot, row) in rows.into_iter().enumerate() {
+                if let Some(row) = row {
+                    sink(chunk[slot], &row)?;
+                    kept.push(chunk[slot]);
+                }
             }
             if let Some(p) = &mut progress {
                 p.inc(chunk.len());
@@ -286,12 +368,6 @@ impl FrozenBase {
         }
         drop(progress);
         bad.sort_by_key(|(i, _)| *i);
-        if !opts.skip_bad && !bad.is_empty() {
-            let (_, e) = bad.swap_remove(0);
-            return Err(Error::Invalid(format!(
-                "{e} (pass --skip-bad to leave unreadable images out)"
-            )));
-        }
         let skipped = bad
             .into_iter()
             .map(|(i, e)| Skipped {
@@ -299,16 +375,7 @@ impl FrozenBase {
                 reason: e.to_string(),
             })
             .collect();
-        let mut data = Vec::with_capacity(paths.len() * n);
-        let mut kept = Vec::with_capacity(paths.len());
-        for (i, r) in rows.into_iter().enumerate() {
-            if let Some(r) = r {
-                data.extend_from_slice(&r);
-                kept.push(i);
-            }
-        }
         Ok(Extraction {
-            data,
             kept,
             skipped,
             computed,

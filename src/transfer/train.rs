@@ -1,5 +1,12 @@
 //! The whole job: photos in, a trained model folder out; and the same model used again to
 //! evaluate a labeled folder or predict new photos.
+//!
+//! Training runs in one or two phases, as Keras's transfer-learning guide does. Phase 1 trains
+//! the head on the frozen base's features. With fine-tuning, phase 2 then unfreezes the top
+//! of the base (from `blockN_conv1` up) and trains it together with the head, at a small
+//! learning rate. The frozen layers below run once per image: their output, the input of the
+//! first trainable layer, is cached like the head's features, and each epoch costs only the
+//! trainable part.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -8,20 +15,56 @@ use serde::{Deserialize, Serialize};
 
 use super::augment::{Augment, CropSource, FlipSource};
 use super::base::{ExtractOptions, Extraction, FrozenBase};
-use super::model::{HeadInfo, MODEL_FORMAT, MODEL_VERSION, ModelCard, TrainedModel, TrainingInfo};
+use super::model::{
+    FineTuneInfo, HeadInfo, MODEL_FORMAT, MODEL_VERSION, ModelCard, TrainedModel, TrainingInfo,
+};
+use super::store::{MemoryBudget, RowStore};
 use crate::error::{Error, Result};
 use crate::io::dataset::{Dataset, LabeledFolder, Sample, Skipped};
 use crate::io::feature_cache::FeatureCache;
-use crate::nn::fit::{self, EpochMetrics, Features, FitConfig, FitReport};
+use crate::nn::fit::{self, EpochMetrics, FitConfig, FitReport, Fixed, Samples, TrainSource};
 use crate::nn::head::{Head, HeadSpec};
 use crate::nn::metrics::Classification;
+use crate::nn::{Classifier, ConvTail};
+
+/// The second phase: which block to unfreeze, and how to train it.
+#[derive(Clone, Debug)]
+pub struct FineTune {
+    /// The lowest block trained (5 for `block5`: its convolutions, its pool and everything
+    /// above).
+    pub block: usize,
+    pub fit: FitConfig,
+}
+
+impl FineTune {
+    /// Parse `block5` (or `5`) into a block number, checked against the model's five blocks.
+    pub fn parse_block(s: &str) -> Result<usize> {
+        let t = s.trim().to_ascii_lowercase();
+        let n = t.strip_prefix("block").unwrap_or(&t);
+        match n.parse::<usize>() {
+            Ok(b @ 1..=5) => Ok(b),
+            _ => Err(Error::Invalid(format!(
+                "--fine-tune {s}: VGG has blocks block1 to block5 (e.g. --fine-tune block5 \
+                 trains block5_conv1 up)"
+            ))),
+        }
+    }
+
+    /// The first trainable layer.
+    pub fn first_layer(&self) -> String {
+        format!("block{}_conv1", self.block)
+    }
+}
 
 /// How to train, beyond the optimisation settings of [`FitConfig`].
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
     /// The head's layer list without the classifier, e.g. `gap,dense256,relu,dropout0.5`.
     pub head: String,
+    /// Phase 1: the head on the frozen base.
     pub fit: FitConfig,
+    /// Phase 2, if any.
+    pub fine_tune: Option<FineTune>,
     pub augment: Augment,
     /// Feature cache; `None` runs the base on every image each time.
     pub cache: Option<FeatureCache>,
@@ -30,18 +73,26 @@ pub struct TrainOptions {
     pub batch: usize,
     /// Show progress bars.
     pub progress: bool,
+    /// Bytes of stored features and activations kept in memory; beyond this they stream from
+    /// a temporary file.
+    pub memory_budget: usize,
 }
+
+/// The default memory budget for stored features and activations: 1 GiB.
+pub const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
 
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
             head: crate::nn::head::DEFAULT_HEAD.to_string(),
             fit: FitConfig::default(),
+            fine_tune: None,
             augment: Augment::default(),
             cache: None,
             skip_bad: false,
             batch: 4,
             progress: false,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
         }
     }
 }
@@ -77,7 +128,12 @@ pub struct Timings {
     pub features_seconds: f64,
     pub images_computed: usize,
     pub images_cached: usize,
+    /// Phase 1 (the head), including the frozen top's pass when fine-tuning.
     pub training_seconds: f64,
+    /// Phase 2 (fine-tuning), 0 without it.
+    pub fine_tune_seconds: f64,
+    /// Whether stored activations streamed from disk (they did not fit the memory budget).
+    pub streamed_from_disk: bool,
 }
 
 /// `report.json`.
@@ -85,9 +141,12 @@ pub struct Timings {
 pub struct Report {
     pub dataset: PathBuf,
     pub classes: Vec<String>,
+    /// The epoch whose weights were kept, counted across both phases.
     pub best_epoch: Option<usize>,
-    /// On the validation images, with the restored best weights; `None` without validation.
+    /// On the validation images, with the kept weights; `None` without validation.
     pub validation: Option<Evaluation>,
+    /// The same for the head alone, before fine-tuning (only with `--fine-tune`).
+    pub validation_before_fine_tune: Option<Evaluation>,
     /// On the training images without augmentation or dropout.
     pub train: Evaluation,
     pub timings: Timings,
@@ -98,44 +157,99 @@ pub struct Report {
 /// A finished training run.
 pub struct TrainOutcome {
     pub model: TrainedModel,
+    /// Both phases' history, epochs numbered across them.
     pub fit: FitReport,
+    /// The first epoch of phase 2, when there was one.
+    pub fine_tune_from: Option<usize>,
     pub report: Report,
     /// Images left out because they could not be read (with `skip_bad`).
     pub unreadable: Vec<Skipped>,
 }
 
-/// Features of `samples` (labels from the samples), leaving out unreadable images when
-/// `skip_bad`.
+/// Features of `samples` (labels from the samples) into a store, leaving out unreadable images
+/// when `skip_bad`.
 pub fn extract_features(
     base: &FrozenBase,
     samples: &[Sample],
     opts: &ExtractOptions,
-) -> Result<(Features, Extraction)> {
+    budget: &MemoryBudget,
+) -> Result<(RowStore, Extraction)> {
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
-    let mut ex = base.extract(&paths, opts)?;
-    let features = Features {
-        shape: base.feature_shape().to_vec(),
-        data: std::mem::take(&mut ex.data),
-        labels: ex.kept.iter().map(|&i| samples[i].label).collect(),
-    };
-    Ok((features, ex))
+    let mut store = RowStore::new(base.feature_shape(), samples.len(), budget)?;
+    let ex = base.extract(&paths, opts, &mut |i, row| {
+        store.push(row, samples[i].label)
+    })?;
+    Ok((store.finish()?, ex))
+}
+
+/// Run the frozen `tail` over every stored row: the head's features for phase 1.
+fn through_tail(
+    base: &FrozenBase,
+    tail: &ConvTail,
+    src: &RowStore,
+    budget: &MemoryBudget,
+) -> Result<RowStore> {
+    let be = base.backend();
+    let mut out = RowStore::new(tail.output_shape(), src.len(), budget)?;
+    let idx: Vec<usize> = (0..src.len()).collect();
+    for chunk in idx.chunks(16) {
+        let y = be.to_host(tail.forward(be, &src.gather(chunk)?)?)?;
+        let labels: Vec<usize> = chunk.iter().map(|&i| src.labels()[i]).collect();
+        out.push_batch(&y, &labels)?;
+    }
+    out.finish()
 }
 
 fn evaluation(
-    head: &Head<f32>,
-    data: &Features,
+    base: &FrozenBase,
+    model: &Classifier,
+    data: &dyn Samples,
     classes: &[String],
     l2: f64,
 ) -> Result<Evaluation> {
-    let (loss, _, predicted) = fit::evaluate(head, data, l2)?;
+    let (loss, _, predicted) = fit::evaluate(base.backend(), model, data, l2)?;
     Ok(Evaluation {
         images: data.len(),
         loss,
-        metrics: Classification::new(classes, &data.labels, &predicted),
+        metrics: Classification::new(classes, data.labels(), &predicted),
     })
 }
 
-/// Train a head on `dataset` over the frozen `base`. `on_epoch` sees each epoch's metrics.
+/// The stored inputs of what trains: the head's features, or with fine-tuning the input of
+/// the first trainable layer.
+struct Inputs {
+    train: RowStore,
+    val: Option<RowStore>,
+    /// Mirrored training images (with `--augment flip` alone).
+    flipped: Option<RowStore>,
+    /// The kept training images' paths (for `--augment crop`).
+    train_paths: Vec<PathBuf>,
+}
+
+/// Check the fine-tuning request against the base before any image is read.
+fn check_fine_tune(base: &FrozenBase, opts: &TrainOptions, ft: &FineTune) -> Result<ConvTail> {
+    if opts.augment.crop {
+        return Err(Error::Invalid(
+            "--augment crop cannot be combined with --fine-tune: fine-tuning stores the \
+             activations below the trainable layers once per image, and crops change them \
+             every epoch (use --augment flip)"
+                .into(),
+        ));
+    }
+    let tail = base.tail(&ft.first_layer())?;
+    if tail.output_shape() != base.feature_shape() {
+        return Err(Error::Invalid(format!(
+            "--fine-tune needs the head to read the end of the conv base (--layer {}), not {}",
+            tail.last_layer(),
+            base.info().layer
+        )));
+    }
+    ft.fit.validate()?;
+    Ok(tail)
+}
+
+/// Train a head on `dataset` over the frozen `base`, then with `opts.fine_tune` the top of the
+/// base with it. `on_epoch` sees each epoch's metrics (epochs numbered across both phases).
 pub fn train(
     dataset: &Dataset,
     base: &FrozenBase,
@@ -145,121 +259,196 @@ pub fn train(
     let classes = dataset.classes.clone();
     let spec = HeadSpec::parse(&opts.head, classes.len())?;
     spec.shapes(base.feature_shape())?;
-    let extract = |samples: &[Sample], label: &str, flip: bool| {
-        let ex = ExtractOptions {
-            cache: opts.cache.as_ref(),
-            skip_bad: opts.skip_bad,
-            batch: opts.batch,
-            progress: opts.progress.then_some(label),
-            flip,
-        };
-        extract_features(base, samples, &ex)
+    let tail = opts
+        .fine_tune
+        .as_ref()
+        .map(|ft| check_fine_tune(base, opts, ft))
+        .transpose()?;
+    let budget = MemoryBudget::new(opts.memory_budget);
+    // What the stored rows are: the head's features, or the input of the first trainable
+    // layer (the output of the layer before it).
+    let stored = match &tail {
+        Some(t) => {
+            let before = base.layer_before(t.first_layer())?;
+            base.at_layer(&before)?
+        }
+        None => base.clone(),
     };
     let mut timings = Timings {
         features_seconds: 0.0,
         images_computed: 0,
         images_cached: 0,
         training_seconds: 0.0,
+        fine_tune_seconds: 0.0,
+        streamed_from_disk: false,
     };
     let mut unreadable: Vec<Skipped> = Vec::new();
-    let mut account = |ex: &Extraction, unreadable: &mut Vec<Skipped>| {
-        timings.features_seconds += ex.seconds;
-        timings.images_computed += ex.computed;
-        timings.images_cached += ex.cached;
-        unreadable.extend(ex.skipped.iter().cloned());
-    };
-    let (train_set, ex) = extract(&dataset.train, "train", false)?;
-    account(&ex, &mut unreadable);
-    let train_paths: Vec<PathBuf> = ex
-        .kept
-        .iter()
-        .map(|&i| dataset.train[i].path.clone())
-        .collect();
-    let val_set = if dataset.val.is_empty() {
-        None
-    } else {
-        let (v, ex) = extract(&dataset.val, "val", false)?;
-        account(&ex, &mut unreadable);
-        Some(v)
-    };
-    for (name, set) in [
-        ("training", Some(&train_set)),
-        ("validation", val_set.as_ref()),
-    ] {
-        if let Some(set) = set
-            && set.is_empty()
-        {
-            return Err(Error::file(
-                &dataset.root,
-                format!("no readable {name} images are left"),
-            ));
-        }
-    }
-    let flipped = if opts.augment.flip && !opts.augment.crop {
-        let kept: Vec<Sample> = train_paths
-            .iter()
-            .zip(&train_set.labels)
-            .map(|(p, &label)| Sample {
-                path: p.clone(),
-                label,
-            })
-            .collect();
-        let (f, ex) = extract(&kept, "train (mirrored)", true)?;
-        account(&ex, &mut unreadable);
-        Some(f)
-    } else {
-        None
-    };
+    let inputs = extract_inputs(
+        dataset,
+        &stored,
+        opts,
+        &budget,
+        &mut timings,
+        &mut unreadable,
+    )?;
+    timings.streamed_from_disk = [
+        Some(&inputs.train),
+        inputs.val.as_ref(),
+        inputs.flipped.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .any(RowStore::on_disk);
 
+    // Phase 1: the head on the frozen base's features.
     let started = Instant::now();
-    let mut head = Head::<f32>::new(spec, base.feature_shape(), opts.fit.seed)?;
-    // The training features stay owned here: they are evaluated again once training ends.
-    let mut train_set = train_set;
-    let fit_report = if opts.augment.crop {
-        let mut source = CropSource::new(
-            base,
-            train_paths,
-            train_set.labels.clone(),
-            opts.augment.flip,
-            opts.fit.seed,
-            opts.batch,
-            opts.progress,
-        );
-        fit::fit(
-            &mut head,
-            &mut source,
-            val_set.as_ref(),
-            &opts.fit,
-            on_epoch,
-        )?
-    } else if let Some(f) = flipped {
-        let mut source = FlipSource::new(train_set, f, opts.fit.seed)?;
-        let r = fit::fit(
-            &mut head,
-            &mut source,
-            val_set.as_ref(),
-            &opts.fit,
-            on_epoch,
-        )?;
-        train_set = source.into_plain();
-        r
-    } else {
-        fit::fit(
-            &mut head,
-            &mut train_set,
-            val_set.as_ref(),
-            &opts.fit,
-            on_epoch,
-        )?
+    let be = base.backend();
+    let phase1_inputs = match &tail {
+        Some(t) => Some(Inputs {
+            train: through_tail(base, t, &inputs.train, &budget)?,
+            val: inputs
+                .val
+                .as_ref()
+                .map(|v| through_tail(base, t, v, &budget))
+                .transpose()?,
+            flipped: inputs
+                .flipped
+                .as_ref()
+                .map(|f| through_tail(base, t, f, &budget))
+                .transpose()?,
+            train_paths: Vec::new(),
+        }),
+        None => None,
+    };
+    let features = phase1_inputs.as_ref().unwrap_or(&inputs);
+    let head = Head::new(spec, base.feature_shape(), opts.fit.seed)?.upload(be)?;
+    let mut model = Classifier::head_only(head);
+    let phase1 = {
+        let mut crop;
+        let mut flip;
+        let mut fixed = Fixed(&features.train);
+        let source: &mut dyn TrainSource = if opts.augment.crop {
+            crop = CropSource::new(
+                base,
+                inputs.train_paths.clone(),
+                inputs.train.labels().to_vec(),
+                opts.augment.flip,
+                opts.fit.seed,
+                opts.batch,
+                opts.progress,
+            );
+            &mut crop
+        } else if let Some(f) = &features.flipped {
+            flip = FlipSource::new(&features.train, f, opts.fit.seed)?;
+            &mut flip
+        } else {
+            &mut fixed
+        };
+        let val = features.val.as_ref().map(|v| v as &dyn Samples);
+        fit::fit(be, &mut model, source, val, &opts.fit, on_epoch)?
     };
     timings.training_seconds = started.elapsed().as_secs_f64();
-
     let l2 = opts.fit.l2;
-    let train_eval = evaluation(&head, &train_set, &classes, l2)?;
-    let val_eval = val_set
+
+    // Phase 2: the top of the base with the head.
+    let mut fine_tune_info = None;
+    let mut fine_tune_from = None;
+    let mut validation_before = None;
+    let mut report_fit = phase1.clone();
+    if let (Some(ft), Some(tail)) = (&opts.fine_tune, tail) {
+        validation_before = features
+            .val
+            .as_ref()
+            .map(|v| evaluation(base, &model, v, &classes, l2))
+            .transpose()?;
+        let started = Instant::now();
+        let offset = phase1.history.len();
+        fine_tune_from = Some(offset + 1);
+        let mut ft_model = Classifier::with_tail(tail.upload(be)?, model.head.clone())?;
+        let mut flip;
+        let mut fixed = Fixed(&inputs.train);
+        let source: &mut dyn TrainSource = match &inputs.flipped {
+            Some(f) => {
+                flip = FlipSource::new(&inputs.train, f, ft.fit.seed)?;
+                &mut flip
+            }
+            None => &mut fixed,
+        };
+        let val = inputs.val.as_ref().map(|v| v as &dyn Samples);
+        let renumber = |m: &EpochMetrics| EpochMetrics {
+            epoch: m.epoch + offset,
+            ..m.clone()
+        };
+        let phase2 = fit::fit(be, &mut ft_model, source, val, &ft.fit, &mut |m| {
+            on_epoch(&renumber(m))
+        })
+        .map_err(|e| Error::Invalid(format!("fine-tuning {}: {e}", ft.first_layer())))?;
+        timings.fine_tune_seconds = started.elapsed().as_secs_f64();
+        let tuned = ft_model.tail.as_ref().expect("fine-tuning has a tail");
+        let named: Vec<(String, crate::tensor::Tensor)> = tuned
+            .params()
+            .into_iter()
+            .map(|p| Ok((p.name, be.to_host(p.tensor.clone())?)))
+            .collect::<Result<_>>()?;
+        let checksum =
+            crate::digest::named_tensors_sha256(named.iter().map(|(n, t)| (n.as_str(), t)));
+        fine_tune_info = Some(FineTuneInfo {
+            block: format!("block{}", ft.block),
+            layers: tuned
+                .weighted_layers()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            params: tuned.num_params(),
+            checksum,
+            epochs: ft.fit.epochs,
+            epochs_run: phase2.history.len(),
+            batch_size: ft.fit.batch_size,
+            optimizer: ft.fit.optimizer.to_string(),
+            lr: ft.fit.lr,
+            schedule: ft.fit.schedule.to_string(),
+            l2: ft.fit.l2,
+            best_epoch: phase2.best_epoch.map(|b| b + offset),
+            stopped_early: phase2.stopped_early,
+        });
+        let mut all = phase1.history.clone();
+        all.extend(phase2.history.iter().map(renumber));
+        report_fit = FitReport {
+            history: all,
+            best_epoch: phase2.best_epoch.map(|b| b + offset),
+            stopped_early: phase2.stopped_early,
+        };
+        model = ft_model;
+    }
+    let eval_inputs: &Inputs = if model.tail.is_some() {
+        &inputs
+    } else {
+        features
+    };
+    let train_eval = evaluation(base, &model, &eval_inputs.train, &classes, l2)?;
+    let val_eval = eval_inputs
+        .val
         .as_ref()
-        .map(|v| evaluation(&head, v, &classes, l2))
+        .map(|v| evaluation(base, &model, v, &classes, l2))
         .transpose()?;
+    let head = model.head.clone();
+    let tuned = match &model.tail {
+        Some(t) => Some(
+            t.params()
+                .into_iter()
+                .map(|p| Ok((p.name, be.to_host(p.tensor.clone())?)))
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        None => None,
+    };
+    let head_host = {
+        let params = head
+            .params()
+            .into_iter()
+            .map(|p| Ok((p.name, be.to_host(p.tensor.clone())?)))
+            .collect::<Result<Vec<_>>>()?;
+        Head::from_params(head.spec().clone(), head.input_shape(), params)?
+    };
     let card = ModelCard {
         format: MODEL_FORMAT.into(),
         version: MODEL_VERSION,
@@ -267,17 +456,17 @@ pub fn train(
         classes: classes.clone(),
         base: base.info().clone(),
         head: HeadInfo {
-            spec: head.spec().to_string(),
-            input_shape: head.input_shape().to_vec(),
-            params: head.num_params(),
+            spec: head_host.spec().to_string(),
+            input_shape: head_host.input_shape().to_vec(),
+            params: head_host.num_params(),
         },
         training: TrainingInfo {
             dataset: dataset.root.clone(),
             split: dataset.split.to_string(),
-            train_images: train_set.len(),
-            val_images: val_set.as_ref().map_or(0, |v| v.len()),
+            train_images: inputs.train.len(),
+            val_images: inputs.val.as_ref().map_or(0, |v| v.len()),
             epochs: opts.fit.epochs,
-            epochs_run: fit_report.history.len(),
+            epochs_run: phase1.history.len(),
             batch_size: opts.fit.batch_size,
             optimizer: opts.fit.optimizer.to_string(),
             lr: opts.fit.lr,
@@ -286,16 +475,18 @@ pub fn train(
             seed: opts.fit.seed,
             early_stopping: opts.fit.early_stopping,
             augment: opts.augment.names(),
-            best_epoch: fit_report.best_epoch,
-            stopped_early: fit_report.stopped_early,
+            best_epoch: phase1.best_epoch,
+            stopped_early: phase1.stopped_early,
         },
-        history: fit_report.history.clone(),
+        fine_tune: fine_tune_info,
+        history: report_fit.history.clone(),
     };
     let report = Report {
         dataset: dataset.root.clone(),
         classes,
-        best_epoch: fit_report.best_epoch,
+        best_epoch: report_fit.best_epoch,
         validation: val_eval,
+        validation_before_fine_tune: validation_before,
         train: train_eval,
         timings,
         skipped: dataset
@@ -306,23 +497,89 @@ pub fn train(
             .collect(),
     };
     Ok(TrainOutcome {
-        model: TrainedModel { card, head },
-        fit: fit_report,
+        model: TrainedModel {
+            card,
+            head: head_host,
+            tuned,
+        },
+        fit: report_fit,
+        fine_tune_from,
         report,
         unreadable,
     })
 }
 
+/// Extract (or read from the cache) the stored rows of every training, validation and
+/// (with `--augment flip`) mirrored training image.
+fn extract_inputs(
+    dataset: &Dataset,
+    stored: &FrozenBase,
+    opts: &TrainOptions,
+    budget: &MemoryBudget,
+    timings: &mut Timings,
+    unreadable: &mut Vec<Skipped>,
+) -> Result<Inputs> {
+    let extract = |samples: &[Sample], label: &str, flip: bool| {
+        let ex = ExtractOptions {
+            cache: opts.cache.as_ref(),
+            skip_bad: opts.skip_bad,
+            batch: opts.batch,
+            progress: opts.progress.then_some(label),
+            flip,
+        };
+        extract_features(stored, samples, &ex, budget)
+    };
+    let mut account = |ex: &Extraction, unreadable: &mut Vec<Skipped>| {
+        timings.features_seconds += ex.seconds;
+        timings.images_computed += ex.computed;
+        timings.images_cached += ex.cached;
+        unreadable.extend(ex.skipped.iter().cloned());
+    };
+    let (train, ex) = extract(&dataset.train, "train", false)?;
+    account(&ex, unreadable);
+    let kept: Vec<Sample> = ex.kept.iter().map(|&i| dataset.train[i].clone()).collect();
+    let val = if dataset.val.is_empty() {
+        None
+    } else {
+        let (v, ex) = extract(&dataset.val, "val", false)?;
+        account(&ex, unreadable);
+        Some(v)
+    };
+    for (name, set) in [("training", Some(&train)), ("validation", val.as_ref())] {
+        if let Some(set) = set
+            && set.is_empty()
+        {
+            return Err(Error::file(
+                &dataset.root,
+                format!("no readable {name} images are left"),
+            ));
+        }
+    }
+    let flipped = if opts.augment.flip && !opts.augment.crop {
+        let (f, ex) = extract(&kept, "train (mirrored)", true)?;
+        account(&ex, unreadable);
+        Some(f)
+    } else {
+        None
+    };
+    Ok(Inputs {
+        train,
+        val,
+        flipped,
+        train_paths: kept.into_iter().map(|s| s.path).collect(),
+    })
+}
+
 impl TrainOutcome {
-    /// Write the model folder (head, card, report, plots) atomically.
+    /// Write the model folder (head, fine-tuned layers, card, report, plots) atomically.
     pub fn save(&self, dir: &Path, overwrite: bool) -> Result<()> {
         let report = serde_json::to_vec_pretty(&self.report)
             .map_err(|e| Error::Invalid(format!("cannot encode report.json: {e}")))?;
-        let points: Vec<crate::io::plots::EpochPoint> = self
+        let points: Vec<crate::viz::plots::EpochPoint> = self
             .fit
             .history
             .iter()
-            .map(|m| crate::io::plots::EpochPoint {
+            .map(|m| crate::viz::plots::EpochPoint {
                 epoch: m.epoch,
                 train_loss: m.train_loss,
                 train_acc: m.train_accuracy,
@@ -331,19 +588,28 @@ impl TrainOutcome {
             })
             .collect();
         let plot_err = |what: &str, e: String| Error::Invalid(format!("cannot draw {what}: {e}"));
+        let tuned = match &self.model.card.fine_tune {
+            Some(ft) => format!(" (fine-tuned from {})", ft.block),
+            None => String::new(),
+        };
         let title = format!(
-            "{} + {} on {}",
+            "{} + {}{tuned} on {}",
             self.model.card.base.model,
             self.model.card.head.spec,
             self.report.dataset.display()
         );
-        let curves = crate::io::plots::curves_png(&title, &points, self.fit.best_epoch)
-            .map_err(|e| plot_err("curves.png", e))?;
+        let curves = crate::viz::plots::curves_png(
+            &title,
+            &points,
+            self.fit.best_epoch,
+            self.fine_tune_from,
+        )
+        .map_err(|e| plot_err("curves.png", e))?;
         let (which, eval) = match &self.report.validation {
             Some(v) => ("validation", v),
             None => ("training", &self.report.train),
         };
-        let confusion = crate::io::plots::confusion_png(
+        let confusion = crate::viz::plots::confusion_png(
             &format!(
                 "{which} confusion matrix: accuracy {:.2}% of {}",
                 eval.metrics.accuracy * 100.0,
@@ -391,12 +657,14 @@ pub fn evaluate_folder(
             label: remap[s.label],
         })
         .collect();
-    let (features, ex) = extract_features(base, &samples, opts)?;
+    let budget = MemoryBudget::new(DEFAULT_MEMORY_BUDGET);
+    let (features, ex) = extract_features(base, &samples, opts, &budget)?;
     if features.is_empty() {
         return Err(Error::Invalid("no readable images to evaluate".into()));
     }
+    let classifier = Classifier::head_only(model.head.clone().upload(base.backend())?);
     Ok((
-        evaluation(&model.head, &features, classes, 0.0)?,
+        evaluation(base, &classifier, &features, classes, 0.0)?,
         ex.skipped,
     ))
 }
@@ -416,17 +684,20 @@ pub fn predict_paths(
     paths: &[PathBuf],
     opts: &ExtractOptions,
 ) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
-    let ex = base.extract(paths, opts)?;
-    let probs = model.predict_proba(&ex.data)?;
-    let k = model.card.classes.len();
-    let rows = ex
-        .kept
-        .iter()
-        .zip(probs.chunks(k))
-        .map(|(&i, p)| Prediction {
+    let be = base.backend();
+    let head = model.head.clone().upload(be)?;
+    let mut rows = Vec::with_capacity(paths.len());
+    let ex = base.extract(paths, opts, &mut |i, row| {
+        let mut shape = vec![1];
+        shape.extend(base.feature_shape());
+        let x = crate::tensor::Tensor::from_vec(shape, row)?;
+        let logits = head.logits(be, &x)?;
+        let probs = be.to_host(be.softmax(&be.upload(logits)?)?)?;
+        rows.push(Prediction {
             path: paths[i].clone(),
-            probabilities: p.to_vec(),
-        })
-        .collect();
+            probabilities: probs.data().to_vec(),
+        });
+        Ok(())
+    })?;
     Ok((rows, ex.skipped))
 }

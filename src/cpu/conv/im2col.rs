@@ -73,3 +73,58 @@ impl ASource for Im2col<'_> {
         }
     }
 }
+
+/// The transposed im2col matrix of `x`: row `p = (ky * kw + kx) * Cin + ci`, column = output
+/// pixel. The kernel gradient is `im2col(x)^T dz`, a GEMM with this as A (`kh*kw*Cin x pixels`)
+/// and the output gradient `dz` (`pixels x Cout`) as B, so it too is gathered block by block
+/// into the packing buffer and never stored.
+pub struct Im2colT<'a> {
+    pub x: &'a [f32],
+    pub g: ConvGeometry,
+}
+
+impl ASource for Im2colT<'_> {
+    fn rows(&self) -> usize {
+        self.g.kh * self.g.kw * self.g.cin
+    }
+
+    fn cols(&self) -> usize {
+        self.g.n * self.g.oh * self.g.ow
+    }
+
+    fn pack(&self, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
+        let g = &self.g;
+        let cin = g.cin;
+        let rows = self.rows().min(i0 + mc);
+        let im = Im2col {
+            x: self.x,
+            g: self.g,
+        };
+        for (panel, out) in dst.chunks_exact_mut(kc * mr).enumerate() {
+            let r0 = i0 + panel * mr;
+            for q in 0..kc {
+                let pixel = p0 + q;
+                let col = &mut out[q * mr..(q + 1) * mr];
+                // The panel's rows as runs of consecutive channels of one tap: each run is a
+                // contiguous stretch of the input pixel the tap reads, or padding.
+                let mut r = 0;
+                while r < mr {
+                    let row = r0 + r;
+                    if row >= rows {
+                        col[r..].fill(0.0);
+                        break;
+                    }
+                    let (tap, ci) = (row / cin, row % cin);
+                    let run = (cin - ci).min(mr - r).min(rows - row);
+                    match im.tap(pixel, tap / g.kw, tap % g.kw) {
+                        Some(at) => {
+                            col[r..r + run].copy_from_slice(&self.x[at + ci..at + ci + run])
+                        }
+                        None => col[r..r + run].fill(0.0),
+                    }
+                    r += run;
+                }
+            }
+        }
+    }
+}

@@ -7,16 +7,20 @@
 //! - `winograd2` / `winograd4`: F(2x2,3x3) / F(4x4,3x3) for 3x3 stride-1 layers.
 //!
 //! [`ConvAlgo::auto`] picks per layer; the choices and the measurements behind them are in
-//! docs/cpu-kernels.md.
+//! docs/cpu-kernels.md. The gradients (`backward.rs`) reuse them: the input gradient of a
+//! stride-1 convolution is a forward convolution of the output gradient, and the kernel
+//! gradient is the packed GEMM over the transposed im2col.
 
+mod backward;
 mod direct;
 mod im2col;
 mod winograd;
 
 use std::sync::OnceLock;
 
+pub use backward::conv2d_backward_with;
 pub use direct::conv_direct;
-pub use im2col::Im2col;
+pub use im2col::{Im2col, Im2colT};
 pub use winograd::{Variant, WinogradWeights, conv_winograd};
 
 use crate::cpu::conv2d_reference;
@@ -24,7 +28,7 @@ use crate::cpu::gemm::{self, BSource, Epilogue};
 use crate::cpu::isa::Isa;
 use crate::cpu::pool2x2::max_pool_2x2;
 use crate::error::{Error, Result};
-use crate::tensor::{Activation, Conv2dSpec, ConvGeometry, Pool2dSpec, Tensor};
+use crate::tensor::{Activation, Conv2dSpec, ConvGeometry, LayerParams, Pool2dSpec, Tensor};
 
 /// A convolution algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,6 +73,14 @@ impl ConvAlgo {
         }
     }
 
+    /// `forced` where it can run `g`, else keel's choice.
+    pub fn choose(forced: Option<ConvAlgo>, g: &ConvGeometry) -> ConvAlgo {
+        match forced {
+            Some(a) if a.supports(g) => a,
+            _ => ConvAlgo::auto(g),
+        }
+    }
+
     /// keel's choice for a layer: direct when there are too few input channels to fill the
     /// GEMM's depth, F(4x4) Winograd for 3x3 stride-1 layers with enough tiles to keep its
     /// GEMMs fed, implicit GEMM otherwise (small images, where it is faster and keeps no
@@ -93,78 +105,88 @@ impl std::fmt::Display for ConvAlgo {
     }
 }
 
-/// A layer's weights prepared for the fast algorithms, made on first use and kept: the
-/// Winograd transforms cost a pass over the weights in f64, too slow to redo per image.
+/// What the fast algorithms derive from a layer's weights, made on first use and kept in the
+/// layer's [`crate::tensor::LayerCache`]: the Winograd transforms cost a pass over the weights
+/// in f64, too slow to redo per image, and the input gradient's flipped kernel is a copy of
+/// the weights (with its own plan).
 #[derive(Debug, Default)]
 pub struct ConvPlan {
     winograd2: OnceLock<WinogradWeights>,
     winograd4: OnceLock<WinogradWeights>,
+    flipped: OnceLock<LayerParams>,
 }
 
 impl ConvPlan {
+    /// The plan in `w`'s cache (made empty if the cache is empty); None if another backend
+    /// filled the cache.
+    pub fn of(w: &LayerParams) -> Option<&ConvPlan> {
+        w.cache().get_or_init(ConvPlan::default)
+    }
+
     /// Bytes of prepared weights held.
     pub fn bytes(&self) -> usize {
+        let flipped = self.flipped.get().map_or(0, |f| {
+            4 * f.kernel().numel() + ConvPlan::of(f).map_or(0, ConvPlan::bytes)
+        });
         [&self.winograd2, &self.winograd4]
             .iter()
             .filter_map(|c| c.get())
             .map(WinogradWeights::bytes)
-            .sum()
+            .sum::<usize>()
+            + flipped
     }
 }
 
-/// `act(conv(x, kernel) + bias)` with `algo` on `isa`, using (and filling) `plan` if given.
+/// `act(conv(x, kernel) + bias)` with `algo` on `isa`, using (and filling) the plan in `w`'s
+/// cache.
 pub fn conv2d_with(
     algo: ConvAlgo,
     isa: Isa,
     x: &Tensor,
-    kernel: &Tensor,
-    bias: Option<&Tensor>,
+    w: &LayerParams,
     spec: &Conv2dSpec,
-    plan: Option<&ConvPlan>,
 ) -> Result<Tensor> {
-    conv(algo, isa, x, kernel, bias, spec, plan, false)
+    conv(algo, isa, x, w, spec, false)
 }
 
 /// [`conv2d_with`] followed by VGG's 2x2 stride-2 max pooling. Winograd does the pooling in
 /// its output transform, so the full-size output is never written; the other algorithms
 /// convolve, then pool.
-#[allow(clippy::too_many_arguments)]
 pub fn conv2d_pool_with(
     algo: ConvAlgo,
     isa: Isa,
     x: &Tensor,
-    kernel: &Tensor,
-    bias: Option<&Tensor>,
+    w: &LayerParams,
     spec: &Conv2dSpec,
-    plan: Option<&ConvPlan>,
 ) -> Result<Tensor> {
     match algo {
-        ConvAlgo::Winograd2 | ConvAlgo::Winograd4 => {
-            conv(algo, isa, x, kernel, bias, spec, plan, true)
-        }
+        ConvAlgo::Winograd2 | ConvAlgo::Winograd4 => conv(algo, isa, x, w, spec, true),
         _ => {
-            let y = conv(algo, isa, x, kernel, bias, spec, plan, false)?;
+            let y = conv(algo, isa, x, w, spec, false)?;
             max_pool_2x2(isa, &y, &Pool2dSpec::vgg())
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn conv(
     algo: ConvAlgo,
     isa: Isa,
     x: &Tensor,
-    kernel: &Tensor,
-    bias: Option<&Tensor>,
+    w: &LayerParams,
     spec: &Conv2dSpec,
-    plan: Option<&ConvPlan>,
     pool: bool,
 ) -> Result<Tensor> {
     assert!(
         !pool || matches!(algo, ConvAlgo::Winograd2 | ConvAlgo::Winograd4),
         "only Winograd pools in its output transform"
     );
+    let (kernel, bias) = (w.kernel(), w.bias());
+    let plan = ConvPlan::of(w);
     let g = spec.geometry(x.shape(), kernel.shape(), bias.map(Tensor::shape))?;
+    f32_host(&[x, kernel])?;
+    if let Some(b) = bias {
+        f32_host(&[b])?;
+    }
     if !algo.supports(&g) {
         return Err(Error::Invalid(format!(
             "{algo} needs a 3x3 stride-1 convolution, got {}x{} stride {:?}",
@@ -234,6 +256,14 @@ fn conv(
         }
     }
     Ok(out)
+}
+
+/// The fast kernels read f32 host memory: refuse anything else with the reason.
+pub(crate) fn f32_host(ts: &[&Tensor]) -> Result<()> {
+    for t in ts {
+        t.values::<f32>()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

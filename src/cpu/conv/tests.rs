@@ -7,8 +7,9 @@
 //! lose a few more bits; these are the measured worst cases times about 4.
 
 use super::*;
+use crate::cpu::conv2d_backward_reference;
 use crate::rng::Rng;
-use crate::tensor::Padding;
+use crate::tensor::{Padding, Wanted};
 
 fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
     let n = shape.iter().product();
@@ -67,11 +68,10 @@ fn every_algorithm_matches_the_reference() {
                 .unwrap();
             for algo in ConvAlgo::ALL.into_iter().filter(|a| a.supports(&g)) {
                 for isa in Isa::all_available() {
-                    let plan = ConvPlan::default();
+                    // Twice: the second run uses the plan the first one cached.
+                    let w = LayerParams::new(kernel.clone(), Some(bias.clone()));
                     for _ in 0..2 {
-                        let got =
-                            conv2d_with(algo, isa, &x, &kernel, Some(&bias), &spec, Some(&plan))
-                                .unwrap();
+                        let got = conv2d_with(algo, isa, &x, &w, &spec).unwrap();
                         assert_eq!(got.shape(), want.shape());
                         let mut worst = 0f32;
                         for (a, b) in got.data().iter().zip(want.data()) {
@@ -103,10 +103,8 @@ fn winograd_refuses_other_geometries() {
         ConvAlgo::Winograd4,
         Isa::Portable,
         &x,
-        &k,
-        None,
+        &LayerParams::new(k, None),
         &spec,
-        None,
     )
     .unwrap_err()
     .to_string();
@@ -122,12 +120,10 @@ fn nan_in_the_input_reaches_the_output() {
     for algo in ConvAlgo::ALL {
         let y = conv2d_with(
             algo,
-            Isa::selected(),
+            Isa::best(),
             &x,
-            &k,
-            None,
+            &LayerParams::new(k.clone(), None),
             &Conv2dSpec::same_relu(),
-            None,
         )
         .unwrap();
         assert!(y.data().iter().any(|v| v.is_nan()), "{algo} hid a NaN");
@@ -173,8 +169,8 @@ fn fused_pooling_matches_convolution_then_pooling() {
         let scale = conv.max_abs().max(1e-3);
         for algo in ConvAlgo::ALL {
             for isa in Isa::all_available() {
-                let got =
-                    conv2d_pool_with(algo, isa, &x, &kernel, Some(&bias), &spec, None).unwrap();
+                let params = LayerParams::new(kernel.clone(), Some(bias.clone()));
+                let got = conv2d_pool_with(algo, isa, &x, &params, &spec).unwrap();
                 assert_eq!(got.shape(), want.shape(), "{algo} {isa} {h}x{w}");
                 for (a, b) in got.data().iter().zip(want.data()) {
                     assert!(
@@ -183,7 +179,7 @@ fn fused_pooling_matches_convolution_then_pooling() {
                     );
                 }
                 // Winograd's fused pooling gives exactly its own convolution, then pooling.
-                let unfused = conv2d_with(algo, isa, &x, &kernel, Some(&bias), &spec, None)
+                let unfused = conv2d_with(algo, isa, &x, &params, &spec)
                     .and_then(|y| max_pool2d_reference(&y, &crate::tensor::Pool2dSpec::vgg()))
                     .unwrap();
                 assert_eq!(got.data(), unfused.data(), "{algo} {isa} {h}x{w}");
@@ -202,13 +198,122 @@ fn fused_pooling_refuses_an_output_smaller_than_the_window() {
             algo,
             Isa::Portable,
             &x,
-            &k,
-            None,
+            &LayerParams::new(k.clone(), None),
             &Conv2dSpec::same_relu(),
-            None,
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("smaller than the window"), "{algo}: {err}");
+    }
+}
+
+/// The gradients on every ISA, with the input gradient's convolution forced to each algorithm
+/// (where it applies), against the reference gradients. Tolerances relative to the largest
+/// reference gradient: the forward algorithms' for the input gradient (it is their forward
+/// convolution), and 1e-5 for the kernel and bias gradients, whose sums run over up to
+/// 3 * 30 * 31 = 2790 pixels here (measured worst about 1e-6).
+#[test]
+fn backward_matches_the_reference() {
+    let mut rng = Rng::new(13);
+    for (c, &(n, h, w, cin, cout, k, s, padding)) in CASES.iter().enumerate() {
+        let x = random(&[n, h, w, cin], &mut rng);
+        let kernel = random(&[k, k, cin, cout], &mut rng);
+        let bias = random(&[cout], &mut rng);
+        for activation in [Activation::Linear, Activation::Relu] {
+            let spec = Conv2dSpec {
+                stride: [s, s],
+                padding,
+                activation,
+            };
+            let y = conv2d_reference(&x, &kernel, Some(&bias), &spec).unwrap();
+            let dy = random(y.dims(), &mut rng);
+            let want = conv2d_backward_reference(&x, &y, &dy, &kernel, &spec, Wanted::ALL).unwrap();
+            let close = |what: &str, got: &Tensor, want: &Tensor, tol: f32| {
+                assert_eq!(got.shape(), want.shape(), "case {c} {what}");
+                let scale = want.max_abs().max(1e-6);
+                for (a, b) in got.data().iter().zip(want.data()) {
+                    assert!(
+                        a.is_finite() && (a - b).abs() <= tol * scale,
+                        "case {c} {activation:?} {what}: {a} vs {b} (scale {scale})"
+                    );
+                }
+            };
+            for isa in Isa::all_available() {
+                for forced in [None].into_iter().chain(ConvAlgo::ALL.map(Some)) {
+                    let params = LayerParams::new(kernel.clone(), Some(bias.clone()));
+                    // Twice: the second run reuses the flipped kernel cached by the first.
+                    for _ in 0..2 {
+                        let got = conv2d_backward_with(
+                            forced,
+                            isa,
+                            &x,
+                            &y,
+                            &dy,
+                            &params,
+                            &spec,
+                            Wanted::ALL,
+                        )
+                        .unwrap();
+                        let tol = tolerance(forced.unwrap_or(ConvAlgo::Winograd4));
+                        let what = format!("{isa} {forced:?}");
+                        close(
+                            &format!("{what} dx"),
+                            got.input.as_ref().unwrap(),
+                            want.input.as_ref().unwrap(),
+                            tol,
+                        );
+                        close(
+                            &format!("{what} dk"),
+                            got.kernel.as_ref().unwrap(),
+                            want.kernel.as_ref().unwrap(),
+                            1e-5,
+                        );
+                        close(
+                            &format!("{what} db"),
+                            got.bias.as_ref().unwrap(),
+                            want.bias.as_ref().unwrap(),
+                            1e-5,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_flipped_kernel_follows_the_weights() {
+    let mut rng = Rng::new(17);
+    let x = random(&[1, 6, 5, 4], &mut rng);
+    let k = random(&[3, 3, 4, 3], &mut rng);
+    let spec = Conv2dSpec::same_relu();
+    let mut params = LayerParams::new(k.clone(), None);
+    let y = conv2d_reference(&x, &k, None, &spec).unwrap();
+    let dy = random(y.dims(), &mut rng);
+    let isa = Isa::best();
+    let first = conv2d_backward_with(None, isa, &x, &y, &dy, &params, &spec, Wanted::INPUT)
+        .unwrap()
+        .input
+        .unwrap();
+    // Change the weights: the cached flipped kernel must not be used again.
+    let (kt, _) = params.tensors_mut();
+    for v in kt.data_mut() {
+        *v *= -2.0;
+    }
+    let k2 = params.kernel().clone();
+    let again = conv2d_backward_with(None, isa, &x, &y, &dy, &params, &spec, Wanted::INPUT)
+        .unwrap()
+        .input
+        .unwrap();
+    let want = conv2d_backward_reference(&x, &y, &dy, &k2, &spec, Wanted::INPUT)
+        .unwrap()
+        .input
+        .unwrap();
+    for ((a, b), f) in again.data().iter().zip(want.data()).zip(first.data()) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        assert!(
+            (a + 2.0 * f).abs() <= 1e-4 * (1.0 + f.abs()),
+            "{a} vs -2 * {f}"
+        );
     }
 }

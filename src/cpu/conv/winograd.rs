@@ -20,8 +20,8 @@ use rayon::prelude::*;
 
 use crate::cpu::gemm::{self, BSource, Epilogue, MatrixA, PackedB};
 use crate::cpu::isa::Isa;
-use crate::cpu::pool::max_nan;
 use crate::tensor::ConvGeometry;
+use crate::tensor::real::max_nan;
 
 const LANES: usize = 16;
 type V = [f32; LANES];

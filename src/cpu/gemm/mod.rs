@@ -114,9 +114,9 @@ impl Kernel {
         }
     }
 
-    /// The kernel keel uses: the packed kernel of [`Isa::selected`].
+    /// The fastest kernel this CPU runs: the packed kernel of [`Isa::best`].
     pub fn best() -> Kernel {
-        Kernel::for_isa(Isa::selected())
+        Kernel::for_isa(Isa::best())
     }
 }
 

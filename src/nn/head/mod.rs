@@ -1,16 +1,11 @@
-//! The classifier head trained on top of the frozen base: its layer list, its parameters, and
-//! forward and backward passes written by hand (no autograd), checked against finite
-//! differences in the tests.
+//! The classifier head trained on top of VGG's base: its layer list and a model of it that
+//! runs forward and backward through the op surface, on the same tensors as the base.
 
 mod model;
-mod ops;
-mod real;
 mod spec;
 
 #[cfg(test)]
 mod gradcheck;
 
-pub use model::{Head, Mode, Param, Tape};
-pub use ops::{softmax, softmax_cross_entropy};
-pub use real::Real;
+pub use model::{Head, HeadTape, Mode, concat_rows, dropout_mask};
 pub use spec::{DEFAULT_HEAD, HeadLayer, HeadSpec};

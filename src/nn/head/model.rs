@@ -1,21 +1,12 @@
-//! A head: the layers of a [`HeadSpec`] with their parameters, run forward and backward.
+//! A head: the layers of a [`HeadSpec`] with their parameters, run forward and backward
+//! through a [`Backend`], so it trains on whichever device the base runs on. Kernels are in
+//! Keras's `(in, out)` layout.
 
-use super::ops;
-use super::real::Real;
 use super::spec::{HeadLayer, HeadSpec};
 use crate::error::{Error, Result};
+use crate::nn::param::{Param, ParamMut, push_params, push_params_mut};
 use crate::rng::Rng;
-
-/// A trainable tensor. Kernels are in Keras's `(in, out)` layout.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Param<T> {
-    /// `dense1.kernel`, `dense1.bias`, ...
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub data: Vec<T>,
-    /// Whether weight decay and L2 apply (kernels yes, biases no, as Keras's regularizers).
-    pub decay: bool,
-}
+use crate::tensor::{Activation, Backend, DType, GlobalPool, LayerParams, Shape, Tensor, Wanted};
 
 /// Training draws dropout masks from the generator; evaluation runs every unit.
 pub enum Mode<'a> {
@@ -23,113 +14,119 @@ pub enum Mode<'a> {
     Eval,
 }
 
-/// What the backward pass needs from the forward pass: each layer's input, and the dropout
-/// mask or max-pool winners.
-pub struct Tape<T> {
-    inputs: Vec<Vec<T>>,
-    aux: Vec<Aux<T>>,
+/// What one layer's backward pass needs from its forward pass.
+enum Saved {
+    /// The layer's input (global pooling).
+    Input(Tensor),
+    /// Dense: its input and output.
+    InOut(Tensor, Tensor),
+    /// The layer's output (ReLU's mask).
+    Output(Tensor),
+    /// Dropout's mask.
+    Mask(Tensor),
+    /// Only the input's shape (flatten, dropout in evaluation).
+    Shape(Shape),
 }
 
-enum Aux<T> {
-    None,
-    Mask(Vec<T>),
-    Winners(Vec<usize>),
+/// The forward pass's record for [`Head::backward`].
+pub struct HeadTape {
+    saved: Vec<Saved>,
 }
 
-/// A classifier head on top of the frozen base's features.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Head<T> {
+/// A classifier head on top of the base's features.
+#[derive(Clone, Debug)]
+pub struct Head {
     spec: HeadSpec,
     input: Vec<usize>,
     /// Per-sample output shape of each layer.
     shapes: Vec<Vec<usize>>,
-    params: Vec<Param<T>>,
-    /// For each layer, the index of its kernel in `params` (its bias follows).
-    param_of: Vec<Option<usize>>,
+    /// Each layer's weights (dense layers only), named `dense1`, `dense2`, ...
+    weights: Vec<Option<(String, LayerParams)>>,
 }
 
-impl<T: Real> Head<T> {
+impl Head {
     /// A head with Keras's initialisation: Glorot-uniform kernels and zero biases, seeded.
     pub fn new(spec: HeadSpec, input: &[usize], seed: u64) -> Result<Self> {
         let shapes = spec.shapes(input)?;
         let mut rng = Rng::new(seed);
         let mut params = Vec::new();
-        let mut n_in = 0;
+        let mut n_in: usize = input.iter().product();
         for (layer, shape) in spec.layers.iter().zip(&shapes) {
             if let HeadLayer::Dense(n_out) = *layer {
                 let name = format!("dense{}", params.len() / 2 + 1);
                 let limit = (6.0 / (n_in + n_out) as f64).sqrt();
-                let kernel = (0..n_in * n_out)
-                    .map(|_| T::from_f64((rng.next_f32() as f64 * 2.0 - 1.0) * limit))
+                let kernel: Vec<f32> = (0..n_in * n_out)
+                    .map(|_| ((rng.next_f32() as f64 * 2.0 - 1.0) * limit) as f32)
                     .collect();
-                params.push(Param {
-                    name: format!("{name}.kernel"),
-                    shape: vec![n_in, n_out],
-                    data: kernel,
-                    decay: true,
-                });
-                params.push(Param {
-                    name: format!("{name}.bias"),
-                    shape: vec![n_out],
-                    data: vec![T::ZERO; n_out],
-                    decay: false,
-                });
+                params.push((
+                    format!("{name}.kernel"),
+                    Tensor::from_vec([n_in, n_out], &kernel)?,
+                ));
+                params.push((format!("{name}.bias"), Tensor::zeros([n_out])?));
             }
             n_in = shape.iter().product();
         }
         Self::from_params(spec, input, params)
     }
 
-    /// A head from saved parameters, checking their names and shapes against the spec.
-    pub fn from_params(spec: HeadSpec, input: &[usize], params: Vec<Param<T>>) -> Result<Self> {
+    /// A head from named parameters (`dense1.kernel`, `dense1.bias`, ... in order), checking
+    /// their names, shapes and dtypes against the spec.
+    pub fn from_params(
+        spec: HeadSpec,
+        input: &[usize],
+        params: Vec<(String, Tensor)>,
+    ) -> Result<Self> {
         let shapes = spec.shapes(input)?;
-        let mut param_of = Vec::with_capacity(spec.layers.len());
-        let mut next = 0;
+        let count = params.len();
+        let mut it = params.into_iter();
+        let mut weights = Vec::with_capacity(spec.layers.len());
+        let mut dense = 0;
         let mut n_in: usize = input.iter().product();
+        let mut dtype = None;
         for (layer, shape) in spec.layers.iter().zip(&shapes) {
             if let HeadLayer::Dense(n_out) = *layer {
-                let name = format!("dense{}", next / 2 + 1);
-                for (k, (suffix, want)) in [("kernel", vec![n_in, n_out]), ("bias", vec![n_out])]
-                    .into_iter()
-                    .enumerate()
-                {
-                    let p = params.get(next + k).ok_or_else(|| {
+                dense += 1;
+                let name = format!("dense{dense}");
+                let mut take = |suffix: &str, want: Vec<usize>| -> Result<Tensor> {
+                    let (got, t) = it.next().ok_or_else(|| {
                         Error::Invalid(format!("head {spec}: parameter {name}.{suffix} is missing"))
                     })?;
-                    if p.name != format!("{name}.{suffix}") || p.shape != want {
+                    if got != format!("{name}.{suffix}") || t.dims() != want.as_slice() {
                         return Err(Error::Invalid(format!(
-                            "head {spec}: expected {name}.{suffix} of shape {want:?}, found {} \
-                             of shape {:?}",
-                            p.name, p.shape
+                            "head {spec}: expected {name}.{suffix} of shape {}, found {got} of \
+                             shape {}",
+                            Shape::new(want),
+                            t.shape()
                         )));
                     }
-                    if p.data.len() != want.iter().product::<usize>() {
+                    if *dtype.get_or_insert(t.dtype()) != t.dtype() {
                         return Err(Error::Invalid(format!(
-                            "head {spec}: {} holds {} values for shape {want:?}",
-                            p.name,
-                            p.data.len()
+                            "head {spec}: {got} is {}, the other parameters {}",
+                            t.dtype(),
+                            dtype.unwrap_or_default()
                         )));
                     }
-                }
-                param_of.push(Some(next));
-                next += 2;
+                    Ok(t)
+                };
+                let kernel = take("kernel", vec![n_in, n_out])?;
+                let bias = take("bias", vec![n_out])?;
+                weights.push(Some((name, LayerParams::new(kernel, Some(bias)))));
             } else {
-                param_of.push(None);
+                weights.push(None);
             }
             n_in = shape.iter().product();
         }
-        if next != params.len() {
+        if it.next().is_some() {
             return Err(Error::Invalid(format!(
-                "head {spec}: {} parameters given, the spec has {next}",
-                params.len()
+                "head {spec}: {count} parameters given, the spec has {}",
+                2 * dense
             )));
         }
         Ok(Head {
             spec,
             input: input.to_vec(),
             shapes,
-            params,
-            param_of,
+            weights,
         })
     }
 
@@ -150,176 +147,220 @@ impl<T: Real> Head<T> {
         self.shapes.last().map_or(0, |s| s[0])
     }
 
-    pub fn params(&self) -> &[Param<T>] {
-        &self.params
+    /// The parameters in order: `dense1.kernel`, `dense1.bias`, `dense2.kernel`, ...
+    pub fn params(&self) -> Vec<Param<'_>> {
+        let mut out = Vec::new();
+        for (name, p) in self.weights.iter().flatten() {
+            push_params(name, p, &mut out);
+        }
+        out
     }
 
-    pub fn params_mut(&mut self) -> &mut [Param<T>] {
-        &mut self.params
+    /// The parameters in [`Head::params`]'s order, to update.
+    pub fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
+        let mut out = Vec::new();
+        for (_, p) in self.weights.iter_mut().flatten() {
+            push_params_mut(p, &mut out);
+        }
+        out
     }
 
     pub fn num_params(&self) -> usize {
-        self.params.iter().map(|p| p.data.len()).sum()
+        self.params().iter().map(|p| p.tensor.numel()).sum()
     }
 
-    /// The same head in another precision (the gradient checks run an f32 head in f64).
-    pub fn cast<U: Real>(&self) -> Head<U> {
-        Head {
-            spec: self.spec.clone(),
-            input: self.input.clone(),
-            shapes: self.shapes.clone(),
-            params: self
-                .params
-                .iter()
-                .map(|p| Param {
-                    name: p.name.clone(),
-                    shape: p.shape.clone(),
-                    data: p.data.iter().map(|v| U::from_f64(v.to_f64())).collect(),
-                    decay: p.decay,
-                })
-                .collect(),
-            param_of: self.param_of.clone(),
-        }
+    /// The same head with its parameters as `dtype` (the gradient checks run in f64).
+    pub fn cast(&self, dtype: DType) -> Result<Head> {
+        let params = self
+            .params()
+            .into_iter()
+            .map(|p| Ok((p.name, p.tensor.cast(dtype)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Head::from_params(self.spec.clone(), &self.input, params)
     }
 
-    /// Logits for a batch of flat features (`batch * input_len` values), and the tape the
-    /// backward pass needs.
-    pub fn forward(&self, x: &[T], mut mode: Mode) -> Result<(Vec<T>, Tape<T>)> {
-        let n = self.input_len();
-        if n == 0 || !x.len().is_multiple_of(n) {
+    /// The head's parameters on `backend`'s device.
+    pub fn upload(self, backend: &dyn Backend) -> Result<Head> {
+        let params = self
+            .params()
+            .into_iter()
+            .map(|p| Ok((p.name, backend.upload(p.tensor.clone())?)))
+            .collect::<Result<Vec<_>>>()?;
+        Head::from_params(self.spec, &self.input, params)
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        if x.dims().is_empty() || x.dims()[1..] != self.input[..] {
             return Err(Error::Shape(format!(
-                "head input has {} values, not a multiple of the feature size {n} ({:?})",
-                x.len(),
-                self.input
+                "the head takes a batch of {} features, got {}",
+                Shape::new(self.input.clone()),
+                x.shape()
             )));
         }
+        Ok(())
+    }
+
+    /// Logits `(N, classes)` for a batch `(N, ...input shape)`, and the tape the backward pass
+    /// needs (empty in evaluation).
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        x: &Tensor,
+        mut mode: Mode,
+    ) -> Result<(Tensor, HeadTape)> {
+        self.check_input(x)?;
         let train = matches!(mode, Mode::Train(_));
-        let mut tape = Tape {
-            inputs: Vec::new(),
-            aux: Vec::new(),
-        };
-        let mut cur = x.to_vec();
-        let mut shape = self.input.clone();
-        for (i, layer) in self.spec.layers.iter().enumerate() {
-            let (next, aux) = match *layer {
-                HeadLayer::GlobalAvgPool => (
-                    ops::global_avg_pool_forward(&cur, shape[0] * shape[1], shape[2]),
-                    Aux::None,
-                ),
-                HeadLayer::GlobalMaxPool => {
-                    let (y, arg) =
-                        ops::global_max_pool_forward(&cur, shape[0] * shape[1], shape[2]);
-                    (y, Aux::Winners(arg))
+        let mut saved = Vec::new();
+        let mut cur = x.clone();
+        for (layer, w) in self.spec.layers.iter().zip(&self.weights) {
+            let shape = cur.shape().clone();
+            let (next, keep) = match *layer {
+                HeadLayer::GlobalAvgPool => {
+                    let y = be.global_pool(&cur, GlobalPool::Avg)?;
+                    (y, Saved::Input(cur))
                 }
-                // Flatten is a no-op on NHWC rows; its backward needs no input.
-                HeadLayer::Flatten => (std::mem::take(&mut cur), Aux::None),
-                HeadLayer::Relu => (ops::relu_forward(&cur), Aux::None),
+                HeadLayer::GlobalMaxPool => {
+                    let y = be.global_pool(&cur, GlobalPool::Max)?;
+                    (y, Saved::Input(cur))
+                }
+                HeadLayer::Flatten => {
+                    let n = shape.dims()[0];
+                    let per = cur.numel() / n.max(1);
+                    (cur.reshape([n, per])?, Saved::Shape(shape))
+                }
+                HeadLayer::Dense(_) => {
+                    let (_, p) = w.as_ref().expect("dense layers have weights");
+                    let y = be.dense(&cur, p, Activation::Linear)?;
+                    let keep = if train {
+                        Saved::InOut(cur, y.clone())
+                    } else {
+                        Saved::Shape(shape)
+                    };
+                    (y, keep)
+                }
+                HeadLayer::Relu => {
+                    let y = be.relu(&cur)?;
+                    if train {
+                        (y.clone(), Saved::Output(y))
+                    } else {
+                        (y, Saved::Shape(shape))
+                    }
+                }
                 HeadLayer::Dropout(rate) => match &mut mode {
                     Mode::Train(rng) if rate > 0.0 => {
-                        let mask = ops::dropout_mask(cur.len(), rate, rng);
-                        (ops::mul_mask(&cur, &mask), Aux::Mask(mask))
+                        let mask = be.upload(dropout_mask(&shape, cur.dtype(), rate, rng)?)?;
+                        (be.mul(&cur, &mask)?, Saved::Mask(mask))
                     }
-                    _ => (std::mem::take(&mut cur), Aux::None),
+                    _ => (cur, Saved::Shape(shape)),
                 },
-                HeadLayer::Dense(n_out) => {
-                    let k = self.param_of[i].expect("dense layers have parameters");
-                    let n_in = shape[0];
-                    (
-                        ops::dense_forward(
-                            &cur,
-                            &self.params[k].data,
-                            &self.params[k + 1].data,
-                            n_in,
-                            n_out,
-                        ),
-                        Aux::None,
-                    )
-                }
             };
+            cur = next;
             if train {
-                tape.inputs.push(std::mem::replace(&mut cur, next));
-                tape.aux.push(aux);
-            } else {
-                cur = next;
+                saved.push(keep);
             }
-            shape = self.shapes[i].clone();
         }
-        Ok((cur, tape))
+        Ok((cur, HeadTape { saved }))
     }
 
-    /// Logits without dropout, in chunks so memory stays bounded on large sets.
-    pub fn logits(&self, x: &[T]) -> Result<Vec<T>> {
-        let n = self.input_len();
-        let mut out = Vec::with_capacity(x.len() / n.max(1) * self.classes());
-        for chunk in x.chunks(n.max(1) * 256) {
-            out.extend(self.forward(chunk, Mode::Eval)?.0);
+    /// Logits without dropout for host features, in host memory, 256 rows at a time so
+    /// memory stays bounded on large sets.
+    pub fn logits(&self, be: &dyn Backend, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        let n = x.dims()[0];
+        let mut parts = Vec::new();
+        for start in (0..n).step_by(256) {
+            let rows = be.upload(x.rows(start, 256.min(n - start))?)?;
+            parts.push(be.to_host(self.forward(be, &rows, Mode::Eval)?.0)?);
         }
-        Ok(out)
+        concat_rows(&parts, self.classes(), x.dtype())
     }
 
-    /// Class probabilities (softmax of the logits), `classes` per row.
-    pub fn predict_proba(&self, x: &[T]) -> Result<Vec<T>> {
-        Ok(ops::softmax(&self.logits(x)?, self.classes()))
-    }
-
-    /// The gradient of every parameter (in `params` order) given the gradient of the loss with
-    /// respect to the logits.
-    pub fn backward(&self, tape: &Tape<T>, dlogits: &[T]) -> Vec<Vec<T>> {
-        let mut grads: Vec<Vec<T>> = self.params.iter().map(|_| Vec::new()).collect();
-        let mut dy = dlogits.to_vec();
+    /// The gradient of every parameter (in [`Head::params`] order) given the gradient of the
+    /// loss with respect to the logits, and with `want_input` the gradient with respect to the
+    /// head's input (what a trainable base below it, or Grad-CAM, needs).
+    pub fn backward(
+        &self,
+        be: &dyn Backend,
+        tape: &HeadTape,
+        dlogits: &Tensor,
+        want_input: bool,
+    ) -> Result<(Vec<Tensor>, Option<Tensor>)> {
+        if tape.saved.len() != self.spec.layers.len() {
+            return Err(Error::Invalid(
+                "the head's backward pass needs the tape of a training forward pass".into(),
+            ));
+        }
+        let mut grads: Vec<Vec<Tensor>> = vec![Vec::new(); self.spec.layers.len()];
+        let mut dy = dlogits.clone();
         for i in (0..self.spec.layers.len()).rev() {
-            let x = &tape.inputs[i];
-            let in_shape = if i == 0 {
-                &self.input
-            } else {
-                &self.shapes[i - 1]
+            let need_dx = want_input || i > 0;
+            let next = match (&self.spec.layers[i], &tape.saved[i]) {
+                (HeadLayer::Dense(_), Saved::InOut(x, y)) => {
+                    let (_, p) = self.weights[i].as_ref().expect("dense layers have weights");
+                    let wanted = Wanted {
+                        input: need_dx,
+                        params: true,
+                    };
+                    let g = be.dense_backward(x, y, &dy, p, Activation::Linear, wanted)?;
+                    grads[i] = g.kernel.into_iter().chain(g.bias).collect();
+                    g.input
+                }
+                _ if !need_dx => None,
+                (HeadLayer::GlobalAvgPool, Saved::Input(x)) => {
+                    Some(be.global_pool_backward(x, &dy, GlobalPool::Avg)?)
+                }
+                (HeadLayer::GlobalMaxPool, Saved::Input(x)) => {
+                    Some(be.global_pool_backward(x, &dy, GlobalPool::Max)?)
+                }
+                (HeadLayer::Flatten, Saved::Shape(s)) => Some(dy.clone().reshape(s.clone())?),
+                (HeadLayer::Relu, Saved::Output(y)) => Some(be.relu_backward(y, &dy)?),
+                (HeadLayer::Dropout(_), Saved::Mask(m)) => Some(be.mul(&dy, m)?),
+                (HeadLayer::Dropout(_), Saved::Shape(_)) => Some(dy.clone()),
+                (layer, _) => {
+                    return Err(Error::Invalid(format!(
+                        "the head's tape does not match its layer {layer}"
+                    )));
+                }
             };
-            let need_dx = i > 0;
-            dy = match (self.spec.layers[i], &tape.aux[i]) {
-                (HeadLayer::Dense(n_out), _) => {
-                    let k = self.param_of[i].expect("dense layers have parameters");
-                    let (dx, dw, db) =
-                        ops::dense_backward(x, &self.params[k].data, &dy, in_shape[0], n_out);
-                    grads[k] = dw;
-                    grads[k + 1] = db;
-                    dx
-                }
-                _ if !need_dx => Vec::new(),
-                (HeadLayer::GlobalAvgPool, _) => {
-                    ops::global_avg_pool_backward(&dy, in_shape[0] * in_shape[1], in_shape[2])
-                }
-                (HeadLayer::GlobalMaxPool, Aux::Winners(arg)) => {
-                    ops::global_max_pool_backward(&dy, arg, x.len())
-                }
-                (HeadLayer::Relu, _) => ops::relu_backward(x, &dy),
-                (HeadLayer::Dropout(_), Aux::Mask(mask)) => ops::mul_mask(&dy, mask),
-                (HeadLayer::Flatten | HeadLayer::Dropout(_), _) => dy,
-                (HeadLayer::GlobalMaxPool, _) => unreachable!("max pooling records its winners"),
-            };
+            match next {
+                Some(d) => dy = d,
+                None => break,
+            }
         }
-        grads
+        let dx = want_input.then_some(dy);
+        Ok((grads.into_iter().flatten().collect(), dx))
     }
 }
 
-impl<T: Real> Head<T> {
-    /// Keras's `l2(l2)` kernel regularizer: `l2 * sum(w^2)` over every kernel.
-    pub fn l2_penalty(&self, l2: f64) -> T {
-        let mut s = T::ZERO;
-        for p in self.params.iter().filter(|p| p.decay) {
-            for &w in &p.data {
-                s += w * w;
+/// An inverted-dropout mask, as Keras's `Dropout`: each value is kept with probability
+/// `1 - rate` and scaled by `1 / (1 - rate)`, so inference needs no rescaling. Drawn on the
+/// host from keel's generator, so a seeded run is the same on every device.
+pub fn dropout_mask(shape: &Shape, dtype: DType, rate: f64, rng: &mut Rng) -> Result<Tensor> {
+    let keep = 1.0 / (1.0 - rate);
+    let values: Vec<f64> = (0..shape.numel())
+        .map(|_| {
+            if (rng.next_f32() as f64) < rate {
+                0.0
+            } else {
+                keep
             }
-        }
-        s * T::from_f64(l2)
-    }
+        })
+        .collect();
+    Tensor::from_values(shape.clone(), &values)?.cast(dtype)
+}
 
-    /// Add the gradient of [`Head::l2_penalty`], `2 * l2 * w`, to `grads`.
-    pub fn add_l2_gradient(&self, l2: f64, grads: &mut [Vec<T>]) {
-        let k = T::from_f64(2.0 * l2);
-        for (p, g) in self.params.iter().zip(grads).filter(|(p, _)| p.decay) {
-            for (gi, &w) in g.iter_mut().zip(&p.data) {
-                *gi += k * w;
-            }
+/// Stack `(n_i, width)` host tensors into one `(sum n_i, width)` tensor.
+pub fn concat_rows(parts: &[Tensor], width: usize, dtype: DType) -> Result<Tensor> {
+    let n: usize = parts.iter().map(|p| p.dims()[0]).sum();
+    let mut out = Tensor::zeros_of([n, width], dtype)?;
+    let mut at = 0;
+    for p in parts {
+        let len = p.numel();
+        match dtype {
+            DType::F64 => out.values_mut::<f64>()?[at..at + len].copy_from_slice(p.values()?),
+            _ => out.values_mut::<f32>()?[at..at + len].copy_from_slice(p.values()?),
         }
+        at += len;
     }
+    Ok(out)
 }

@@ -34,6 +34,7 @@ const TRAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
 const VAL_COLOR: RGBColor = RGBColor(230, 110, 0);
 const Y_TICKS: usize = 8;
 const MARKER_COLOR: RGBColor = RGBColor(120, 120, 120);
+const PHASE_COLOR: RGBColor = RGBColor(214, 39, 40);
 const GRID_BOLD: RGBColor = RGBColor(215, 215, 215);
 
 /// Largest confusion grid side in pixels: bounds memory for absurd class counts.
@@ -107,10 +108,14 @@ fn draw_title(root: &DrawingArea<BitMapBackend<'_>, Shift>, title: &str) -> Resu
 ///
 /// Non-finite values (a diverged epoch) are skipped rather than poisoning the axis
 /// ranges; the line simply joins the neighbouring finite epochs.
+///
+/// With `fine_tune_from`, the epoch where fine-tuning starts gets a marker, so the two phases
+/// read as one run.
 pub fn curves_png(
     title: &str,
     points: &[EpochPoint],
     best_epoch: Option<usize>,
+    fine_tune_from: Option<usize>,
 ) -> Result<Vec<u8>, String> {
     if points.is_empty() {
         return Err("curves_png: no epochs to plot".to_string());
@@ -127,8 +132,14 @@ pub fn curves_png(
         draw_title(&root, title)?;
         let (_, body) = root.split_vertically(50);
         let (left, right) = body.split_horizontally(w / 2);
-        draw_panel(&left, &sorted, Metric::Loss, best_epoch)?;
-        draw_panel(&right, &sorted, Metric::Accuracy, best_epoch)?;
+        draw_panel(&left, &sorted, Metric::Loss, best_epoch, fine_tune_from)?;
+        draw_panel(
+            &right,
+            &sorted,
+            Metric::Accuracy,
+            best_epoch,
+            fine_tune_from,
+        )?;
         root.present().map_err(draw_err)?;
     }
     encode_png(buf, (w, h))
@@ -249,6 +260,7 @@ fn draw_panel(
     points: &[&EpochPoint],
     metric: Metric,
     best_epoch: Option<usize>,
+    fine_tune_from: Option<usize>,
 ) -> Result<(), String> {
     let train = finite_series(points, |p| Some(metric.train(p)));
     let val = finite_series(points, |p| metric.val(p));
@@ -299,6 +311,17 @@ fn draw_panel(
         .bold_line_style(GRID_BOLD)
         .draw()
         .map_err(draw_err)?;
+
+    if let Some(start) = fine_tune_from.filter(|s| (first..=last).contains(s)) {
+        // Between the last head-only epoch and the first fine-tuning one.
+        let x = start as f64 - 0.5;
+        let style = PHASE_COLOR.stroke_width(2);
+        chart
+            .draw_series(LineSeries::new(vec![(x, y_lo), (x, y_hi)], style))
+            .map_err(draw_err)?
+            .label(format!("fine-tuning from epoch {start}"))
+            .legend(move |(lx, ly)| PathElement::new(vec![(lx, ly), (lx + 20, ly)], style));
+    }
 
     if let Some(best) = best_epoch.filter(|b| (first..=last).contains(b)) {
         let x = best as f64;
@@ -690,17 +713,17 @@ mod tests {
 
     #[test]
     fn curves_render_with_best_marker() {
-        check_curves(&curves_png("vgg16 fine-tune", &run(12, true), Some(7)).unwrap());
+        check_curves(&curves_png("vgg16 fine-tune", &run(12, true), Some(7), Some(6)).unwrap());
     }
 
     #[test]
     fn curves_single_epoch() {
-        check_curves(&curves_png("one epoch", &run(1, true), Some(1)).unwrap());
+        check_curves(&curves_png("one epoch", &run(1, true), Some(1), None).unwrap());
     }
 
     #[test]
     fn curves_without_validation() {
-        check_curves(&curves_png("no val", &run(5, false), None).unwrap());
+        check_curves(&curves_png("no val", &run(5, false), None, None).unwrap());
     }
 
     #[test]
@@ -710,7 +733,7 @@ mod tests {
         pts[3].val_loss = Some(f64::INFINITY);
         pts[4].train_acc = f64::NEG_INFINITY;
         pts[5].train_loss = f64::MAX;
-        check_curves(&curves_png("diverged", &pts, Some(2)).unwrap());
+        check_curves(&curves_png("diverged", &pts, Some(2), None).unwrap());
     }
 
     #[test]
@@ -722,7 +745,7 @@ mod tests {
             p.train_acc = 0.25;
             p.val_acc = None;
         }
-        check_curves(&curves_png("flat", &pts, None).unwrap());
+        check_curves(&curves_png("flat", &pts, None, None).unwrap());
     }
 
     #[test]
@@ -732,7 +755,7 @@ mod tests {
         pts.reverse();
         pts[0].epoch = 0;
         pts[1].train_acc = 87.0;
-        check_curves(&curves_png("odd input", &pts, Some(99)).unwrap());
+        check_curves(&curves_png("odd input", &pts, Some(99), None).unwrap());
     }
 
     #[test]
@@ -747,7 +770,7 @@ mod tests {
     #[test]
     fn curves_reject_empty_input() {
         assert!(
-            curves_png("empty", &[], None)
+            curves_png("empty", &[], None, None)
                 .unwrap_err()
                 .contains("no epochs")
         );
@@ -829,7 +852,7 @@ mod tests {
         pts[9].val_loss = Some(f64::NAN);
         std::fs::write(
             dir.join("curves.png"),
-            curves_png("vgg16 on flowers: fine-tune", &pts, Some(8)).unwrap(),
+            curves_png("vgg16 on flowers: fine-tune", &pts, Some(8), None).unwrap(),
         )
         .unwrap();
         let m = vec![vec![48, 2, 0], vec![5, 40, 5], vec![0, 0, 0]];
@@ -865,7 +888,7 @@ mod tests {
         .unwrap();
         std::fs::write(
             dir.join("curves1.png"),
-            curves_png("one epoch, no val", &run(1, false), Some(1)).unwrap(),
+            curves_png("one epoch, no val", &run(1, false), Some(1), None).unwrap(),
         )
         .unwrap();
     }

@@ -1,0 +1,122 @@
+//! The one place the command line turns `--device`, `--isa` and `--algo` (and `KEEL_ISA`) into
+//! a backend, which every command then hands down. Nothing below the CLI builds one.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+
+use crate::cpu::conv::ConvAlgo;
+use crate::cpu::isa::Isa;
+use crate::cpu::{Cpu, CpuReference};
+use crate::tensor::{Backend, Device};
+
+/// The options of every command that runs the network.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Where to compute: cpu, or cuda[:N] (a GPU, in a build with the cuda feature).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: String,
+    /// CPU instruction set: portable, avx2 or avx512 on x86-64, neon on aarch64, or reference
+    /// for the plain reference kernels [default: KEEL_ISA (a cap), else the best this CPU
+    /// has].
+    #[arg(long, value_name = "ISA")]
+    pub isa: Option<String>,
+    /// Convolution algorithm wherever it applies: reference, direct, implicit-gemm, winograd2
+    /// or winograd4 [default: keel's choice per layer].
+    #[arg(long, value_name = "ALGO")]
+    pub algo: Option<String>,
+}
+
+impl BackendArgs {
+    /// The backend these options name, checked against this machine.
+    pub fn build(&self) -> anyhow::Result<Arc<dyn Backend>> {
+        let device = Device::parse(&self.device)?;
+        if let Device::Cuda(_) = device {
+            bail!(
+                "--device {device}: {}",
+                if cfg!(feature = "cuda") {
+                    "the CUDA backend is not in this version of keel yet; use --device cpu"
+                } else {
+                    "this keel was built without CUDA; rebuild with --features cuda, or use \
+                     --device cpu"
+                }
+            );
+        }
+        if self.isa.as_deref() == Some("reference") {
+            if self.algo.is_some() {
+                bail!("--algo applies to the fast kernels, not to --isa reference");
+            }
+            return Ok(Arc::new(CpuReference));
+        }
+        let mut cpu = Cpu::with_isa(parse_isa(self.isa.as_deref())?)?;
+        if let Some(a) = &self.algo {
+            cpu = cpu.with_algo(parse_algo(a)?);
+        }
+        Ok(Arc::new(cpu))
+    }
+}
+
+impl Default for BackendArgs {
+    fn default() -> Self {
+        BackendArgs {
+            device: "cpu".into(),
+            isa: None,
+            algo: None,
+        }
+    }
+}
+
+/// `--isa`, which this CPU must run, else `KEEL_ISA` capped to what it has, else the best
+/// level here.
+pub fn parse_isa(s: Option<&str>) -> anyhow::Result<Isa> {
+    Ok(match s {
+        Some(s) => Isa::parse_exact(s, "--isa ")?,
+        None => Isa::from_env()?,
+    })
+}
+
+/// A convolution algorithm by name.
+pub fn parse_algo(s: &str) -> anyhow::Result<ConvAlgo> {
+    ConvAlgo::parse(s).with_context(|| {
+        let names: Vec<&str> = ConvAlgo::ALL.iter().map(|a| a.name()).collect();
+        format!("unknown --algo {s}: use one of {}", names.join(", "))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_what_it_is_asked_for_and_refuses_the_rest() {
+        let mut a = BackendArgs::default();
+        assert!(a.build().unwrap().name().starts_with("cpu-"));
+        a.isa = Some("reference".into());
+        assert_eq!(a.build().unwrap().name(), "cpu-reference");
+        a.algo = Some("winograd4".into());
+        assert!(a.build().is_err());
+        a.isa = Some("portable".into());
+        assert_eq!(a.build().unwrap().name(), "cpu-portable");
+        a.algo = Some("fft".into());
+        let e = a.build().err().unwrap().to_string();
+        assert!(e.contains("unknown --algo fft"), "{e}");
+        let e = BackendArgs {
+            device: "cuda:1".into(),
+            ..BackendArgs::default()
+        }
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.starts_with("--device cuda:1:"), "{e}");
+        let e = BackendArgs {
+            device: "tpu".into(),
+            ..BackendArgs::default()
+        }
+        .build()
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("unknown device 'tpu'"), "{e}");
+    }
+}
