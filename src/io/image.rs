@@ -20,56 +20,13 @@
 
 use std::io::Cursor;
 use std::path::Path;
-use std::str::FromStr;
 
 // `::image` is the crate; this module is also called `image`.
 use ::image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 
-use super::resize;
+pub use super::pixels::RgbImage;
+pub use super::resize::{Interpolation, resize};
 use crate::error::{Error, Result};
-
-/// How `load_img` resizes, by Keras's names for Pillow's filters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Interpolation {
-    /// Keras's default, and so keel's: it is what `load_img` does unless told otherwise, and
-    /// so what published accuracies were measured with.
-    #[default]
-    Nearest,
-    /// Pillow's triangle filter. When shrinking, it widens with the scale factor so that each
-    /// output averages every source pixel it covers (antialiasing), not just two of them.
-    Bilinear,
-}
-
-impl FromStr for Interpolation {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "nearest" => Ok(Interpolation::Nearest),
-            "bilinear" => Ok(Interpolation::Bilinear),
-            _ => Err(Error::Invalid(format!(
-                "unknown interpolation {s:?}: expected one of nearest, bilinear"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for Interpolation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Interpolation::Nearest => "nearest",
-            Interpolation::Bilinear => "bilinear",
-        })
-    }
-}
-
-/// 8-bit RGB, row-major HWC.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RgbImage {
-    pub height: usize,
-    pub width: usize,
-    pub data: Vec<u8>,
-}
 
 /// The most pixels keel decodes: Pillow's own limit (`Image.open` raises
 /// `DecompressionBombError` above twice `Image.MAX_IMAGE_PIXELS`). Every image Keras can load,
@@ -91,25 +48,6 @@ pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     decode_bytes(&bytes)
         .map_err(|problem| Error::file(path, format!("not a readable image ({problem})")))
-}
-
-/// Resize to `height` x `width` as Pillow's `Image.resize` does; the same size is a copy.
-/// (A zero side, which Pillow refuses, gives an empty image.)
-pub fn resize(img: &RgbImage, height: usize, width: usize, interp: Interpolation) -> RgbImage {
-    if (img.height, img.width) == (height, width) {
-        return img.clone();
-    }
-    if height == 0 || width == 0 {
-        return RgbImage {
-            height,
-            width,
-            data: Vec::new(),
-        };
-    }
-    match interp {
-        Interpolation::Nearest => resize::nearest(img, height, width),
-        Interpolation::Bilinear => resize::bilinear(img, height, width),
-    }
 }
 
 /// Keras's `load_img(path, target_size=target, interpolation=interp)` in RGB colour mode

@@ -11,6 +11,7 @@ pub mod image;
 pub mod keras;
 pub mod labels;
 pub mod npy;
+mod pixels;
 mod resize;
 pub mod safetensors;
 

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: where the shared data lives, and comparisons.
 #![allow(dead_code)]
 
+pub mod run;
+
 use std::path::PathBuf;
 
 use keel::cpu::isa::Isa;
