@@ -53,6 +53,13 @@ mod pool {
         Some(v)
     }
 
+    /// Drop every pooled buffer.
+    pub fn clear() {
+        if let Ok(mut pool) = POOL.lock() {
+            pool.clear();
+        }
+    }
+
     /// Keep `v` if it is large and the pool has room.
     pub fn give(v: Vec<Block>) {
         if v.capacity() < MIN_BLOCKS {
@@ -119,6 +126,13 @@ impl AlignedVec {
         let v: Vec<Block> = bytemuck::zeroed_vec(blocks);
         advise_huge_pages(&v);
         AlignedVec { blocks: v, len }
+    }
+
+    /// Give back the large freed buffers kept for reuse: after a phase whose activations were
+    /// large (the whole base at 320x320) and before one whose are small (fine-tuning the top),
+    /// they would only hold memory.
+    pub fn release_pooled() {
+        pool::clear();
     }
 
     /// A copy of `values`, aligned.

@@ -349,18 +349,17 @@ pub fn train(
     };
     timings.training_seconds = started.elapsed().as_secs_f64();
     let l2 = opts.fit.l2;
+    let validation_before = match (&tail, &features.val) {
+        (Some(_), Some(v)) => Some(evaluation(base, &model, v, &classes, l2)?),
+        _ => None,
+    };
+    drop(phase1_inputs);
 
     // Phase 2: the top of the base with the head.
     let mut fine_tune_info = None;
     let mut fine_tune_from = None;
-    let mut validation_before = None;
     let mut report_fit = phase1.clone();
     if let (Some(ft), Some(tail)) = (&opts.fine_tune, tail) {
-        validation_before = features
-            .val
-            .as_ref()
-            .map(|v| evaluation(base, &model, v, &classes, l2))
-            .transpose()?;
         let started = Instant::now();
         let offset = phase1.history.len();
         fine_tune_from = Some(offset + 1);
@@ -420,13 +419,10 @@ pub fn train(
         };
         model = ft_model;
     }
-    let eval_inputs: &Inputs = if model.tail.is_some() {
-        &inputs
-    } else {
-        features
-    };
-    let train_eval = evaluation(base, &model, &eval_inputs.train, &classes, l2)?;
-    let val_eval = eval_inputs
+    // The final model reads the stored rows: with a tail they are its input, without one the
+    // head's features.
+    let train_eval = evaluation(base, &model, &inputs.train, &classes, l2)?;
+    let val_eval = inputs
         .val
         .as_ref()
         .map(|v| evaluation(base, &model, v, &classes, l2))
