@@ -34,7 +34,13 @@ fn main() -> anyhow::Result<()> {
     let be = backend.as_ref();
 
     // The base, and what trains: block5's convolutions and pool (a copy with its own weights).
-    let base = FrozenBase::load(&weights, "block5_pool", [224, 224], Interpolation::Bilinear, backend.clone())?;
+    let base = FrozenBase::load(
+        &weights,
+        "block5_pool",
+        [224, 224],
+        Interpolation::Bilinear,
+        backend.clone(),
+    )?;
     let tail: ConvTail = base.tail("block5_conv1")?;
     // The frozen part runs once per image: store its output, block5_conv1's input.
     let below = base.at_layer(&base.layer_before(tail.first_layer())?)?;
@@ -55,9 +61,20 @@ fn main() -> anyhow::Result<()> {
     let phase1_x = run_tail(be, frozen.as_ref().unwrap(), &train_x)?;
     let phase1_val = run_tail(be, frozen.as_ref().unwrap(), &val_x)?;
     let cfg = FitConfig::default();
-    fit(be, &mut model, &mut Fixed(&phase1_x), Some(&phase1_val), &cfg, &mut |m| {
-        println!("head  epoch {:>2} val_acc {:.4}", m.epoch, m.val_accuracy.unwrap_or(0.0));
-    })?;
+    fit(
+        be,
+        &mut model,
+        &mut Fixed(&phase1_x),
+        Some(&phase1_val),
+        &cfg,
+        &mut |m| {
+            println!(
+                "head  epoch {:>2} val_acc {:.4}",
+                m.epoch,
+                m.val_accuracy.unwrap_or(0.0)
+            );
+        },
+    )?;
 
     // Phase 2: put the tail back and train both, at a small learning rate.
     model.tail = frozen;
@@ -67,9 +84,20 @@ fn main() -> anyhow::Result<()> {
         optimizer: OptimizerKind::from_name("adam").map_err(anyhow::Error::msg)?,
         ..cfg
     };
-    fit(be, &mut model, &mut Fixed(&train_x), Some(&val_x), &cfg2, &mut |m| {
-        println!("tuned epoch {:>2} val_acc {:.4}", m.epoch, m.val_accuracy.unwrap_or(0.0));
-    })?;
+    fit(
+        be,
+        &mut model,
+        &mut Fixed(&train_x),
+        Some(&val_x),
+        &cfg2,
+        &mut |m| {
+            println!(
+                "tuned epoch {:>2} val_acc {:.4}",
+                m.epoch,
+                m.val_accuracy.unwrap_or(0.0)
+            );
+        },
+    )?;
     let (_, acc, _) = evaluate(be, &model, &val_x, 0.0)?;
     println!("validation accuracy after fine-tuning: {:.2}%", acc * 100.0);
 

@@ -325,11 +325,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     );
     if let (Some(before), Some(after)) = (&r.validation_before_fine_tune, &r.validation) {
-        eprintln!(
-            "validation accuracy: {:.2}% with the head alone, {:.2}% fine-tuned",
-            before.metrics.accuracy * 100.0,
-            after.metrics.accuracy * 100.0
-        );
+        match &outcome.model.card.fine_tune {
+            Some(f) if !f.kept => eprintln!(
+                "fine-tuning did not beat the head's best validation loss ({:.4}): the folder \
+                 keeps the head-only model ({:.2}% validation accuracy)",
+                before.loss,
+                before.metrics.accuracy * 100.0
+            ),
+            _ => eprintln!(
+                "validation accuracy: {:.2}% with the head alone, {:.2}% fine-tuned",
+                before.metrics.accuracy * 100.0,
+                after.metrics.accuracy * 100.0
+            ),
+        }
     }
     let (which, eval) = match &r.validation {
         Some(v) => ("validation", v),

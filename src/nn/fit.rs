@@ -278,7 +278,24 @@ pub fn fit(
     cfg: &FitConfig,
     on_epoch: &mut dyn FnMut(&EpochMetrics),
 ) -> Result<FitReport> {
+    fit_from(be, model, train, val, cfg, None, on_epoch)
+}
+
+/// [`fit`] continuing a run whose weights reached validation loss `baseline` (fine-tuning
+/// after the head's phase): an epoch must beat it to count as best, and if none does, the
+/// model keeps the weights it started with (`best_epoch` is then `None`), as early stopping
+/// across both phases would.
+pub fn fit_from(
+    be: &dyn Backend,
+    model: &mut Classifier,
+    train: &mut dyn TrainSource,
+    val: Option<&dyn Samples>,
+    cfg: &FitConfig,
+    baseline: Option<f64>,
+    on_epoch: &mut dyn FnMut(&EpochMetrics),
+) -> Result<FitReport> {
     cfg.validate()?;
+    let start = baseline.map(|b| (b, model.snapshot()));
     if let Some(v) = val {
         check_samples(model, v, "validation")?;
     }
@@ -357,21 +374,32 @@ pub fn fit(
         history.push(metrics);
         if let Some(vl) = val_loss {
             let min_delta = cfg.early_stopping.map_or(0.0, |e| e.min_delta);
-            let improved = best.as_ref().is_none_or(|(b, _, _)| vl < b - min_delta);
+            let to_beat = best.as_ref().map(|(b, _, _)| *b).or(baseline);
+            let improved = to_beat.is_none_or(|b| vl < b - min_delta);
+            // Epochs since the last improvement (or since the start, against a baseline).
+            let since = epoch + 1 - best.as_ref().map_or(0, |(_, e, _)| *e);
             if improved {
                 best = Some((vl, epoch + 1, model.snapshot()));
-            } else if let (Some(es), Some((_, best_epoch, _))) = (cfg.early_stopping, &best)
-                && epoch + 1 - best_epoch >= es.patience
+            } else if let Some(es) = cfg.early_stopping
+                && (best.is_some() || baseline.is_some())
+                && since >= es.patience
             {
                 stopped_early = true;
                 break;
             }
         }
     }
-    let best_epoch = best.map(|(_, epoch, weights)| {
-        model.restore(weights);
-        epoch
-    });
+    let best_epoch = match (best, start) {
+        (Some((_, epoch, weights)), _) => {
+            model.restore(weights);
+            Some(epoch)
+        }
+        (None, Some((_, initial))) if val.is_some_and(|v| !v.is_empty()) => {
+            model.restore(initial);
+            None
+        }
+        _ => None,
+    };
     Ok(FitReport {
         history,
         best_epoch,
@@ -516,6 +544,46 @@ mod tests {
             .map(|m| m.val_loss.unwrap())
             .fold(f64::INFINITY, f64::min);
         assert_eq!(report.history[best - 1].val_loss, Some(min));
+    }
+
+    #[test]
+    fn a_baseline_no_epoch_beats_keeps_the_starting_weights() {
+        let be = Cpu::new();
+        let cfg = FitConfig {
+            epochs: 3,
+            batch_size: 8,
+            ..FitConfig::default()
+        };
+        let spec = HeadSpec::parse("gap,dense8,relu,dropout0.5", 3).unwrap();
+        let mut model = Classifier::head_only(Head::new(spec, &[3, 3, 5], 1).unwrap());
+        let before = weights(&model);
+        let (mut train, val) = (blobs(61, 1), blobs(31, 2));
+        // A baseline of zero loss cannot be beaten.
+        let r = fit_from(
+            &be,
+            &mut model,
+            &mut train,
+            Some(&val),
+            &cfg,
+            Some(0.0),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(r.best_epoch, None);
+        assert_eq!(weights(&model), before, "the starting weights are kept");
+        // An easy baseline is beaten, as without one.
+        let r = fit_from(
+            &be,
+            &mut model,
+            &mut train,
+            Some(&val),
+            &cfg,
+            Some(1e9),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert!(r.best_epoch.is_some());
+        assert_ne!(weights(&model), before);
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct FineTuneInfo {
     /// Counted across both phases, as the history is.
     pub best_epoch: Option<usize>,
     pub stopped_early: bool,
+    /// Whether the fine-tuned layers were kept: no epoch beat the head's validation loss
+    /// otherwise, and the folder holds the head-only model (no `tuned.safetensors`).
+    pub kept: bool,
 }
 
 /// Everything in `model.json`.
@@ -117,6 +120,9 @@ impl TrainedModel {
         let (Some(ft), Some(tuned)) = (&self.card.fine_tune, &self.tuned) else {
             return Ok(base.clone());
         };
+        if !ft.kept {
+            return Ok(base.clone());
+        }
         let first = ft
             .layers
             .first()
@@ -270,8 +276,7 @@ impl TrainedModel {
         let head = Head::from_params(spec, &card.head.input_shape, params)
             .map_err(|e| Error::file(&head_path, e.to_string()))?;
         let tuned = match &card.fine_tune {
-            None => None,
-            Some(ft) => {
+            Some(ft) if ft.kept => {
                 let path = dir.join("tuned.safetensors");
                 let names = tensor_names(&path)?;
                 // The names and shapes are checked against the base when the model is used
@@ -303,6 +308,7 @@ impl TrainedModel {
                 }
                 Some(tensors)
             }
+            _ => None,
         };
         Ok(TrainedModel { card, head, tuned })
     }

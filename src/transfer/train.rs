@@ -378,11 +378,24 @@ pub fn train(
             epoch: m.epoch + offset,
             ..m.clone()
         };
-        let phase2 = fit::fit(be, &mut ft_model, source, val, &ft.fit, &mut |m| {
-            on_epoch(&renumber(m))
-        })
+        // Early stopping spans both phases: fine-tuning must beat the head's best validation
+        // loss, or the head-only model is what the folder keeps.
+        let baseline = phase1
+            .best_epoch
+            .and_then(|b| phase1.history.get(b - 1))
+            .and_then(|m| m.val_loss);
+        let phase2 = fit::fit_from(
+            be,
+            &mut ft_model,
+            source,
+            val,
+            &ft.fit,
+            baseline,
+            &mut |m| on_epoch(&renumber(m)),
+        )
         .map_err(|e| Error::Invalid(format!("fine-tuning {}: {e}", ft.first_layer())))?;
         timings.fine_tune_seconds = started.elapsed().as_secs_f64();
+        let kept = phase2.best_epoch.is_some() || baseline.is_none();
         let tuned = ft_model.tail.as_ref().expect("fine-tuning has a tail");
         let named: Vec<(String, crate::tensor::Tensor)> = tuned
             .params()
@@ -409,16 +422,21 @@ pub fn train(
             l2: ft.fit.l2,
             best_epoch: phase2.best_epoch.map(|b| b + offset),
             stopped_early: phase2.stopped_early,
+            kept,
         });
         let mut all = phase1.history.clone();
         all.extend(phase2.history.iter().map(renumber));
         report_fit = FitReport {
             history: all,
-            best_epoch: phase2.best_epoch.map(|b| b + offset),
+            best_epoch: match phase2.best_epoch {
+                Some(b) => Some(b + offset),
+                None => phase1.best_epoch,
+            },
             stopped_early: phase2.stopped_early,
         };
         model = ft_model;
     }
+    let kept_tuned = fine_tune_info.as_ref().is_some_and(|f| f.kept);
     // The final model reads the stored rows: with a tail they are its input, without one the
     // head's features.
     let train_eval = evaluation(base, &model, &inputs.train, &classes, l2)?;
@@ -429,13 +447,13 @@ pub fn train(
         .transpose()?;
     let head = model.head.clone();
     let tuned = match &model.tail {
-        Some(t) => Some(
+        Some(t) if kept_tuned => Some(
             t.params()
                 .into_iter()
                 .map(|p| Ok((p.name, be.to_host(p.tensor.clone())?)))
                 .collect::<Result<Vec<_>>>()?,
         ),
-        None => None,
+        _ => None,
     };
     let head_host = {
         let params = head
