@@ -13,6 +13,9 @@
 //!   plan. Other strides fall back to the reference loops.
 //! - **Kernel gradient.** `dk = im2col(x)^T dz`, `(kh kw Cin) x pixels` times `pixels x Cout`:
 //!   the packed GEMM with A gathered from the image block by block ([`Im2colT`]), never stored.
+//!   Where the forward pass would use Winograd (3x3 stride 1, enough tiles), the kernel
+//!   gradient uses it too, read the other way round ([`kernel_grad_winograd`]): 4x fewer
+//!   multiplies for F(4x4), as in the forward pass.
 //! - **Bias gradient.** Column sums of `dz`, in fixed chunks of pixels added in order.
 //!
 //! Every element is summed in an order that depends on neither the thread count nor timing,
@@ -20,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use super::{ConvAlgo, ConvPlan, Im2colT, conv2d_with, f32_host};
+use super::{ConvAlgo, ConvPlan, Im2colT, Variant, conv2d_with, f32_host, kernel_grad_winograd};
 use crate::cpu::gemm::{self, BSource, Epilogue};
 use crate::cpu::isa::Isa;
 use crate::cpu::{activation_backward, conv2d_input_grad};
@@ -56,7 +59,7 @@ pub fn conv2d_backward_with(
         None
     };
     let (kernel, bias) = if wanted.params {
-        let (k, b) = kernel_grad(isa, x, &dz, &g)?;
+        let (k, b) = kernel_grad(ConvAlgo::choose(forced, &g), isa, x, &dz, &g)?;
         (Some(k), Some(b))
     } else {
         (None, None)
@@ -136,23 +139,43 @@ fn input_grad(
     conv2d_with(ConvAlgo::choose(forced, &gt), isa, dz, flipped, &spec)
 }
 
-fn kernel_grad(isa: Isa, x: &Tensor, dz: &Tensor, g: &ConvGeometry) -> Result<(Tensor, Tensor)> {
+/// `dk` and `db`: by Winograd where the forward pass would use it (`algo`), else the GEMM over
+/// the transposed im2col.
+fn kernel_grad(
+    algo: ConvAlgo,
+    isa: Isa,
+    x: &Tensor,
+    dz: &Tensor,
+    g: &ConvGeometry,
+) -> Result<(Tensor, Tensor)> {
     let mut dk = Tensor::zeros(g.kernel_shape())?;
-    let a = Im2colT { x: x.data(), g: *g };
-    let b = BSource::Matrix {
-        data: dz.data(),
-        ld: g.cout,
-    };
-    gemm::gemm_source(
-        isa,
-        &a,
-        b,
-        g.cout,
-        dk.data_mut(),
-        g.cout,
-        Epilogue::NONE,
-        true,
-    );
+    match algo {
+        ConvAlgo::Winograd2 | ConvAlgo::Winograd4 if algo.supports(g) => {
+            let variant = if algo == ConvAlgo::Winograd2 {
+                Variant::F2
+            } else {
+                Variant::F4
+            };
+            kernel_grad_winograd(variant, isa, x.data(), dz.data(), g, dk.data_mut());
+        }
+        _ => {
+            let a = Im2colT { x: x.data(), g: *g };
+            let b = BSource::Matrix {
+                data: dz.data(),
+                ld: g.cout,
+            };
+            gemm::gemm_source(
+                isa,
+                &a,
+                b,
+                g.cout,
+                dk.data_mut(),
+                g.cout,
+                Epilogue::NONE,
+                true,
+            );
+        }
+    }
     Ok((dk, bias_grad(dz.data(), g.cout)?))
 }
 

@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 pub use backward::conv2d_backward_with;
 pub use direct::conv_direct;
 pub use im2col::{Im2col, Im2colT};
-pub use winograd::{Variant, WinogradWeights, conv_winograd};
+pub use winograd::{Variant, WinogradWeights, conv_winograd, kernel_grad_winograd};
 
 use crate::cpu::conv2d_reference;
 use crate::cpu::gemm::{self, BSource, Epilogue};

@@ -20,8 +20,8 @@ use rayon::prelude::*;
 
 use crate::cpu::gemm::{self, BSource, Epilogue, MatrixA, PackedB};
 use crate::cpu::isa::Isa;
-use crate::tensor::ConvGeometry;
 use crate::tensor::real::max_nan;
+use crate::tensor::{AlignedVec, ConvGeometry};
 
 const LANES: usize = 16;
 type V = [f32; LANES];
@@ -132,6 +132,10 @@ impl WinogradWeights {
 /// GEMMs enough rows (tiles) to run near peak.
 const BLOCK_FLOATS: usize = 2 << 20;
 
+/// Floats of V plus W per block of the kernel gradient: about 64 MB, a few hundred tiles of
+/// 512 channels (see [`kernel_grad_winograd`]).
+const WGRAD_BLOCK_FLOATS: usize = 16 << 20;
+
 /// `out = act(conv3x3(x) + bias)`; `g` must be a 3x3 stride-1 geometry matching `w`. With
 /// `pool`, `out` is instead that output max-pooled 2x2 with stride 2 (odd sizes floored, as
 /// Keras's `MaxPooling2D`), computed in the output transform: a tile's `m x m` outputs hold
@@ -238,6 +242,258 @@ pub fn conv_winograd(
                 }
             });
     }
+}
+
+/// The kernel gradient of a 3x3 stride-1 convolution, `dk = sum_pixels x * dz`, by Winograd:
+/// the forward algorithm's bilinear form read the other way round. For one 1-D tile,
+/// `y = A^T [(G g) . (B^T d)]` is linear in the filter `g`, so the gradient of
+/// `L = dy . y` with respect to `g` is `G^T [(A dy) . (B^T d)]`: the same input transform,
+/// `A` where the forward pass has `A^T` (for the output gradient, `m x m` to `a x a`), and `G^T`
+/// where it has `G` (back from `a x a` to the 3x3 filter). In 2-D, summed over tiles, the
+/// element-wise products become `a^2` GEMMs over the tiles,
+/// `M_e[Cin x Cout] += V_e^T[Cin x tiles] * W_e[tiles x Cout]`, with `V = B^T d B` and
+/// `W = A dz A^T`, and `dk = G^T M G` per channel pair. F(4x4) does 36 multiplies per channel
+/// pair and tile where the direct sum does 144.
+///
+/// `dz` is the gradient with respect to the pre-activation output (NHWC, `g`'s output shape);
+/// `dk` receives the `(3, 3, Cin, Cout)` gradient.
+pub fn kernel_grad_winograd(
+    variant: Variant,
+    isa: Isa,
+    x: &[f32],
+    dz: &[f32],
+    g: &ConvGeometry,
+    dk: &mut [f32],
+) {
+    assert!(
+        g.kh == 3 && g.kw == 3 && g.stride == [1, 1],
+        "Winograd needs a 3x3 stride-1 geometry"
+    );
+    assert_eq!(dk.len(), 9 * g.cin * g.cout, "a 3x3 kernel gradient");
+    let (m, a) = (variant.m(), variant.a());
+    let aa = a * a;
+    let (cin, cout) = (g.cin, g.cout);
+    let (th, tw) = (g.oh.div_ceil(m), g.ow.div_ceil(m));
+    let tile_rows = g.n * th;
+    // Here the tiles are the GEMMs' depth (K), not their rows: blocks of a few hundred tiles
+    // keep each M_e update compute-bound (a block of 65 tiles, the forward pass's size for 512
+    // channels, read and wrote each 1 MB M_e per 65-deep product and ran slower than the GEMM
+    // over im2col).
+    let per_tile = aa * (cin + cout);
+    let target_tiles = (WGRAD_BLOCK_FLOATS / per_tile).max(64);
+    let rows_per_block = target_tiles.div_ceil(tw.max(1)).clamp(1, tile_rows.max(1));
+    let (vlen, wlen) = (
+        rows_per_block * tw * aa * cin,
+        rows_per_block * tw * aa * cout,
+    );
+    let (mlen, rlen) = (aa * cin * cout, 9 * cin * cout);
+    // V, W, M (38 MB for 512 channels) and the transformed rows, in one buffer kept by this
+    // thread from call to call: fresh pages from the kernel for them took a quarter of the
+    // time in page faults, and nothing here needs them zeroed.
+    let mut scratch = WGRAD_SCRATCH.take();
+    if scratch.len() < vlen + wlen + mlen + rlen {
+        scratch = AlignedVec::zeros(vlen + wlen + mlen + rlen);
+    }
+    let (vbuf, rest) = scratch.as_mut_slice().split_at_mut(vlen);
+    let (wbuf, rest) = rest.split_at_mut(wlen);
+    let (msum, rest) = rest.split_at_mut(mlen);
+    let rows = &mut rest[..rlen];
+    if tile_rows == 0 || tw == 0 {
+        msum.fill(0.0);
+    }
+    for r0 in (0..tile_rows).step_by(rows_per_block) {
+        let r1 = (r0 + rows_per_block).min(tile_rows);
+        let tiles = (r1 - r0) * tw;
+        let v = &mut vbuf[..tiles * aa * cin];
+        let w = &mut wbuf[..tiles * aa * cout];
+        // 1. Input transform, as in the forward pass: V[t][e][ci]; 2. the output gradient's,
+        // W[t][e][co].
+        v.par_chunks_mut(aa * cin)
+            .zip(w.par_chunks_mut(aa * cout))
+            .enumerate()
+            .for_each(|(t, (vt, wt))| {
+                let (row, tx) = (r0 + t / tw, t % tw);
+                let (n, ty) = (row / th, row % th);
+                dispatch_input(variant, isa, x, g, n, ty * m, tx * m, vt);
+                dispatch_grad(variant, isa, dz, g, n, ty * m, tx * m, wt);
+            });
+        // 3. M_e = V_e^T W_e for the first block, += for the others; one e per task.
+        let ep = if r0 == 0 {
+            Epilogue::NONE
+        } else {
+            Epilogue::ACCUMULATE
+        };
+        let (v, w) = (&*v, &*w);
+        msum.par_chunks_mut(cin * cout)
+            .enumerate()
+            .for_each(|(e, me)| {
+                let vt = gemm::TransposedA {
+                    data: &v[e * cin..],
+                    rows: cin,
+                    cols: tiles,
+                    ld: aa * cin,
+                };
+                let we = BSource::Matrix {
+                    data: &w[e * cout..],
+                    ld: aa * cout,
+                };
+                gemm::gemm_source(isa, &vt, we, cout, me, cout, ep, false);
+            });
+    }
+    // 4. dk = G^T M G per channel pair: one input channel per task into `[ci][tap][co]`, 16
+    // output channels per vector step, then each tap's rows into place.
+    let msum = &*msum;
+    rows.par_chunks_mut(9 * cout)
+        .enumerate()
+        .for_each(|(ci, out)| filter_grad_row(variant, msum, cin, cout, ci, out));
+    let rows = &*rows;
+    dk.par_chunks_mut(cin * cout)
+        .enumerate()
+        .for_each(|(tap, dtap)| {
+            for (drow, row) in dtap.chunks_exact_mut(cout).zip(rows.chunks_exact(9 * cout)) {
+                drow.copy_from_slice(&row[tap * cout..][..cout]);
+            }
+        });
+    WGRAD_SCRATCH.set(scratch);
+}
+
+thread_local! {
+    /// The kernel gradient's V, W, M and transformed rows, kept by each calling thread.
+    static WGRAD_SCRATCH: std::cell::Cell<AlignedVec> = std::cell::Cell::new(AlignedVec::zeros(0));
+}
+
+/// `A dz A^T` of the `m x m` output-gradient block at `(oy0, ox0)` of image `n` (zero past the
+/// output's edges), into `wt[e][co]`.
+#[inline(always)]
+fn grad_tile_generic(
+    variant: Variant,
+    dz: &[f32],
+    g: &ConvGeometry,
+    n: usize,
+    oy0: usize,
+    ox0: usize,
+    wt: &mut [f32],
+) {
+    match variant {
+        Variant::F2 => grad_tile::<2, 4>(dz, g, n, oy0, ox0, wt, |d, o| a2(d, o)),
+        Variant::F4 => grad_tile::<4, 6>(dz, g, n, oy0, ox0, wt, |d, o| a4(d, o)),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn grad_tile<const M: usize, const A: usize>(
+    dz: &[f32],
+    g: &ConvGeometry,
+    n: usize,
+    oy0: usize,
+    ox0: usize,
+    wt: &mut [f32],
+    a: impl Fn(&dyn Fn(usize) -> f32, &mut dyn FnMut(usize, f32)) + Copy,
+) {
+    let cout = g.cout;
+    for c0 in (0..cout).step_by(LANES) {
+        let lanes = LANES.min(cout - c0);
+        let mut d = [[[0f32; LANES]; M]; M];
+        for (i, drow) in d.iter_mut().enumerate() {
+            for (j, dv) in drow.iter_mut().enumerate() {
+                let (oy, ox) = (oy0 + i, ox0 + j);
+                if oy < g.oh && ox < g.ow {
+                    load_lanes(dv, &dz[((n * g.oh + oy) * g.ow + ox) * cout + c0..], lanes);
+                }
+            }
+        }
+        let mut t = [[[0f32; LANES]; A]; A];
+        apply_2d(&d, &mut t, a);
+        for i in 0..A {
+            for j in 0..A {
+                store_lanes(&mut wt[(i * A + j) * cout + c0..], &t[i][j], lanes);
+            }
+        }
+    }
+}
+
+/// `G^T M G` for input channel `ci`: `msum[e][ci][co]` to `out[tap][co]`.
+fn filter_grad_row(
+    variant: Variant,
+    msum: &[f32],
+    cin: usize,
+    cout: usize,
+    ci: usize,
+    out: &mut [f32],
+) {
+    fn run<const A: usize>(
+        msum: &[f32],
+        cin: usize,
+        cout: usize,
+        ci: usize,
+        out: &mut [f32],
+        gt: impl Fn(&dyn Fn(usize) -> f32, &mut dyn FnMut(usize, f32)) + Copy,
+    ) {
+        for c0 in (0..cout).step_by(LANES) {
+            let lanes = LANES.min(cout - c0);
+            let mut d = [[[0f32; LANES]; A]; A];
+            for (i, drow) in d.iter_mut().enumerate() {
+                for (j, dv) in drow.iter_mut().enumerate() {
+                    let e = i * A + j;
+                    load_lanes(dv, &msum[(e * cin + ci) * cout + c0..], lanes);
+                }
+            }
+            let mut k = [[[0f32; LANES]; 3]; 3];
+            apply_2d(&d, &mut k, gt);
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    store_lanes(&mut out[(ky * 3 + kx) * cout + c0..], &k[ky][kx], lanes);
+                }
+            }
+        }
+    }
+    match variant {
+        Variant::F2 => run::<4>(msum, cin, cout, ci, out, |d, o| gt2(d, o)),
+        Variant::F4 => run::<6>(msum, cin, cout, ci, out, |d, o| gt4(d, o)),
+    }
+}
+
+/// `A d` for F(2x2) (the transpose of `A^T`, `at2`): `m = 2` values to `a = 4`.
+#[inline(always)]
+fn a2(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
+    let (d0, d1) = (d(0), d(1));
+    o(0, d0);
+    o(1, d0 + d1);
+    o(2, d0 - d1);
+    o(3, -d1);
+}
+
+/// `A d` for F(4x4) (the transpose of `at4`): 4 values to 6.
+#[inline(always)]
+fn a4(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
+    let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
+    o(0, d0);
+    o(1, d0 + d1 + d2 + d3);
+    o(2, d0 - d1 + d2 - d3);
+    o(3, d0 + 2.0 * d1 + 4.0 * d2 + 8.0 * d3);
+    o(4, d0 - 2.0 * d1 + 4.0 * d2 - 8.0 * d3);
+    o(5, d3);
+}
+
+/// `G^T d` for F(2x2): `a = 4` values back to the 3 taps (G's rows: (1 0 0), (.5 .5 .5),
+/// (.5 -.5 .5), (0 0 1)).
+#[inline(always)]
+fn gt2(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
+    let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
+    o(0, d0 + 0.5 * (d1 + d2));
+    o(1, 0.5 * (d1 - d2));
+    o(2, 0.5 * (d1 + d2) + d3);
+}
+
+/// `G^T d` for F(4x4): 6 values back to 3 (G's rows in `Variant::g`).
+#[inline(always)]
+fn gt4(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
+    let (d0, d1, d2, d3, d4, d5) = (d(0), d(1), d(2), d(3), d(4), d(5));
+    let (s12, d12, s34, d34) = (d1 + d2, d1 - d2, d3 + d4, d3 - d4);
+    o(0, 0.25 * d0 - s12 / 6.0 + s34 / 24.0);
+    o(1, -d12 / 6.0 + d34 / 12.0);
+    o(2, -s12 / 6.0 + s34 / 6.0 + d5);
 }
 
 // ---- transforms ----------------------------------------------------------------------------
@@ -556,6 +812,41 @@ fn dispatch_input(
     }
     let _ = isa;
     input_generic(variant, x, g, n, oy0, ox0, vt)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn grad_avx2(
+    variant: Variant,
+    dz: &[f32],
+    g: &ConvGeometry,
+    n: usize,
+    oy0: usize,
+    ox0: usize,
+    wt: &mut [f32],
+) {
+    grad_tile_generic(variant, dz, g, n, oy0, ox0, wt)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dispatch_grad(
+    variant: Variant,
+    isa: Isa,
+    dz: &[f32],
+    g: &ConvGeometry,
+    n: usize,
+    oy0: usize,
+    ox0: usize,
+    wt: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if isa.runs_avx2() {
+        // SAFETY: AVX2 and FMA are available (checked just above).
+        return unsafe { grad_avx2(variant, dz, g, n, oy0, ox0, wt) };
+    }
+    let _ = isa;
+    grad_tile_generic(variant, dz, g, n, oy0, ox0, wt)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -88,6 +88,9 @@ pub fn gemm<K: Micro>(
         return;
     }
     if k == 0 {
+        if ep.accumulate {
+            return; // C += nothing
+        }
         // An empty sum: C is the epilogue of zero.
         for row in c.chunks_mut(ldc).take(m) {
             for (j, v) in row[..n].iter_mut().enumerate() {
@@ -129,7 +132,10 @@ pub fn gemm<K: Micro>(
                 data: &data[j0..],
                 ld,
             };
-            let ep = Epilogue::new(ep.bias.map(|bias| &bias[j0..]), ep.relu);
+            let ep = Epilogue {
+                bias: ep.bias.map(|bias| &bias[j0..]),
+                ..ep
+            };
             // SAFETY: column j0 < n is inside C's first row; this task writes only columns
             // j0..j0+per of C's rows.
             let c = unsafe { cp.add(j0) };
@@ -284,7 +290,7 @@ fn run<K: Micro>(a: &dyn ASource, b: BSource, n: usize, cp: CPtr, ldc: usize, ep
                     cp,
                     ic,
                     ldc,
-                    pc > 0,
+                    pc > 0 || ep.accumulate,
                     if last { ep } else { Epilogue::NONE },
                 );
                 A_BUF.set(abuf);

@@ -18,7 +18,7 @@ mod pack;
 
 pub use driver::BSource;
 pub use naive::{gemm_blocked, gemm_naive};
-pub use pack::{ASource, MatrixA, PackedB, pack_b};
+pub use pack::{ASource, MatrixA, PackedB, TransposedA, pack_b};
 
 use crate::cpu::isa::Isa;
 use micro::{Micro, Portable};
@@ -27,23 +27,38 @@ use micro_neon::Neon;
 #[cfg(target_arch = "x86_64")]
 use micro_x86::{Avx2, Avx512};
 
-/// What happens to each element of C after the sum: `relu(sum + bias[j])`.
+/// What happens to each element of C after the sum: `relu(sum + bias[j])`, or with
+/// `accumulate` the sum added to what C holds (a gradient summed over blocks of a batch).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Epilogue<'a> {
     /// Added per column (one value per output channel in a convolution).
     pub bias: Option<&'a [f32]>,
     /// Negative results become zero; NaN stays NaN, as in the reference kernels.
     pub relu: bool,
+    /// `C += A * B` rather than `C = A * B`.
+    pub accumulate: bool,
 }
 
 impl<'a> Epilogue<'a> {
     pub const NONE: Epilogue<'static> = Epilogue {
         bias: None,
         relu: false,
+        accumulate: false,
+    };
+
+    /// `C += A * B`.
+    pub const ACCUMULATE: Epilogue<'static> = Epilogue {
+        bias: None,
+        relu: false,
+        accumulate: true,
     };
 
     pub fn new(bias: Option<&'a [f32]>, relu: bool) -> Self {
-        Epilogue { bias, relu }
+        Epilogue {
+            bias,
+            relu,
+            accumulate: false,
+        }
     }
 
     /// The epilogue of one element in column `j`, for the scalar kernels.

@@ -23,7 +23,12 @@ pub fn gemm_naive(
             for p in 0..k {
                 s += a[i * lda + p] * b[p * ldb + j];
             }
-            c[i * ldc + j] = ep.apply(s, j);
+            let at = i * ldc + j;
+            c[at] = if ep.accumulate {
+                c[at] + s
+            } else {
+                ep.apply(s, j)
+            };
         }
     }
 }
@@ -49,8 +54,10 @@ pub fn gemm_blocked(
     ldc: usize,
     ep: Epilogue,
 ) {
-    for i in 0..m {
-        c[i * ldc..][..n].fill(0.0);
+    if !ep.accumulate {
+        for i in 0..m {
+            c[i * ldc..][..n].fill(0.0);
+        }
     }
     for j0 in (0..n).step_by(BN) {
         let nb = BN.min(n - j0);
@@ -70,9 +77,11 @@ pub fn gemm_blocked(
             }
         }
     }
-    for i in 0..m {
-        for (j, v) in c[i * ldc..][..n].iter_mut().enumerate() {
-            *v = ep.apply(*v, j);
+    if !ep.accumulate {
+        for i in 0..m {
+            for (j, v) in c[i * ldc..][..n].iter_mut().enumerate() {
+                *v = ep.apply(*v, j);
+            }
         }
     }
 }

@@ -67,6 +67,41 @@ impl ASource for MatrixA<'_> {
     }
 }
 
+/// A stored transposed: `A[i][p] = data[p * ld + i]`, `rows x cols` (M x K). The kernel
+/// gradient of a Winograd convolution multiplies the transposed input transform this way.
+#[derive(Clone, Copy, Debug)]
+pub struct TransposedA<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+}
+
+impl ASource for TransposedA<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn pack(&self, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
+        // Each k of a panel is `mr` consecutive values of one stored row: a contiguous run.
+        let last = self.rows.min(i0 + mc);
+        for (panel, out) in dst.chunks_exact_mut(kc * mr).enumerate() {
+            let r0 = i0 + panel * mr;
+            let run = last.saturating_sub(r0).min(mr);
+            for p in 0..kc {
+                let col = &mut out[p * mr..(p + 1) * mr];
+                let src = &self.data[(p0 + p) * self.ld + r0.min(last)..];
+                col[..run].copy_from_slice(&src[..run]);
+                col[run..].fill(0.0);
+            }
+        }
+    }
+}
+
 /// Pack rows `p0..p0+kc` and columns `j0..j0+nc` of row-major `b` (leading dimension `ldb`,
 /// `n` columns in all) as micro-panels of `nr` columns: `dst[(panel * kc + p) * nr + j]`,
 /// zero past column `n`.

@@ -215,3 +215,82 @@ fn kernel_names_round_trip() {
     assert_eq!(Kernel::parse("fast"), None);
     assert!(Kernel::best().available());
 }
+
+/// `C += A * B` on every rung: C starts as the product itself, and ends at twice it (the same
+/// tolerance per term, doubled), padding left alone.
+#[test]
+fn accumulate_adds_to_c_on_every_kernel() {
+    for (s, &(m, n, k)) in SIZES.iter().enumerate() {
+        let case = Case::new(m, n, k, 2, 300 + s as u64);
+        let (want, scale) = case.reference(Epilogue::NONE);
+        for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
+            for parallel in [false, true] {
+                let mut c = vec![f32::NAN; m * case.ldc];
+                for i in 0..m {
+                    for j in 0..n {
+                        c[i * case.ldc + j] = want[i * n + j] as f32;
+                    }
+                }
+                gemm_with(
+                    kernel,
+                    m,
+                    n,
+                    k,
+                    &case.a,
+                    case.lda,
+                    &case.b,
+                    case.ldb,
+                    &mut c,
+                    case.ldc,
+                    Epilogue::ACCUMULATE,
+                    parallel,
+                );
+                for i in 0..m {
+                    for j in 0..n {
+                        let (got, w) = (c[i * case.ldc + j] as f64, 2.0 * want[i * n + j]);
+                        let tol = 2e-5 * scale[i * n + j] + 1e-30;
+                        assert!(
+                            (got - w).abs() <= tol,
+                            "{kernel} {m}x{n}x{k} parallel={parallel}: C[{i},{j}] = {got}, want {w}"
+                        );
+                    }
+                    assert!(
+                        c[i * case.ldc + n..(i + 1) * case.ldc]
+                            .iter()
+                            .all(|v| v.is_nan())
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn transposed_a_gives_the_product_of_the_transpose() {
+    for isa in Isa::all_available() {
+        for (s, &(m, n, k)) in SIZES.iter().enumerate() {
+            let case = Case::new(m, n, k, 0, 400 + s as u64);
+            // A stored transposed: k rows of m, leading dimension m + 5.
+            let ld = m + 5;
+            let mut at = vec![f32::NAN; k * ld];
+            for i in 0..m {
+                for p in 0..k {
+                    at[p * ld + i] = case.a[i * case.lda + p];
+                }
+            }
+            let a = TransposedA {
+                data: &at,
+                rows: m,
+                cols: k,
+                ld,
+            };
+            let mut c = vec![f32::NAN; m * case.ldc];
+            let b = BSource::Matrix {
+                data: &case.b,
+                ld: case.ldb,
+            };
+            gemm_source(isa, &a, b, n, &mut c, case.ldc, Epilogue::NONE, true);
+            case.check(&c, Epilogue::NONE, &format!("{isa} transposed A"));
+        }
+    }
+}
