@@ -110,13 +110,13 @@ fn step(
     labels: &[usize],
 ) -> (f64, Tensor, Vec<Tensor>, Tensor) {
     let (logits, tape) = m
-        .forward_train(be, x, Mode::Train(&mut Rng::new(0)))
+        .forward_train(be, x.clone(), Mode::Train(&mut Rng::new(0)))
         .unwrap();
     let ce = be.softmax_cross_entropy(&logits, labels).unwrap();
     let grads = m.backward(be, &tape, &ce.dlogits).unwrap();
     // The input's gradient: the head's, then the tail's, asked for explicitly.
     let tail = m.tail.as_ref().unwrap();
-    let (y, ttape) = tail.forward_train(be, x).unwrap();
+    let (y, ttape) = tail.forward_train(be, x.clone()).unwrap();
     let (_, htape) = m
         .head
         .forward(be, &y, Mode::Train(&mut Rng::new(0)))
@@ -186,12 +186,12 @@ fn f64_gradients_match_finite_differences() {
     let be = CpuReference;
     let loss_of = |m: &Classifier| {
         let (logits, _) = m
-            .forward_train(&be, &x, Mode::Train(&mut Rng::new(0)))
+            .forward_train(&be, x.clone(), Mode::Train(&mut Rng::new(0)))
             .unwrap();
         be.softmax_cross_entropy(&logits, &labels).unwrap().loss
     };
     let (logits, tape) = m
-        .forward_train(&be, &x, Mode::Train(&mut Rng::new(0)))
+        .forward_train(&be, x.clone(), Mode::Train(&mut Rng::new(0)))
         .unwrap();
     let ce = be.softmax_cross_entropy(&logits, &labels).unwrap();
     let grads = m.backward(&be, &tape, &ce.dlogits).unwrap();

@@ -58,19 +58,15 @@ impl Classifier {
         if self.tail.is_some() { 16 } else { 256 }
     }
 
-    /// Logits and the tape, in training mode (dropout on).
-    pub fn forward_train(
-        &self,
-        be: &dyn Backend,
-        x: &Tensor,
-        mode: Mode,
-    ) -> Result<(Tensor, Tape)> {
+    /// Logits and the tape, in training mode (dropout on). Takes the batch by value: a
+    /// trainable tail keeps it on its tape.
+    pub fn forward_train(&self, be: &dyn Backend, x: Tensor, mode: Mode) -> Result<(Tensor, Tape)> {
         let (features, tail) = match &self.tail {
             Some(t) => {
                 let (y, tape) = t.forward_train(be, x)?;
                 (y, Some(tape))
             }
-            None => (be.upload(x.clone())?, None),
+            None => (be.upload(x)?, None),
         };
         let (logits, head) = self.head.forward(be, &features, mode)?;
         Ok((logits, Tape { tail, head }))

@@ -323,7 +323,7 @@ pub fn fit_from(
         for idx in order.chunks(cfg.batch_size) {
             let x = data.gather(idx)?;
             let labels: Vec<usize> = idx.iter().map(|&i| data.labels()[i]).collect();
-            let (logits, tape) = model.forward_train(be, &x, Mode::Train(&mut rng))?;
+            let (logits, tape) = model.forward_train(be, x, Mode::Train(&mut rng))?;
             let ce = be.softmax_cross_entropy(&logits, &labels)?;
             let loss = ce.loss + l2_penalty(be, &model.params(), cfg.l2)?;
             if !loss.is_finite() {
@@ -383,6 +383,7 @@ pub fn fit_from(
             } else if let Some(es) = cfg.early_stopping
                 && (best.is_some() || baseline.is_some())
                 && since >= es.patience
+                && epoch + 1 < cfg.epochs
             {
                 stopped_early = true;
                 break;

@@ -95,13 +95,26 @@ impl ConvTail {
         Ok(run_layers(&self.layers, be, be.upload(x.clone())?, &[last])?.remove(0))
     }
 
-    /// The output, and the tape for [`ConvTail::backward`].
-    pub fn forward_train(&self, be: &dyn Backend, x: &Tensor) -> Result<(Tensor, TailTape)> {
-        self.check_input(x)?;
-        let mut acts = vec![be.upload(x.clone())?];
+    /// The output, and the tape for [`ConvTail::backward`]. Takes the batch by value: the tape
+    /// keeps it (the first layer's kernel gradient reads it).
+    pub fn forward_train(&self, be: &dyn Backend, x: Tensor) -> Result<(Tensor, TailTape)> {
+        self.check_input(&x)?;
+        let mut acts = vec![be.upload(x)?];
         for layer in &self.layers {
-            let cur = acts.last().expect("starts with the input").clone();
-            acts.push(layer.forward(be, cur)?);
+            let x = acts.last().expect("starts with the input");
+            let y = match layer.spec.kind {
+                LayerKind::Conv2d { .. } => {
+                    be.conv2d(x, layer.weights()?, &Conv2dSpec::same_relu())?
+                }
+                LayerKind::MaxPool => be.max_pool2d(x, &Pool2dSpec::vgg())?,
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "layer {} cannot be trained",
+                        layer.spec.name
+                    )));
+                }
+            };
+            acts.push(y);
         }
         let out = acts.last().expect("one output per layer").clone();
         Ok((out, TailTape { acts }))
