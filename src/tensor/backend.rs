@@ -5,6 +5,11 @@
 //! unchanged on the CPU reference kernels, the fast CPU kernels or a GPU. The caller picks the
 //! backend once (the CLI, from `--device`, `--isa` and `--algo`) and hands it down.
 //!
+//! What a backend derives from a layer's weights (Winograd filters, the flipped kernel of the
+//! input gradient, device copies) lives in that layer's [`LayerParams`] cache, which empties
+//! itself whenever the weights are taken to be changed ([`LayerParams::tensors_mut`], what the
+//! optimizer calls): invalidation is part of the parameters, not a call a caller could forget.
+//!
 //! Forward ops fuse what VGG fuses (bias and ReLU into convolutions and dense layers, a block's
 //! max pool into its last convolution); each backward op undoes exactly one forward op, fused
 //! parts included: [`Backend::conv2d_backward`] applies the ReLU's mask itself because
