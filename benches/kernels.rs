@@ -60,27 +60,35 @@ fn gemm_shapes(c: &mut Criterion) {
     group.finish();
 }
 
+/// Every VGG16 convolution at 224x224, batch 1: its spec, a seeded input and seeded weights.
+fn vgg16_convs() -> Vec<(keel::nn::LayerSpec, Tensor, LayerParams)> {
+    let mut hw = 224;
+    let mut out = Vec::new();
+    for spec in VggConfig::notop(Arch::Vgg16).layers() {
+        match spec.kind {
+            LayerKind::Conv2d { cin, cout } => {
+                let x = random(&[1, hw, hw, cin], 1);
+                let w = LayerParams::new(random(&[3, 3, cin, cout], 2), Some(random(&[cout], 3)));
+                out.push((spec, x, w));
+            }
+            LayerKind::MaxPool => hw /= 2,
+            _ => {}
+        }
+    }
+    out
+}
+
 fn conv_layers(c: &mut Criterion) {
     keel::cpu::alloc::keep_freed_buffers();
     let mut group = c.benchmark_group("conv_fast");
     group.sample_size(10);
     let backend = Cpu::new();
-    let config = VggConfig::notop(Arch::Vgg16);
-    let mut hw = 224;
-    for spec in config.layers() {
-        match spec.kind {
-            LayerKind::Conv2d { cin, cout } => {
-                let x = random(&[1, hw, hw, cin], 1);
-                let w = LayerParams::new(random(&[3, 3, cin, cout], 2), Some(random(&[cout], 3)));
-                let conv = Conv2dSpec::same_relu();
-                group.throughput(Throughput::Elements(spec.flops()));
-                group.bench_function(&spec.name, |bench| {
-                    bench.iter(|| backend.conv2d(&x, &w, &conv).unwrap())
-                });
-            }
-            LayerKind::MaxPool => hw /= 2,
-            _ => {}
-        }
+    let conv = Conv2dSpec::same_relu();
+    for (spec, x, w) in vgg16_convs() {
+        group.throughput(Throughput::Elements(spec.flops()));
+        group.bench_function(&spec.name, |bench| {
+            bench.iter(|| backend.conv2d(&x, &w, &conv).unwrap())
+        });
     }
     group.finish();
 }
@@ -90,35 +98,25 @@ fn conv_backward(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv_backward");
     group.sample_size(10);
     let backend = Cpu::new();
-    let config = VggConfig::notop(Arch::Vgg16);
-    let mut hw = 224;
-    for spec in config.layers() {
-        match spec.kind {
-            LayerKind::Conv2d { cin, cout } => {
-                let x = random(&[1, hw, hw, cin], 1);
-                let w = LayerParams::new(random(&[3, 3, cin, cout], 2), Some(random(&[cout], 3)));
-                let conv = Conv2dSpec::same_relu();
-                let y = backend.conv2d(&x, &w, &conv).unwrap();
-                let dy = random(y.dims(), 4);
-                group.throughput(Throughput::Elements(spec.flops()));
-                for (pass, wanted) in [
-                    ("input_grad", Wanted::INPUT),
-                    ("kernel_grad", Wanted::PARAMS),
-                ] {
-                    if pass == "input_grad" && cin < 8 {
-                        continue; // block1_conv1: fine-tuning never needs the image's gradient
-                    }
-                    group.bench_function(format!("{}_{pass}", spec.name), |bench| {
-                        bench.iter(|| {
-                            backend
-                                .conv2d_backward(&x, &y, &dy, &w, &conv, wanted)
-                                .unwrap()
-                        })
-                    });
-                }
+    let conv = Conv2dSpec::same_relu();
+    for (spec, x, w) in vgg16_convs() {
+        let y = backend.conv2d(&x, &w, &conv).unwrap();
+        let dy = random(y.dims(), 4);
+        group.throughput(Throughput::Elements(spec.flops()));
+        for (pass, wanted) in [
+            ("input_grad", Wanted::INPUT),
+            ("kernel_grad", Wanted::PARAMS),
+        ] {
+            if pass == "input_grad" && x.dims()[3] < 8 {
+                continue; // block1_conv1: fine-tuning never needs the image's gradient
             }
-            LayerKind::MaxPool => hw /= 2,
-            _ => {}
+            group.bench_function(format!("{}_{pass}", spec.name), |bench| {
+                bench.iter(|| {
+                    backend
+                        .conv2d_backward(&x, &y, &dy, &w, &conv, wanted)
+                        .unwrap()
+                })
+            });
         }
     }
     group.finish();

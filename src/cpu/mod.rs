@@ -15,7 +15,7 @@ pub mod gemm;
 pub mod isa;
 pub mod peak;
 pub(crate) mod pool2x2;
-mod reference;
+pub(crate) mod reference;
 
 pub use fast::Cpu;
 pub use reference::*;

@@ -358,6 +358,7 @@ pub fn train(
     // Phase 2: the top of the base with the head.
     let mut fine_tune_info = None;
     let mut fine_tune_from = None;
+    let mut tuned = None;
     let mut report_fit = phase1.clone();
     if let (Some(ft), Some(tail)) = (&opts.fine_tune, tail) {
         let started = Instant::now();
@@ -396,22 +397,18 @@ pub fn train(
         .map_err(|e| Error::Invalid(format!("fine-tuning {}: {e}", ft.first_layer())))?;
         timings.fine_tune_seconds = started.elapsed().as_secs_f64();
         let kept = phase2.best_epoch.is_some() || baseline.is_none();
-        let tuned = ft_model.tail.as_ref().expect("fine-tuning has a tail");
-        let named: Vec<(String, crate::tensor::Tensor)> = tuned
-            .params()
-            .into_iter()
-            .map(|p| Ok((p.name, be.to_host(p.tensor.clone())?)))
-            .collect::<Result<_>>()?;
+        let tail = ft_model.tail.as_ref().expect("fine-tuning has a tail");
+        let named = host_params(be, tail.params())?;
         let checksum =
             crate::digest::named_tensors_sha256(named.iter().map(|(n, t)| (n.as_str(), t)));
         fine_tune_info = Some(FineTuneInfo {
             block: format!("block{}", ft.block),
-            layers: tuned
+            layers: tail
                 .weighted_layers()
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
-            params: tuned.num_params(),
+            params: tail.num_params(),
             checksum,
             epochs: ft.fit.epochs,
             epochs_run: phase2.history.len(),
@@ -434,9 +431,9 @@ pub fn train(
             },
             stopped_early: phase2.stopped_early,
         };
+        tuned = kept.then_some(named);
         model = ft_model;
     }
-    let kept_tuned = fine_tune_info.as_ref().is_some_and(|f| f.kept);
     // The final model reads the stored rows: with a tail they are its input, without one the
     // head's features.
     let train_eval = evaluation(base, &model, &inputs.train, &classes, l2)?;
@@ -445,24 +442,12 @@ pub fn train(
         .as_ref()
         .map(|v| evaluation(base, &model, v, &classes, l2))
         .transpose()?;
-    let head = model.head.clone();
-    let tuned = match &model.tail {
-        Some(t) if kept_tuned => Some(
-            t.params()
-                .into_iter()
-                .map(|p| Ok((p.name, be.to_host(p.tensor.clone())?)))
-                .collect::<Result<Vec<_>>>()?,
-        ),
-        _ => None,
-    };
-    let head_host = {
-        let params = head
-            .params()
-            .into_iter()
-            .map(|p| Ok((p.name, be.to_host(p.tensor.clone())?)))
-            .collect::<Result<Vec<_>>>()?;
-        Head::from_params(head.spec().clone(), head.input_shape(), params)?
-    };
+    let head = &model.head;
+    let head_host = Head::from_params(
+        head.spec().clone(),
+        head.input_shape(),
+        host_params(be, head.params())?,
+    )?;
     let card = ModelCard {
         format: MODEL_FORMAT.into(),
         version: MODEL_VERSION,
@@ -521,6 +506,17 @@ pub fn train(
         report,
         unreadable,
     })
+}
+
+/// Named copies of `params` in host memory, for the model folder.
+fn host_params(
+    be: &dyn crate::tensor::Backend,
+    params: Vec<crate::nn::param::Param>,
+) -> Result<Vec<(String, crate::tensor::Tensor)>> {
+    params
+        .into_iter()
+        .map(|p| Ok((p.name, be.to_host(p.tensor.clone())?)))
+        .collect()
 }
 
 /// Extract (or read from the cache) the stored rows of every training, validation and

@@ -12,9 +12,10 @@ use crate::rng::Rng;
 use crate::tensor::{DType, Padding};
 
 const H: f64 = 1e-6;
-const TOL: f64 = 1e-6;
+pub(crate) const TOL: f64 = 1e-6;
 
-fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
+/// An f64 tensor of standard normal draws.
+pub(crate) fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
     let n: usize = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| rng.normal() as f64).collect();
     Tensor::from_values(shape, &v).unwrap()
@@ -28,8 +29,8 @@ fn weighted_sum(y: &Tensor, r: &Tensor) -> f64 {
     vals(y).iter().zip(vals(r)).map(|(a, b)| a * b).sum()
 }
 
-/// The central finite-difference gradient of `f` at `x`.
-fn numeric(x: &Tensor, f: &dyn Fn(&Tensor) -> f64) -> Vec<f64> {
+/// The central finite-difference gradient of `f` at `x` (an f64 tensor).
+pub(crate) fn numeric(x: &Tensor, f: &dyn Fn(&Tensor) -> f64) -> Vec<f64> {
     let mut x = x.clone();
     (0..x.numel())
         .map(|i| {
@@ -44,7 +45,9 @@ fn numeric(x: &Tensor, f: &dyn Fn(&Tensor) -> f64) -> Vec<f64> {
         .collect()
 }
 
-fn assert_grad(what: &str, analytic: &Tensor, numeric: &[f64]) {
+/// `analytic` within `TOL` of the largest `numeric` gradient, element by element; an all-zero
+/// gradient fails (the check would prove nothing).
+pub(crate) fn assert_grad(what: &str, analytic: &Tensor, numeric: &[f64]) {
     let analytic = vals(analytic);
     assert_eq!(analytic.len(), numeric.len(), "{what}: length");
     let scale = numeric.iter().fold(0f64, |m, v| m.max(v.abs()));

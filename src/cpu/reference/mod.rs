@@ -13,7 +13,7 @@ mod loss;
 mod pool;
 
 #[cfg(test)]
-mod gradcheck;
+pub(crate) mod gradcheck;
 
 pub use conv::{
     activation_backward, conv2d_backward_reference, conv2d_input_grad, conv2d_kernel_grad,

@@ -6,45 +6,10 @@
 use super::model::{Head, Mode};
 use super::spec::HeadSpec;
 use crate::cpu::CpuReference;
+use crate::cpu::reference::gradcheck::{assert_grad, numeric, random};
 use crate::nn::optim::{add_l2_gradient, l2_penalty};
 use crate::rng::Rng;
 use crate::tensor::{Backend, DType, Tensor};
-
-const H: f64 = 1e-6;
-const TOL: f64 = 1e-6;
-
-fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n).map(|_| rng.normal() as f64).collect();
-    Tensor::from_values(shape, &v).unwrap()
-}
-
-fn numeric(x: &Tensor, f: &dyn Fn(&Tensor) -> f64) -> Vec<f64> {
-    let mut x = x.clone();
-    (0..x.numel())
-        .map(|i| {
-            let keep = x.values::<f64>().unwrap()[i];
-            x.values_mut::<f64>().unwrap()[i] = keep + H;
-            let up = f(&x);
-            x.values_mut::<f64>().unwrap()[i] = keep - H;
-            let down = f(&x);
-            x.values_mut::<f64>().unwrap()[i] = keep;
-            (up - down) / (2.0 * H)
-        })
-        .collect()
-}
-
-fn assert_grad(what: &str, analytic: &Tensor, numeric: &[f64]) {
-    let analytic = analytic.values::<f64>().unwrap();
-    let scale = numeric.iter().fold(0f64, |m, v| m.max(v.abs()));
-    assert!(scale > 0.0, "{what}: all zeros, the check proves nothing");
-    for (i, (&a, &n)) in analytic.iter().zip(numeric).enumerate() {
-        assert!(
-            (a - n).abs() <= TOL * scale,
-            "{what}[{i}]: analytic {a}, numeric {n} (scale {scale:e})"
-        );
-    }
-}
 
 #[test]
 fn head_backward_matches_finite_differences() {
