@@ -59,3 +59,53 @@ fn default_training_reaches_95_percent_on_hymenoptera() {
     assert!(accuracy >= 0.95, "validation accuracy {accuracy} < 0.95");
     std::fs::remove_dir_all(out_dir.parent().unwrap()).unwrap();
 }
+
+/// The acceptance run of fine-tuning: `keel train --fine-tune block5`, other options default,
+/// must reach 96% validation accuracy and finish within 8 minutes on 2 cores. It does not reach
+/// 96% (94.12%: fine-tuning does not beat the head's validation loss there, so the head-only
+/// model is kept; docs/fine-tune.md has what was measured and tried); the test states the
+/// target as the issue set it.
+///
+/// ```text
+/// cargo test --release --test hymenoptera fine_tune -- --ignored --nocapture
+/// ```
+#[test]
+#[ignore = "minutes on 2 cores; run with --ignored"]
+fn fine_tuning_block5_reaches_96_percent_on_hymenoptera() {
+    let Some(shared) = common::shared("datasets/hymenoptera") else {
+        return;
+    };
+    let weights = shared.join("weights/vgg16_imagenet_notop.h5");
+    if !weights.is_file() {
+        eprintln!("SKIPPED: {} is absent", weights.display());
+        return;
+    }
+    let out_dir = common::temp_dir("hymenoptera-ft").join("ants_vs_bees");
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("train")
+        .arg(shared.join("datasets/hymenoptera"))
+        .arg("--weights")
+        .arg(&weights)
+        .arg("-o")
+        .arg(&out_dir)
+        .args(["--fine-tune", "block5"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "keel train failed:\n{stderr}");
+    let wall = started.elapsed().as_secs_f64();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("report.json")).unwrap()).unwrap();
+    let accuracy = report["validation"]["accuracy"].as_f64().unwrap();
+    let before = report["validation_before_fine_tune"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    println!(
+        "validation accuracy {accuracy:.4} (head alone {before:.4}); fine-tuning {:.1} s; wall {wall:.1} s",
+        report["timings"]["fine_tune_seconds"].as_f64().unwrap()
+    );
+    assert!(wall <= 480.0, "{wall} s > 8 minutes");
+    assert!(accuracy >= 0.96, "validation accuracy {accuracy} < 0.96");
+    std::fs::remove_dir_all(out_dir.parent().unwrap()).unwrap();
+}
