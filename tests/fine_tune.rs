@@ -278,3 +278,36 @@ fn version_1_model_folders_still_load() {
     assert_fails_with(&out, &["version 3", "versions 1 to 2"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every block can be the first trained one: block1 stores the preprocessed images themselves.
+#[test]
+fn every_block_can_be_fine_tuned() {
+    let dir = common::temp_dir("ft-blocks");
+    let home = dir.join("home");
+    let data = dir.join("photos");
+    photo_folder(&data, 3);
+    let w = weights();
+    for block in ["block1", "block2", "block3", "block4", "block5"] {
+        let out_dir = dir.join(block);
+        let args = ft_args(
+            s(&data),
+            s(&out_dir),
+            s(&w),
+            &[
+                "--fine-tune",
+                block,
+                "--epochs",
+                "1",
+                "--fine-tune-epochs",
+                "1",
+            ],
+        );
+        let out = keel_in(&home, &args);
+        assert_ok(&out);
+        let card = json(&out_dir.join("model.json"));
+        assert_eq!(card["fine_tune"]["block"], block);
+        let first = card["fine_tune"]["layers"][0].as_str().unwrap().to_string();
+        assert_eq!(first, format!("{block}_conv1"));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -112,6 +112,11 @@ impl FrozenBase {
             )));
         }
         let vgg = Vgg::new(id.base_config(input), set)?;
+        if vgg.layer_index(layer)? == 0 {
+            return Err(Error::Invalid(format!(
+                "layer {layer} is the input, not a feature layer"
+            )));
+        }
         let base = FrozenBase {
             info: BaseInfo {
                 model: id.arch.name().to_string(),
@@ -144,13 +149,14 @@ impl FrozenBase {
     }
 
     /// The same base (weights shared) read at another layer.
+    /// The input layer gives the preprocessed image itself: what `--fine-tune block1` stores.
     pub fn at_layer(&self, layer: &str) -> Result<FrozenBase> {
         let i = self.vgg.layer_index(layer)?;
         let spec = self.vgg.layer_specs().nth(i).expect("an index of a layer");
         let feature_shape = spec.output.dims().to_vec();
-        if feature_shape.len() != 3 || i == 0 {
+        if feature_shape.len() != 3 {
             return Err(Error::Invalid(format!(
-                "layer {layer} is the input, not a feature layer"
+                "layer {layer} has no (H, W, C) output to read features from"
             )));
         }
         let mut base = self.clone();
