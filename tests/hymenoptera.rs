@@ -13,18 +13,16 @@ mod common;
 
 use std::process::Command;
 
-#[test]
-#[ignore = "slow the first time (the VGG16 base over 397 photos); run with --ignored"]
-fn default_training_reaches_95_percent_on_hymenoptera() {
-    let Some(shared) = common::shared("datasets/hymenoptera") else {
-        return;
-    };
+/// `keel train` on the shared ants-vs-bees photos with `extra` options: its report.json and the
+/// wall time in seconds, or None (with a printed reason) where the data is absent.
+fn train_hymenoptera(name: &str, extra: &[&str]) -> Option<(serde_json::Value, f64)> {
+    let shared = common::shared("datasets/hymenoptera")?;
     let weights = shared.join("weights/vgg16_imagenet_notop.h5");
     if !weights.is_file() {
         eprintln!("SKIPPED: {} is absent", weights.display());
-        return;
+        return None;
     }
-    let out_dir = common::temp_dir("hymenoptera").join("ants_vs_bees");
+    let out_dir = common::temp_dir(name).join("ants_vs_bees");
     let started = std::time::Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
         .arg("train")
@@ -33,31 +31,40 @@ fn default_training_reaches_95_percent_on_hymenoptera() {
         .arg(&weights)
         .arg("-o")
         .arg(&out_dir)
+        .args(extra)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "keel train failed:\n{stderr}");
-    println!("{stdout}");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    let wall = started.elapsed().as_secs_f64();
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("report.json")).unwrap()).unwrap();
+    std::fs::remove_dir_all(out_dir.parent().unwrap()).unwrap();
+    Some((report, wall))
+}
+
+#[test]
+#[ignore = "slow the first time (the VGG16 base over 397 photos); run with --ignored"]
+fn default_training_reaches_95_percent_on_hymenoptera() {
+    let Some((report, wall)) = train_hymenoptera("hymenoptera", &[]) else {
+        return;
+    };
     let val = &report["validation"];
     let accuracy = val["accuracy"].as_f64().unwrap();
     let t = &report["timings"];
     println!(
         "validation accuracy {accuracy:.4} on {} images; confusion {}; features {:.1} s \
-         ({} computed, {} cached); training {:.2} s; wall {:.1} s",
+         ({} computed, {} cached); training {:.2} s; wall {wall:.1} s",
         val["images"],
         val["confusion"],
         t["features_seconds"].as_f64().unwrap(),
         t["images_computed"],
         t["images_cached"],
         t["training_seconds"].as_f64().unwrap(),
-        started.elapsed().as_secs_f64()
     );
     assert_eq!(val["images"], 153);
     assert!(accuracy >= 0.95, "validation accuracy {accuracy} < 0.95");
-    std::fs::remove_dir_all(out_dir.parent().unwrap()).unwrap();
 }
 
 /// The acceptance run of fine-tuning: `keel train --fine-tune block5`, other options default,
@@ -72,31 +79,10 @@ fn default_training_reaches_95_percent_on_hymenoptera() {
 #[test]
 #[ignore = "minutes on 2 cores; run with --ignored"]
 fn fine_tuning_block5_reaches_96_percent_on_hymenoptera() {
-    let Some(shared) = common::shared("datasets/hymenoptera") else {
+    let Some((report, wall)) = train_hymenoptera("hymenoptera-ft", &["--fine-tune", "block5"])
+    else {
         return;
     };
-    let weights = shared.join("weights/vgg16_imagenet_notop.h5");
-    if !weights.is_file() {
-        eprintln!("SKIPPED: {} is absent", weights.display());
-        return;
-    }
-    let out_dir = common::temp_dir("hymenoptera-ft").join("ants_vs_bees");
-    let started = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("train")
-        .arg(shared.join("datasets/hymenoptera"))
-        .arg("--weights")
-        .arg(&weights)
-        .arg("-o")
-        .arg(&out_dir)
-        .args(["--fine-tune", "block5"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "keel train failed:\n{stderr}");
-    let wall = started.elapsed().as_secs_f64();
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.join("report.json")).unwrap()).unwrap();
     let accuracy = report["validation"]["accuracy"].as_f64().unwrap();
     let before = report["validation_before_fine_tune"]["accuracy"]
         .as_f64()
@@ -107,5 +93,4 @@ fn fine_tuning_block5_reaches_96_percent_on_hymenoptera() {
     );
     assert!(wall <= 480.0, "{wall} s > 8 minutes");
     assert!(accuracy >= 0.96, "validation accuracy {accuracy} < 0.96");
-    std::fs::remove_dir_all(out_dir.parent().unwrap()).unwrap();
 }

@@ -1,6 +1,7 @@
 //! Trainable tensors as the optimizer, the L2 penalty and the model files see them: a name
 //! (`dense1.kernel`, `block5_conv3.bias`), the tensor, and whether weight decay applies.
 
+use crate::error::Result;
 use crate::tensor::{LayerParams, Tensor};
 
 /// A trainable tensor, read-only.
@@ -49,4 +50,16 @@ pub fn push_params_mut<'a>(p: &'a mut LayerParams, out: &mut Vec<ParamMut<'a>>) 
             decay: false,
         });
     }
+}
+
+/// `f` of every parameter, named: how a model is cast to f64, moved to a device or brought
+/// back to host memory (then rebuilt from the named tensors).
+pub fn map_params(
+    params: Vec<Param<'_>>,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<(String, Tensor)>> {
+    params
+        .into_iter()
+        .map(|p| Ok((p.name, f(p.tensor)?)))
+        .collect()
 }

@@ -8,7 +8,7 @@
 //! convolution's output).
 
 use super::arch::LayerKind;
-use super::param::{Param, ParamMut, push_params, push_params_mut};
+use super::param::{Param, ParamMut, map_params, push_params, push_params_mut};
 use super::vgg::{Layer, run_layers};
 use crate::error::{Error, Result};
 use crate::tensor::{Backend, Conv2dSpec, DType, LayerParams, Pool2dSpec, Shape, Tensor, Wanted};
@@ -236,21 +236,11 @@ impl ConvTail {
 
     /// The same tail with its weights as `dtype` (the gradient checks run in f64).
     pub fn cast(&self, dtype: DType) -> Result<ConvTail> {
-        let params = self
-            .params()
-            .into_iter()
-            .map(|p| Ok((p.name, p.tensor.cast(dtype)?)))
-            .collect::<Result<Vec<_>>>()?;
-        self.with_params(params)
+        self.with_params(map_params(self.params(), |t| t.cast(dtype))?)
     }
 
     /// The tail with its weights on `backend`'s device.
     pub fn upload(&self, backend: &dyn Backend) -> Result<ConvTail> {
-        let params = self
-            .params()
-            .into_iter()
-            .map(|p| Ok((p.name, backend.upload(p.tensor.clone())?)))
-            .collect::<Result<Vec<_>>>()?;
-        self.with_params(params)
+        self.with_params(map_params(self.params(), |t| backend.upload(t.clone()))?)
     }
 }

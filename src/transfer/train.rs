@@ -25,6 +25,7 @@ use crate::io::feature_cache::FeatureCache;
 use crate::nn::fit::{self, EpochMetrics, FitConfig, FitReport, Fixed, Samples, TrainSource};
 use crate::nn::head::{Head, HeadSpec};
 use crate::nn::metrics::Classification;
+use crate::nn::param::map_params;
 use crate::nn::{Classifier, ConvTail};
 
 /// The second phase: which block to unfreeze, and how to train it.
@@ -398,7 +399,7 @@ pub fn train(
         timings.fine_tune_seconds = started.elapsed().as_secs_f64();
         let kept = phase2.best_epoch.is_some() || baseline.is_none();
         let tail = ft_model.tail.as_ref().expect("fine-tuning has a tail");
-        let named = host_params(be, tail.params())?;
+        let named = map_params(tail.params(), |t| be.to_host(t.clone()))?;
         let checksum =
             crate::digest::named_tensors_sha256(named.iter().map(|(n, t)| (n.as_str(), t)));
         fine_tune_info = Some(FineTuneInfo {
@@ -442,12 +443,7 @@ pub fn train(
         .as_ref()
         .map(|v| evaluation(base, &model, v, &classes, l2))
         .transpose()?;
-    let head = &model.head;
-    let head_host = Head::from_params(
-        head.spec().clone(),
-        head.input_shape(),
-        host_params(be, head.params())?,
-    )?;
+    let head_host = model.head.to_host(be)?;
     let card = ModelCard {
         format: MODEL_FORMAT.into(),
         version: MODEL_VERSION,
@@ -506,17 +502,6 @@ pub fn train(
         report,
         unreadable,
     })
-}
-
-/// Named copies of `params` in host memory, for the model folder.
-fn host_params(
-    be: &dyn crate::tensor::Backend,
-    params: Vec<crate::nn::param::Param>,
-) -> Result<Vec<(String, crate::tensor::Tensor)>> {
-    params
-        .into_iter()
-        .map(|p| Ok((p.name, be.to_host(p.tensor.clone())?)))
-        .collect()
 }
 
 /// Extract (or read from the cache) the stored rows of every training, validation and
@@ -672,7 +657,7 @@ pub fn evaluate_folder(
     if features.is_empty() {
         return Err(Error::Invalid("no readable images to evaluate".into()));
     }
-    let classifier = Classifier::head_only(model.head.clone().upload(base.backend())?);
+    let classifier = Classifier::head_only(model.head.upload(base.backend())?);
     Ok((
         evaluation(base, &classifier, &features, classes, 0.0)?,
         ex.skipped,
@@ -695,7 +680,7 @@ pub fn predict_paths(
     opts: &ExtractOptions,
 ) -> Result<(Vec<Prediction>, Vec<Skipped>)> {
     let be = base.backend();
-    let head = model.head.clone().upload(be)?;
+    let head = model.head.upload(be)?;
     let mut rows = Vec::with_capacity(paths.len());
     let ex = base.extract(paths, opts, &mut |i, row| {
         let mut shape = vec![1];

@@ -4,7 +4,7 @@
 
 use super::spec::{HeadLayer, HeadSpec};
 use crate::error::{Error, Result};
-use crate::nn::param::{Param, ParamMut, push_params, push_params_mut};
+use crate::nn::param::{Param, ParamMut, map_params, push_params, push_params_mut};
 use crate::rng::Rng;
 use crate::tensor::{Activation, Backend, DType, GlobalPool, LayerParams, Shape, Tensor, Wanted};
 
@@ -171,22 +171,25 @@ impl Head {
 
     /// The same head with its parameters as `dtype` (the gradient checks run in f64).
     pub fn cast(&self, dtype: DType) -> Result<Head> {
-        let params = self
-            .params()
-            .into_iter()
-            .map(|p| Ok((p.name, p.tensor.cast(dtype)?)))
-            .collect::<Result<Vec<_>>>()?;
-        Head::from_params(self.spec.clone(), &self.input, params)
+        self.map(|t| t.cast(dtype))
     }
 
-    /// The head's parameters on `backend`'s device.
-    pub fn upload(self, backend: &dyn Backend) -> Result<Head> {
-        let params = self
-            .params()
-            .into_iter()
-            .map(|p| Ok((p.name, backend.upload(p.tensor.clone())?)))
-            .collect::<Result<Vec<_>>>()?;
-        Head::from_params(self.spec, &self.input, params)
+    /// The head with its parameters on `backend`'s device.
+    pub fn upload(&self, backend: &dyn Backend) -> Result<Head> {
+        self.map(|t| backend.upload(t.clone()))
+    }
+
+    /// The head with its parameters in host memory (to save it).
+    pub fn to_host(&self, backend: &dyn Backend) -> Result<Head> {
+        self.map(|t| backend.to_host(t.clone()))
+    }
+
+    fn map(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Head> {
+        Head::from_params(
+            self.spec.clone(),
+            &self.input,
+            map_params(self.params(), f)?,
+        )
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
