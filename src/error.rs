@@ -29,6 +29,10 @@ pub enum Error {
     /// A download failed.
     #[error("{0}")]
     Network(String),
+    /// A CUDA driver, NVRTC or cuBLAS call failed (or a kernel's CPU build failed): names the
+    /// call and what it said.
+    #[error("CUDA {call}: {problem}")]
+    Cuda { call: String, problem: String },
 }
 
 impl Error {
@@ -37,6 +41,14 @@ impl Error {
         Error::Io {
             path: path.as_ref().to_path_buf(),
             source,
+        }
+    }
+
+    /// A failed CUDA (or kernel build) call.
+    pub fn cuda(call: impl Into<String>, problem: impl std::fmt::Display) -> Self {
+        Error::Cuda {
+            call: call.into(),
+            problem: problem.to_string(),
         }
     }
 

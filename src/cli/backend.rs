@@ -31,16 +31,13 @@ impl BackendArgs {
     /// The backend these options name, checked against this machine.
     pub fn build(&self) -> anyhow::Result<Arc<dyn Backend>> {
         let device = Device::parse(&self.device)?;
-        if let Device::Cuda(_) = device {
-            bail!(
-                "--device {device}: {}",
-                if cfg!(feature = "cuda") {
-                    "the CUDA backend is not in this version of keel yet; use --device cpu"
-                } else {
-                    "this keel was built without CUDA; rebuild with --features cuda, or use \
-                     --device cpu"
-                }
-            );
+        if let Device::Cuda(ordinal) = device {
+            if self.isa.is_some() || self.algo.is_some() {
+                bail!(
+                    "--isa and --algo choose CPU kernels; they do not apply to --device {device}"
+                );
+            }
+            return cuda_backend(ordinal).with_context(|| format!("--device {device}"));
         }
         if self.isa.as_deref() == Some("reference") {
             if self.algo.is_some() {
@@ -54,6 +51,28 @@ impl BackendArgs {
         }
         Ok(Arc::new(cpu))
     }
+}
+
+/// The CUDA backend on GPU `ordinal`. `KEEL_CUDA_CPU_BUILD=1` runs the CPU build of the
+/// kernels instead (slow; it lets the tests drive the whole command line through the CUDA
+/// launch code on a machine without a GPU).
+#[cfg(feature = "cuda")]
+fn cuda_backend(ordinal: usize) -> anyhow::Result<Arc<dyn Backend>> {
+    use crate::cuda::{CudaBackend, Gpu};
+    let gpu = if std::env::var("KEEL_CUDA_CPU_BUILD").is_ok_and(|v| v == "1") {
+        Gpu::cpu_emulated()?
+    } else {
+        Gpu::cuda(ordinal)?
+    };
+    Ok(Arc::new(CudaBackend::new(gpu)))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_backend(_ordinal: usize) -> anyhow::Result<Arc<dyn Backend>> {
+    bail!(
+        "no CUDA device: this keel was built without CUDA; rebuild with --features cuda, or \
+         use --device cpu"
+    )
 }
 
 impl Default for BackendArgs {
@@ -106,9 +125,25 @@ mod tests {
         }
         .build()
         .err()
+        .unwrap();
+        let e = format!("{e:#}");
+        // No GPU here (CI has none): the message says so, with the device asked for.
+        if std::env::var("KEEL_CUDA_CPU_BUILD").is_err() {
+            assert!(
+                e.starts_with("--device cuda:1: ") && e.contains("no CUDA device"),
+                "{e}"
+            );
+        }
+        let e = BackendArgs {
+            device: "cuda".into(),
+            isa: Some("avx2".into()),
+            ..BackendArgs::default()
+        }
+        .build()
+        .err()
         .unwrap()
         .to_string();
-        assert!(e.starts_with("--device cuda:1:"), "{e}");
+        assert!(e.contains("do not apply to --device cuda:0"), "{e}");
         let e = BackendArgs {
             device: "tpu".into(),
             ..BackendArgs::default()

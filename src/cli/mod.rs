@@ -8,6 +8,7 @@ mod convert;
 mod evaluate;
 mod features;
 mod fetch;
+mod gpu_check;
 mod predict;
 mod summary;
 mod train;
@@ -49,6 +50,9 @@ enum Command {
     Fetch(fetch::Args),
     /// Time keel's kernels: GEMM and convolution rungs, the VGG16 conv base, the FMA peak.
     Bench(bench::Args),
+    /// Validate every CUDA kernel on the GPU against the CPU reference, then time the GEMM
+    /// ladder next to cuBLAS (a build with the cuda feature, on a machine with a GPU).
+    GpuCheck(gpu_check::Args),
 }
 
 /// Run the command line; errors are printed as one message and give exit code 1.
@@ -86,5 +90,6 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Fetch(a) => fetch::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::GpuCheck(a) => gpu_check::run(a),
     }
 }

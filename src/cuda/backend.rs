@@ -1,0 +1,429 @@
+//! [`Backend`] on a GPU (or on the CPU build of its kernels): tensors live in device memory and
+//! stay there between layers; only [`Backend::upload`] and [`Backend::to_host`] cross.
+//!
+//! Convolutions are im2col then the ladder's best fp32 GEMM with bias and ReLU fused into its
+//! epilogue, in chunks of images so the column matrix stays within a fixed budget. Training
+//! ops (backward passes, optimizer steps) are CUDA II's work: until then they say so.
+
+use std::sync::Arc;
+
+use super::gemm::{self, Operands, Precision, Rung};
+use super::gpu::{Args, DevMem, Gpu, Launch};
+use super::source::OPS;
+use crate::error::{Error, Result};
+use crate::tensor::{
+    Activation, AdamStep, Backend, Conv2dSpec, CrossEntropy, DType, Device, DeviceBuffer,
+    GlobalPool, LayerGrads, LayerParams, Pool2dSpec, Tensor, Wanted, dense_geometry,
+};
+
+/// Largest im2col matrix per GEMM call: big enough to fill an H200, small enough for any GPU.
+const COLS_BUDGET_BYTES: usize = 256 << 20;
+
+pub struct CudaBackend {
+    gpu: Arc<Gpu>,
+    rung: &'static Rung,
+}
+
+/// A layer's weights on the device, kept in its [`LayerParams`] cache.
+struct DeviceWeights {
+    kernel: DevMem,
+    bias: Option<DevMem>,
+}
+
+impl CudaBackend {
+    /// The backend for `gpu`, with the ladder's best fp32 GEMM that runs there.
+    pub fn new(gpu: Arc<Gpu>) -> CudaBackend {
+        let rung = gemm::best(Precision::Fp32);
+        CudaBackend { gpu, rung }
+    }
+
+    /// Use GEMM rung `name` (fp32 only: the backend's numbers must match the CPU's).
+    pub fn with_rung(mut self, name: &str) -> Result<CudaBackend> {
+        let r = gemm::rung(name)?;
+        if r.precision != Precision::Fp32 {
+            return Err(Error::Invalid(format!(
+                "GEMM rung {name} computes in {}; the CUDA backend uses fp32 rungs",
+                r.precision.name()
+            )));
+        }
+        self.rung = r;
+        Ok(self)
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    fn device_id(&self) -> Device {
+        Device::Cuda(self.gpu.ordinal())
+    }
+
+    /// The device memory of `x`, which must be an f32 tensor on this backend's device.
+    fn mem<'a>(&self, x: &'a Tensor, what: &str) -> Result<&'a DevMem> {
+        let on = x.device();
+        let buf = x.device_buffer().filter(|_| on == self.device_id());
+        let mem = buf.and_then(|b| b.downcast::<DevMem>());
+        match mem {
+            Some(m) if x.dtype() == DType::F32 => Ok(m),
+            Some(_) => Err(Error::Invalid(format!(
+                "{what}: the CUDA backend computes in f32, this tensor is {}",
+                x.dtype()
+            ))),
+            None => Err(Error::Invalid(format!(
+                "{what}: the CUDA backend computes on {} but this tensor is on {on}; upload it first",
+                self.device_id()
+            ))),
+        }
+    }
+
+    fn tensor(&self, shape: impl Into<crate::tensor::Shape>, mem: DevMem) -> Result<Tensor> {
+        let shape = shape.into();
+        let len = shape.numel();
+        Tensor::from_device(
+            shape,
+            DeviceBuffer::new(self.device_id(), DType::F32, len, Arc::new(mem)),
+        )
+    }
+
+    fn alloc_f32(&self, len: usize) -> Result<DevMem> {
+        self.gpu.alloc(len * 4)
+    }
+
+    /// Weights on the device: a device tensor as it is, a host tensor uploaded once and kept
+    /// in the layer's cache (emptied whenever the weights change).
+    fn weights(&self, w: &LayerParams) -> Result<Arc<DeviceWeights>> {
+        if w.kernel().device() != Device::Cpu {
+            let kernel = self.mem(w.kernel(), "kernel")?.clone();
+            let bias = w.bias().map(|b| self.mem(b, "bias").cloned()).transpose()?;
+            return Ok(Arc::new(DeviceWeights { kernel, bias }));
+        }
+        let cached = w.cache().get_or_init(|| {
+            let up = || -> Result<Arc<DeviceWeights>> {
+                let kernel = self.gpu.upload(w.kernel().values::<f32>()?)?;
+                let bias = match w.bias() {
+                    Some(b) => Some(self.gpu.upload(b.values::<f32>()?)?),
+                    None => None,
+                };
+                Ok(Arc::new(DeviceWeights { kernel, bias }))
+            };
+            up().map_err(|e| e.to_string())
+        });
+        match cached {
+            Some(Ok(d)) => Ok(d.clone()),
+            Some(Err(e)) => Err(Error::cuda("uploading weights", e)),
+            // The slot holds another backend's data (the same layer run on the CPU first).
+            None => Err(Error::Invalid(
+                "these weights' cache belongs to another backend; use a fresh copy of the \
+                 model for the CUDA backend"
+                    .into(),
+            )),
+        }
+    }
+
+    /// A grid-stride launch over `n` items: enough blocks to fill the device (two in the CPU
+    /// build, where every block is 256 OS threads).
+    fn spread(&self, n: usize) -> Launch {
+        let cap = if self.gpu.is_emulated() {
+            2
+        } else {
+            self.gpu.sm_count() as usize * 16
+        };
+        let mut l = Launch::linear(n, 256);
+        l.grid[0] = l.grid[0].min(cap.max(1) as u32);
+        l
+    }
+
+    fn launch_ops(&self, kernel: &str, launch: Launch, args: Args) -> Result<()> {
+        let f = self.gpu.function(&OPS, kernel)?;
+        // SAFETY: each caller passes exactly the parameters `kernels/ops.cu` declares for
+        // `kernel`, with buffers sized for the shapes it passes (allocated from them here).
+        unsafe { self.gpu.launch(&f, launch, args) }
+    }
+
+    fn not_yet<T>(&self, op: &str) -> Result<T> {
+        Err(Error::Invalid(format!(
+            "{op} does not run on the CUDA backend yet (training on the GPU is CUDA II's \
+             work); use --device cpu"
+        )))
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        if self.gpu.is_emulated() {
+            "cuda-cpu-build"
+        } else {
+            "cuda"
+        }
+    }
+
+    fn device(&self) -> Device {
+        self.device_id()
+    }
+
+    fn upload(&self, x: Tensor) -> Result<Tensor> {
+        match x.device() {
+            d if d == self.device_id() => Ok(x),
+            Device::Cpu => {
+                let shape = x.shape().clone();
+                let mem = self.gpu.upload(x.values::<f32>().map_err(|_| {
+                    Error::Invalid(format!(
+                        "the CUDA backend computes in f32; cannot upload a {} tensor",
+                        x.dtype()
+                    ))
+                })?)?;
+                self.tensor(shape, mem)
+            }
+            d => Err(Error::Invalid(format!(
+                "a tensor on {d} cannot be uploaded to {}; bring it to the host first",
+                self.device_id()
+            ))),
+        }
+    }
+
+    fn to_host(&self, x: Tensor) -> Result<Tensor> {
+        if x.device() == Device::Cpu {
+            return Ok(x);
+        }
+        let mem = self.mem(&x, "to_host")?;
+        let v: Vec<f32> = self.gpu.to_vec(mem, x.numel())?;
+        Tensor::from_vec(x.shape().clone(), &v)
+    }
+
+    fn conv2d(&self, x: &Tensor, w: &LayerParams, spec: &Conv2dSpec) -> Result<Tensor> {
+        let g = spec.geometry(x.shape(), w.kernel().shape(), w.bias().map(|b| b.shape()))?;
+        let xm = self.mem(x, "conv2d input")?;
+        let dw = self.weights(w)?;
+        let pixels = g.oh * g.ow;
+        let kdim = g.kh * g.kw * g.cin;
+        let out = self.alloc_f32(g.n * pixels * g.cout)?;
+        let per_image = pixels * kdim * 4;
+        let chunk = (COLS_BUDGET_BYTES / per_image.max(1)).clamp(1, g.n.max(1));
+        let cols = self.gpu.alloc(chunk * per_image)?;
+        let in_image = g.h * g.w * g.cin * 4;
+        let mut b0 = 0;
+        while b0 < g.n {
+            let nb = chunk.min(g.n - b0);
+            let xv = xm.view(b0 * in_image, nb * in_image)?;
+            let args = Args::new()
+                .mem(&xv)
+                .mem(&cols)
+                .i32(nb as i32)
+                .i32(g.h as i32)
+                .i32(g.w as i32)
+                .i32(g.cin as i32)
+                .i32(g.kh as i32)
+                .i32(g.kw as i32)
+                .i32(g.stride[0] as i32)
+                .i32(g.stride[1] as i32)
+                .i32(g.pad_top as i32)
+                .i32(g.pad_left as i32)
+                .i32(g.oh as i32)
+                .i32(g.ow as i32);
+            self.launch_ops("im2col_nhwc", self.spread(nb * pixels * kdim), args)?;
+            let c = out.view(b0 * pixels * g.cout * 4, nb * pixels * g.cout * 4)?;
+            gemm::gemm(
+                &self.gpu,
+                self.rung,
+                &Operands {
+                    a: &cols,
+                    b: &dw.kernel,
+                    c: &c,
+                    bias: dw.bias.as_ref(),
+                    m: nb * pixels,
+                    n: g.cout,
+                    k: kdim,
+                    relu: spec.activation == Activation::Relu,
+                },
+            )?;
+            b0 += nb;
+        }
+        // The column buffer is freed when this returns: wait until the GEMMs have read it.
+        self.gpu.synchronize()?;
+        self.tensor(g.output_shape(), out)
+    }
+
+    fn max_pool2d(&self, x: &Tensor, spec: &Pool2dSpec) -> Result<Tensor> {
+        let g = spec.geometry(x.shape())?;
+        let xm = self.mem(x, "max_pool2d input")?;
+        let len = g.n * g.oh * g.ow * g.c;
+        let out = self.alloc_f32(len)?;
+        let args = Args::new()
+            .mem(xm)
+            .mem(&out)
+            .i32(g.n as i32)
+            .i32(g.h as i32)
+            .i32(g.w as i32)
+            .i32(g.c as i32)
+            .i32(g.size[0] as i32)
+            .i32(g.size[1] as i32)
+            .i32(g.stride[0] as i32)
+            .i32(g.stride[1] as i32)
+            .i32(g.pad_top as i32)
+            .i32(g.pad_left as i32)
+            .i32(g.oh as i32)
+            .i32(g.ow as i32);
+        self.launch_ops("max_pool_nhwc", self.spread(len), args)?;
+        self.tensor(g.output_shape(), out)
+    }
+
+    fn dense(&self, x: &Tensor, w: &LayerParams, activation: Activation) -> Result<Tensor> {
+        let [n, fin, fout] =
+            dense_geometry(x.shape(), w.kernel().shape(), w.bias().map(|b| b.shape()))?;
+        let xm = self.mem(x, "dense input")?;
+        let dw = self.weights(w)?;
+        let out = self.alloc_f32(n * fout)?;
+        gemm::gemm(
+            &self.gpu,
+            self.rung,
+            &Operands {
+                a: xm,
+                b: &dw.kernel,
+                c: &out,
+                bias: dw.bias.as_ref(),
+                m: n,
+                n: fout,
+                k: fin,
+                relu: activation == Activation::Relu,
+            },
+        )?;
+        self.tensor([n, fout], out)
+    }
+
+    fn softmax(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let cols = *dims
+            .last()
+            .ok_or_else(|| Error::Shape("softmax of a scalar".into()))?;
+        if cols == 0 {
+            return Err(Error::Shape(format!(
+                "softmax over an empty axis: {}",
+                x.shape()
+            )));
+        }
+        let rows = x.numel() / cols;
+        let xm = self.mem(x, "softmax input")?;
+        let out = self.alloc_f32(x.numel())?;
+        let args = Args::new()
+            .mem(xm)
+            .mem(&out)
+            .i32(rows as i32)
+            .i32(cols as i32);
+        self.launch_ops("softmax_rows", self.spread(rows), args)?;
+        self.tensor(x.shape().clone(), out)
+    }
+
+    fn global_pool(&self, x: &Tensor, kind: GlobalPool) -> Result<Tensor> {
+        let [n, h, w, c] = x.shape().nhwc("global pool input")?;
+        let xm = self.mem(x, "global pool input")?;
+        let out = self.alloc_f32(n * c)?;
+        let args = Args::new()
+            .mem(xm)
+            .mem(&out)
+            .i32(n as i32)
+            .i32((h * w) as i32)
+            .i32(c as i32)
+            .i32((kind == GlobalPool::Max) as i32);
+        self.launch_ops("global_pool_nhwc", self.spread(n * c), args)?;
+        self.tensor([n, c], out)
+    }
+
+    fn relu(&self, x: &Tensor) -> Result<Tensor> {
+        let xm = self.mem(x, "relu input")?;
+        let out = self.alloc_f32(x.numel())?;
+        let args = Args::new().mem(xm).mem(&out).value(x.numel() as i64);
+        self.launch_ops("relu_f32", self.spread(x.numel()), args)?;
+        self.tensor(x.shape().clone(), out)
+    }
+
+    fn mul(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        if x.shape() != mask.shape() {
+            return Err(Error::Shape(format!(
+                "mul: {} and {} differ",
+                x.shape(),
+                mask.shape()
+            )));
+        }
+        let xm = self.mem(x, "mul input")?;
+        let mm = self.mem(mask, "mul mask")?;
+        let out = self.alloc_f32(x.numel())?;
+        let args = Args::new()
+            .mem(xm)
+            .mem(mm)
+            .mem(&out)
+            .value(x.numel() as i64);
+        self.launch_ops("mul_f32", self.spread(x.numel()), args)?;
+        self.tensor(x.shape().clone(), out)
+    }
+
+    fn conv2d_backward(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _dy: &Tensor,
+        _w: &LayerParams,
+        _spec: &Conv2dSpec,
+        _wanted: Wanted,
+    ) -> Result<LayerGrads> {
+        self.not_yet("conv2d backward")
+    }
+
+    fn dense_backward(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        _dy: &Tensor,
+        _w: &LayerParams,
+        _activation: Activation,
+        _wanted: Wanted,
+    ) -> Result<LayerGrads> {
+        self.not_yet("dense backward")
+    }
+
+    fn max_pool2d_backward(&self, _x: &Tensor, _dy: &Tensor, _s: &Pool2dSpec) -> Result<Tensor> {
+        self.not_yet("max pool backward")
+    }
+
+    fn global_pool_backward(&self, _x: &Tensor, _dy: &Tensor, _k: GlobalPool) -> Result<Tensor> {
+        self.not_yet("global pool backward")
+    }
+
+    fn relu_backward(&self, _y: &Tensor, _dy: &Tensor) -> Result<Tensor> {
+        self.not_yet("relu backward")
+    }
+
+    fn softmax_cross_entropy(&self, _logits: &Tensor, _labels: &[usize]) -> Result<CrossEntropy> {
+        self.not_yet("softmax cross-entropy")
+    }
+
+    fn sum_squares(&self, _x: &Tensor) -> Result<f64> {
+        self.not_yet("the L2 penalty")
+    }
+
+    fn axpy(&self, _alpha: f64, _x: &Tensor, _y: &mut Tensor) -> Result<()> {
+        self.not_yet("axpy")
+    }
+
+    fn sgd_step(
+        &self,
+        _w: &mut Tensor,
+        _g: &Tensor,
+        _velocity: &mut Tensor,
+        _lr: f64,
+        _momentum: f64,
+        _nesterov: bool,
+    ) -> Result<()> {
+        self.not_yet("the SGD step")
+    }
+
+    fn adam_step(
+        &self,
+        _w: &mut Tensor,
+        _g: &Tensor,
+        _m: &mut Tensor,
+        _v: &mut Tensor,
+        _step: &AdamStep,
+    ) -> Result<()> {
+        self.not_yet("the Adam step")
+    }
+}
