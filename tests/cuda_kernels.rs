@@ -516,7 +516,11 @@ fn padding_for_tma_keeps_the_matrix_and_zero_fills() {
     let got: Vec<u16> = gpu.to_vec(&p, 32).unwrap();
     for r in 0..4 {
         for c in 0..8 {
-            let want = if r < rows && c < cols { src[r * cols + c] } else { 0 };
+            let want = if r < rows && c < cols {
+                src[r * cols + c]
+            } else {
+                0
+            };
             assert_eq!(got[r * 8 + c], want, "({r}, {c})");
         }
     }
