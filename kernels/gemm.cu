@@ -293,6 +293,42 @@ gemm_vectorized(const float* A, const float* B, float* C, const float* bias, int
 // (rung 6's thread layout has 2-way conflicts on B), and a warp touches a compact region, which
 // is also how the tensor-core rungs below are organised. BK=16 halves the barriers per FMA.
 // ================================================================================================
+// One k step of a warp tile (rungs 7 and 8): the lane's 2 float4 of A (rows lm.. and lm+32..
+// of the warp's 64) and 2 of B (columns ln.. and ln+16.. of its 32), then their 8x8 outer
+// product. `as_k` and `bs_k` point at row k of the A (transposed) and B tiles.
+__device__ __forceinline__ void warptile_step(float (&acc)[8][8], const float* as_k,
+                                              const float* bs_k, int wm, int wn, int lm, int ln) {
+    float4 a[2], b[2];
+#pragma unroll
+    for (int im = 0; im < 2; ++im)
+        a[im] = *reinterpret_cast<const float4*>(as_k + wm + im * 32 + lm);
+#pragma unroll
+    for (int in = 0; in < 2; ++in)
+        b[in] = *reinterpret_cast<const float4*>(bs_k + wn + in * 16 + ln);
+#pragma unroll
+    for (int r = 0; r < 8; ++r)
+#pragma unroll
+        for (int c = 0; c < 8; ++c)
+            acc[r][c] += keel_f4(a[r / 4], r % 4) * keel_f4(b[c / 4], c % 4);
+}
+
+// Store a lane's 8x8 results of a warp tile whose corner is (wm0, wn0) in C, through the
+// epilogue: rows lm.. and lm+32.., columns ln.. and ln+16.., as float4 where allowed.
+__device__ __forceinline__ void warptile_store(const float (&acc)[8][8], float* C,
+                                               const float* bias, int relu, int M, int N,
+                                               int wm0, int wn0, int lm, int ln, bool c_vec) {
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+        const int m = wm0 + (r / 4) * 32 + lm + r % 4;
+#pragma unroll
+        for (int in = 0; in < 2; ++in)
+            keel_store4(C, bias, relu, M, N, m, wn0 + in * 16 + ln,
+                        make_float4(acc[r][in * 4], acc[r][in * 4 + 1], acc[r][in * 4 + 2],
+                                    acc[r][in * 4 + 3]),
+                        c_vec);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256, 2)
 gemm_warptile(const float* A, const float* B, float* C, const float* bias, int M, int N, int K,
               int relu) {
@@ -326,32 +362,10 @@ gemm_warptile(const float* A, const float* B, float* C, const float* bias, int M
         // Unrolled by 2, not 16: full unrolling lets the compiler prefetch fragments many k
         // ahead (135 registers: one block per SM); by 2 it stays at ~120, two blocks per SM.
 #pragma unroll 2
-        for (int k = 0; k < BK; ++k) {
-            float4 a[2], b[2];
-#pragma unroll
-            for (int im = 0; im < 2; ++im)
-                a[im] = *reinterpret_cast<const float4*>(&As[k][wm + im * 32 + lm]);
-#pragma unroll
-            for (int in = 0; in < 2; ++in)
-                b[in] = *reinterpret_cast<const float4*>(&Bs[k][wn + in * 16 + ln]);
-#pragma unroll
-            for (int r = 0; r < 8; ++r)
-#pragma unroll
-                for (int c = 0; c < 8; ++c)
-                    acc[r][c] += keel_f4(a[r / 4], r % 4) * keel_f4(b[c / 4], c % 4);
-        }
+        for (int k = 0; k < BK; ++k) warptile_step(acc, &As[k][0], &Bs[k][0], wm, wn, lm, ln);
         __syncthreads();
     }
-#pragma unroll
-    for (int r = 0; r < 8; ++r) {
-        const int m = m0 + wm + (r / 4) * 32 + lm + r % 4;
-#pragma unroll
-        for (int in = 0; in < 2; ++in)
-            keel_store4(C, bias, relu, M, N, m, n0 + wn + in * 16 + ln,
-                        make_float4(acc[r][in * 4], acc[r][in * 4 + 1], acc[r][in * 4 + 2],
-                                    acc[r][in * 4 + 3]),
-                        c_vec);
-    }
+    warptile_store(acc, C, bias, relu, M, N, m0 + wm, n0 + wn, lm, ln, c_vec);
 }
 
 // ================================================================================================
@@ -360,11 +374,12 @@ gemm_warptile(const float* A, const float* B, float* C, const float* bias, int M
 // Multi-stage cp.async pipeline (double buffering generalised to 3 buffers): tiles are copied
 // global -> shared by the copy engine without passing through registers, issued two tiles
 // ahead, so the loads of tiles t+1 and t+2 are in flight while tile t is multiplied, with one
-// __syncthreads per tile instead of two. The compute loop is rung 7's. A is still stored
-// transposed (As[k][m], what the inner loop wants): cp.async cannot transpose a 16-byte chunk,
-// so A moves as 4-byte copies (8 per thread per tile, against 1024 FMAs); B moves in 16-byte
-// chunks when N % 4 == 0 and B is 16-byte aligned, else in 4-byte copies. Ragged tiles use the
-// src-size form of cp.async (zero fill) instead of branches around the copies.
+// __syncthreads per tile instead of two. The compute loop is rung 7's (warptile_step). A is
+// still stored transposed (As[k][m], what the inner loop wants): cp.async cannot transpose a
+// 16-byte chunk, so A moves as 4-byte copies (8 per thread per tile, against 1024 FMAs); B
+// moves in 16-byte chunks when N % 4 == 0 and B is 16-byte aligned, else in 4-byte copies.
+// Ragged tiles use the src-size form of cp.async (zero fill) instead of branches around the
+// copies.
 // ================================================================================================
 namespace keel_async {
 constexpr int BM = 128, BN = 128, BK = 16, STAGES = 3, APITCH = BM + 4;
@@ -446,33 +461,12 @@ gemm_async(const float* A, const float* B, float* C, const float* bias, int M, i
         const float* as = As + (kt % STAGES) * A_STAGE;
         const float* bs = Bs + (kt % STAGES) * B_STAGE;
 #pragma unroll 2
-        for (int k = 0; k < BK; ++k) {
-            float4 a[2], b[2];
-#pragma unroll
-            for (int im = 0; im < 2; ++im)
-                a[im] = *reinterpret_cast<const float4*>(as + k * APITCH + wm + im * 32 + lm);
-#pragma unroll
-            for (int in = 0; in < 2; ++in)
-                b[in] = *reinterpret_cast<const float4*>(bs + k * BN + wn + in * 16 + ln);
-#pragma unroll
-            for (int r = 0; r < 8; ++r)
-#pragma unroll
-                for (int c = 0; c < 8; ++c)
-                    acc[r][c] += keel_f4(a[r / 4], r % 4) * keel_f4(b[c / 4], c % 4);
-        }
+        for (int k = 0; k < BK; ++k)
+            warptile_step(acc, as + k * APITCH, bs + k * BN, wm, wn, lm, ln);
     }
     keel_cp_async_wait<0>();  // only empty groups can be left, but leave nothing in flight
 
-#pragma unroll
-    for (int r = 0; r < 8; ++r) {
-        const int m = m0 + wm + (r / 4) * 32 + lm + r % 4;
-#pragma unroll
-        for (int in = 0; in < 2; ++in)
-            keel_store4(C, bias, relu, M, N, m, n0 + wn + in * 16 + ln,
-                        make_float4(acc[r][in * 4], acc[r][in * 4 + 1], acc[r][in * 4 + 2],
-                                    acc[r][in * 4 + 3]),
-                        c_vec);
-    }
+    warptile_store(acc, C, bias, relu, M, N, m0 + wm, n0 + wn, lm, ln, c_vec);
 }
 
 // (The tensor-core rungs store their accumulator fragments with prelude.cuh's keel_store_frag.)

@@ -21,6 +21,8 @@ for d in $(python3 -c 'import site,glob;[print(p) for s in site.getsitepackages(
     export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
 done
 export KEEL_KERNEL_CACHE=${KEEL_KERNEL_CACHE:-/tmp/keel-kernel-cache}
+# cuBLAS's fp32 yardstick must not silently use TF32.
+unset NVIDIA_TF32_OVERRIDE
 status=0
 { nvidia-smi || true; echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"; } > "$OUT/environment.txt" 2>&1
 

@@ -208,18 +208,8 @@ impl Backend for CudaBackend {
             let args = Args::new()
                 .mem(&xv)
                 .mem(&cols)
-                .i32(nb as i32)
-                .i32(g.h as i32)
-                .i32(g.w as i32)
-                .i32(g.cin as i32)
-                .i32(g.kh as i32)
-                .i32(g.kw as i32)
-                .i32(g.stride[0] as i32)
-                .i32(g.stride[1] as i32)
-                .i32(g.pad_top as i32)
-                .i32(g.pad_left as i32)
-                .i32(g.oh as i32)
-                .i32(g.ow as i32);
+                .i32s(&[nb, g.h, g.w, g.cin, g.kh, g.kw])
+                .i32s(&[g.stride[0], g.stride[1], g.pad_top, g.pad_left, g.oh, g.ow]);
             self.launch_ops("im2col_nhwc", self.spread(nb * pixels * kdim), args)?;
             let c = out.view(b0 * pixels * g.cout * 4, nb * pixels * g.cout * 4)?;
             gemm::gemm(
@@ -251,18 +241,8 @@ impl Backend for CudaBackend {
         let args = Args::new()
             .mem(xm)
             .mem(&out)
-            .i32(g.n as i32)
-            .i32(g.h as i32)
-            .i32(g.w as i32)
-            .i32(g.c as i32)
-            .i32(g.size[0] as i32)
-            .i32(g.size[1] as i32)
-            .i32(g.stride[0] as i32)
-            .i32(g.stride[1] as i32)
-            .i32(g.pad_top as i32)
-            .i32(g.pad_left as i32)
-            .i32(g.oh as i32)
-            .i32(g.ow as i32);
+            .i32s(&[g.n, g.h, g.w, g.c, g.size[0], g.size[1]])
+            .i32s(&[g.stride[0], g.stride[1], g.pad_top, g.pad_left, g.oh, g.ow]);
         self.launch_ops("max_pool_nhwc", self.spread(len), args)?;
         self.tensor(g.output_shape(), out)
     }

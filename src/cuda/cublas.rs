@@ -38,7 +38,9 @@ impl Cublas {
     }
 
     /// Row-major `C (m x n) = A (m x k) · B (k x n)` in `precision`: cuBLAS is column-major,
-    /// so it computes `Cᵀ = Bᵀ · Aᵀ`, which has the same bytes.
+    /// so it computes `Cᵀ = Bᵀ · Aᵀ`, which has the same bytes. fp32 is `CUBLAS_COMPUTE_32F`
+    /// in the handle's default math mode, which does not use TF32 (`scripts/gpu-check.sh`
+    /// clears `NVIDIA_TF32_OVERRIDE`, so the environment cannot change what a mode means).
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
@@ -59,7 +61,7 @@ impl Cublas {
         let (in_ty, compute) = match precision {
             Precision::Fp32 => (
                 sys::cudaDataType::CUDA_R_32F,
-                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             ),
             Precision::Tf32 => (
                 sys::cudaDataType::CUDA_R_32F,

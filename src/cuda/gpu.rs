@@ -165,6 +165,11 @@ impl Args {
         self.value(v)
     }
 
+    /// Several `int` arguments in order (sizes and strides: each must fit an `int`).
+    pub fn i32s(self, vs: &[usize]) -> Args {
+        vs.iter().fold(self, |a, &v| a.i32(v as i32))
+    }
+
     fn params(&mut self) -> Vec<*mut c_void> {
         self.slots
             .iter_mut()
