@@ -19,7 +19,7 @@ fn cpu_build() -> Option<Arc<Gpu>> {
     match Gpu::cpu_emulated() {
         Ok(g) => Some(g),
         Err(e) => {
-            eprintln!("SKIPPED: kernels cannot be built for the CPU here: {e}");
+            common::skip(format!("kernels cannot be built for the CPU here: {e}"));
             None
         }
     }
@@ -29,9 +29,9 @@ fn nvrtc_here() -> bool {
     if nvrtc::available() {
         return true;
     }
-    eprintln!(
-        "SKIPPED: libnvrtc.so.13 is not on LD_LIBRARY_PATH (`.ci/run` installs it); the \
-         kernels were not compiled for sm_80/sm_90"
+    common::skip(
+        "libnvrtc.so.13 is not on LD_LIBRARY_PATH (`.ci/run` installs it); the kernels were \
+         not compiled for sm_80/sm_90",
     );
     false
 }
@@ -242,7 +242,7 @@ fn bad_launches_are_refused_with_the_kernel_named() {
 #[test]
 fn without_a_gpu_cuda_says_so() {
     if keel::cuda::driver::driver_present() {
-        eprintln!("SKIPPED: this machine has a CUDA driver; the no-GPU messages were not checked");
+        common::skip("this machine has a CUDA driver; the no-GPU messages were not checked");
         return;
     }
     let e = Gpu::cuda(0).err().unwrap().to_string();
@@ -433,7 +433,7 @@ fn broken_kernels_fail_the_validation() {
 #[test]
 fn thread_sanitizer_catches_a_removed_syncthreads() {
     if !emu::available() {
-        eprintln!("SKIPPED: no C++ compiler; the ThreadSanitizer check did not run");
+        common::skip("no C++ compiler; the ThreadSanitizer check did not run");
         return;
     }
     let kernels = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
@@ -477,7 +477,7 @@ fn thread_sanitizer_catches_a_removed_syncthreads() {
         if !cc.status.success() {
             let err = String::from_utf8_lossy(&cc.stderr);
             if err.contains("tsan") {
-                eprintln!("SKIPPED: ThreadSanitizer's runtime is not installed: {err}");
+                common::skip(format!("ThreadSanitizer's runtime is not installed: {err}"));
                 return;
             }
             panic!("building {name} with ThreadSanitizer: {err}");
@@ -525,4 +525,31 @@ fn padding_for_tma_keeps_the_matrix_and_zero_fills() {
         }
     }
     assert!(gemm::pad_u16(&gpu, &m, [rows, cols], [2, 8]).is_err());
+}
+
+/// Training is not on the GPU yet: `keel train --device cuda` says so before any work.
+#[test]
+fn training_on_the_cuda_backend_is_refused_up_front() {
+    if cpu_build().is_none() {
+        return;
+    }
+    let home = common::temp_dir("cuda-train");
+    let photos = home.join("photos");
+    common::run::photo_folder(&photos, 3);
+    let out_dir = home.join("model");
+    let weights = common::run::weights();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "train",
+            common::run::s(&photos),
+            "--weights",
+            common::run::s(&weights),
+        ])
+        .args(["--device", "cuda", "-o", common::run::s(&out_dir)])
+        .env("KEEL_HOME", &home)
+        .env("KEEL_CUDA_CPU_BUILD", "1")
+        .output()
+        .unwrap();
+    common::run::assert_fails_with(&o, &["--device cuda:0", "training runs on the CPU"]);
+    assert!(!out_dir.exists());
 }

@@ -19,7 +19,7 @@ fn train_hymenoptera(name: &str, extra: &[&str]) -> Option<(serde_json::Value, f
     let shared = common::shared("datasets/hymenoptera")?;
     let weights = shared.join("weights/vgg16_imagenet_notop.h5");
     if !weights.is_file() {
-        eprintln!("SKIPPED: {} is absent", weights.display());
+        common::skip(format!("{} is absent", weights.display()));
         return None;
     }
     let out_dir = common::temp_dir(name).join("ants_vs_bees");

@@ -10,6 +10,14 @@ use keel::cpu::{Cpu, CpuReference};
 use keel::io::npy::NpyArray;
 use keel::tensor::{Backend, Tensor};
 
+/// Say that a test did not run, and why, where the test command's output shows it: straight
+/// to the process's stderr, past libtest's capture (which would hide an `eprintln!` of a test
+/// that returns normally, so a skip would read as a pass).
+pub fn skip(reason: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {reason}");
+}
+
 /// `../shared` next to the checkout, or `None` (with a printed reason) when it is absent, so
 /// the suite still passes on a machine without the data.
 pub fn shared(what: &str) -> Option<PathBuf> {
@@ -18,10 +26,10 @@ pub fn shared(what: &str) -> Option<PathBuf> {
     if probe.exists() {
         Some(dir)
     } else {
-        eprintln!(
-            "SKIPPED: {} is absent (tests that need ../shared/{what} did not run)",
+        skip(format!(
+            "{} is absent (tests that need ../shared/{what} did not run)",
             probe.display()
-        );
+        ));
         None
     }
 }
