@@ -553,3 +553,36 @@ fn training_on_the_cuda_backend_is_refused_up_front() {
     common::run::assert_fails_with(&o, &["--device cuda:0", "training runs on the CPU"]);
     assert!(!out_dir.exists());
 }
+
+/// `keel gpu-check --quick --no-timing` on the CPU build: the command a GPU machine runs,
+/// its table and JSON, without the timing half (which needs a GPU).
+#[test]
+fn gpu_check_validates_every_rung_on_the_cpu_build() {
+    if cpu_build().is_none() {
+        return;
+    }
+    let home = common::temp_dir("cuda-gpu-check");
+    let json = home.join("check.json");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(args)
+            .env("KEEL_HOME", &home)
+            .env("KEEL_CUDA_CPU_BUILD", "1")
+            .output()
+            .unwrap()
+    };
+    let o = run(&["gpu-check", "--quick", "--no-timing", "--json", common::run::s(&json)]);
+    common::run::assert_ok(&o);
+    let text = common::run::stdout(&o);
+    assert!(text.contains("all ") && text.contains("validations passed"), "{text}");
+    assert!(text.contains("bf16") && text.contains("conv 3x3 same relu"), "{text}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = doc["validation"].as_array().unwrap();
+    let rungs = check::runnable(&cpu_build().unwrap()).len();
+    assert_eq!(rows.len(), rungs * QUICK_SIZES.len());
+    assert!(rows.iter().all(|r| r["passed"] == true));
+    // Timing needs a GPU: the CPU build refuses it rather than print meaningless numbers.
+    let o = run(&["gpu-check", "--quick"]);
+    common::run::assert_fails_with(&o, &["runs only --quick --no-timing"]);
+}

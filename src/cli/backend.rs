@@ -53,18 +53,11 @@ impl BackendArgs {
     }
 }
 
-/// The CUDA backend on GPU `ordinal`. `KEEL_CUDA_CPU_BUILD=1` runs the CPU build of the
-/// kernels instead (slow; it lets the tests drive the whole command line through the CUDA
-/// launch code on a machine without a GPU).
+/// The CUDA backend on GPU `ordinal` (or on the CPU build of its kernels, see `Gpu::open`).
 #[cfg(feature = "cuda")]
 fn cuda_backend(ordinal: usize) -> anyhow::Result<Arc<dyn Backend>> {
     use crate::cuda::{CudaBackend, Gpu};
-    let gpu = if std::env::var("KEEL_CUDA_CPU_BUILD").is_ok_and(|v| v == "1") {
-        Gpu::cpu_emulated()?
-    } else {
-        Gpu::cuda(ordinal)?
-    };
-    Ok(Arc::new(CudaBackend::new(gpu)))
+    Ok(Arc::new(CudaBackend::new(Gpu::open(ordinal)?)))
 }
 
 #[cfg(not(feature = "cuda"))]

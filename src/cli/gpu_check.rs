@@ -44,7 +44,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let Device::Cuda(ordinal) = Device::parse(&a.device)? else {
         bail!("gpu-check runs on a GPU: --device cuda or cuda:N");
     };
-    let gpu = Gpu::cuda(ordinal).with_context(|| format!("--device {}", a.device))?;
+    let gpu = Gpu::open(ordinal).with_context(|| format!("--device {}", a.device))?;
+    if gpu.is_emulated() && !(a.quick && a.no_timing) {
+        bail!("the CPU build of the kernels (KEEL_CUDA_CPU_BUILD=1) runs only --quick --no-timing");
+    }
     let rungs: Vec<&gemm::Rung> = if a.rungs.is_empty() {
         check::runnable(&gpu)
     } else {
@@ -53,16 +56,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .map(|n| gemm::rung(n))
             .collect::<Result<_, _>>()?
     };
-    let d = gpu.cuda_device().expect("a real GPU");
-    println!(
-        "device: {} ({}, {} SMs, {} MHz, {} MiB L2); nvrtc {:?}",
-        gpu.name(),
-        gpu.arch(),
-        d.sm_count,
-        d.clock_khz / 1000,
-        d.l2_bytes >> 20,
-        crate::cuda::nvrtc::version()?
-    );
+    match gpu.cuda_device() {
+        Some(d) => println!(
+            "device: {} ({}, {} SMs, {} MHz, {} MiB L2); nvrtc {:?}",
+            gpu.name(),
+            gpu.arch(),
+            d.sm_count,
+            d.clock_khz / 1000,
+            d.l2_bytes >> 20,
+            crate::cuda::nvrtc::version()?
+        ),
+        None => println!("device: {}", gpu.name()),
+    }
 
     let mut sizes: Vec<[usize; 3]> = QUICK_SIZES.to_vec();
     if !a.quick {
@@ -139,8 +144,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let doc = serde_json::json!({
             "device": gpu.name(),
             "arch": gpu.arch(),
-            "sm_count": d.sm_count,
-            "clock_mhz": d.clock_khz / 1000,
+            "sm_count": gpu.cuda_device().map(|d| d.sm_count),
+            "clock_mhz": gpu.cuda_device().map(|d| d.clock_khz / 1000),
             "validation": validations,
             "ops": ops,
             "timing": timings,

@@ -196,6 +196,16 @@ impl Gpu {
         }))
     }
 
+    /// GPU `ordinal`, or the CPU build of the kernels when `KEEL_CUDA_CPU_BUILD=1` (slow; it
+    /// lets the tests drive the command line through the CUDA launch code without a GPU).
+    pub fn open(ordinal: usize) -> Result<Arc<Gpu>> {
+        if std::env::var("KEEL_CUDA_CPU_BUILD").is_ok_and(|v| v == "1") {
+            Gpu::cpu_emulated()
+        } else {
+            Gpu::cuda(ordinal)
+        }
+    }
+
     /// The CPU build of the kernels (needs a C++ compiler).
     pub fn cpu_emulated() -> Result<Arc<Gpu>> {
         if !emu::available() {
