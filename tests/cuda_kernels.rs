@@ -571,11 +571,23 @@ fn gpu_check_validates_every_rung_on_the_cpu_build() {
             .output()
             .unwrap()
     };
-    let o = run(&["gpu-check", "--quick", "--no-timing", "--json", common::run::s(&json)]);
+    let o = run(&[
+        "gpu-check",
+        "--quick",
+        "--no-timing",
+        "--json",
+        common::run::s(&json),
+    ]);
     common::run::assert_ok(&o);
     let text = common::run::stdout(&o);
-    assert!(text.contains("all ") && text.contains("validations passed"), "{text}");
-    assert!(text.contains("bf16") && text.contains("conv 3x3 same relu"), "{text}");
+    assert!(
+        text.contains("all ") && text.contains("validations passed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bf16") && text.contains("conv 3x3 same relu"),
+        "{text}"
+    );
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let rows = doc["validation"].as_array().unwrap();

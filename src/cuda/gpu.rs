@@ -24,17 +24,26 @@ enum Engine {
 /// A kernel ready to launch.
 #[derive(Clone)]
 pub enum Function {
-    Cuda(cudarc::driver::CudaFunction, String),
+    Cuda(Arc<CudaKernel>),
     Cpu(EmuFunction),
 }
 
 impl Function {
     pub fn name(&self) -> &str {
         match self {
-            Function::Cuda(_, n) => n,
+            Function::Cuda(k) => &k.name,
             Function::Cpu(f) => f.name(),
         }
     }
+}
+
+/// A kernel loaded on a GPU, with the dynamic shared memory it has been allowed so far (raising
+/// the limit is a driver call, made once per new size rather than once per launch, so it stays
+/// out of timed loops).
+pub struct CudaKernel {
+    f: cudarc::driver::CudaFunction,
+    name: String,
+    smem_allowed: std::sync::atomic::AtomicU32,
 }
 
 /// Grid, block and dynamic shared memory of one launch.
@@ -402,7 +411,11 @@ impl Gpu {
                 let f = m.load_function(name).map_err(|e| {
                     Error::cuda(format!("cuModuleGetFunction {name}"), format!("{e:?}"))
                 })?;
-                Function::Cuda(f, name.to_string())
+                Function::Cuda(Arc::new(CudaKernel {
+                    f,
+                    name: name.to_string(),
+                    smem_allowed: (48 * 1024).into(),
+                }))
             }
             Engine::Cpu => {
                 if module.sm90a_only {
@@ -450,15 +463,18 @@ impl Gpu {
         }
         let mut params = args.params();
         match (&self.engine, f) {
-            (Engine::Cuda(d), Function::Cuda(cf, name)) => {
-                if launch.dynamic_smem > 48 * 1024 {
-                    d.allow_dynamic_smem(cf, name, launch.dynamic_smem)?;
+            (Engine::Cuda(d), Function::Cuda(k)) => {
+                use std::sync::atomic::Ordering;
+                if launch.dynamic_smem > k.smem_allowed.load(Ordering::Relaxed) {
+                    d.allow_dynamic_smem(&k.f, &k.name, launch.dynamic_smem)?;
+                    k.smem_allowed
+                        .fetch_max(launch.dynamic_smem, Ordering::Relaxed);
                 }
                 // SAFETY: the caller's contract.
                 unsafe {
                     d.launch(
-                        cf,
-                        name,
+                        &k.f,
+                        &k.name,
                         &mut params,
                         launch.grid,
                         launch.block,
