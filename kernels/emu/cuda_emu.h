@@ -6,7 +6,7 @@
 // warp exchanges and the tensor-core fragment layouts. It cannot check speed, the inline-PTX
 // strings themselves (prelude.cuh has separate GPU versions), or blocks that talk to each other.
 //
-// Model (see kernels/CONTRACT.md):
+// Model (see kernels/README.md):
 //   * one OS thread per CUDA thread (small pthread stacks); the blocks of a grid run one after
 //     another, so `__shared__` can be plain static storage; launches are serialised by a mutex;
 //   * __syncthreads() is a barrier that threads which have returned leave; all threads must
@@ -19,7 +19,7 @@
 //     moment the GPU may complete them — so a kernel that reads a tile before waiting for it
 //     reads stale (NaN-poisoned) data here too.
 //
-// Build: g++ -std=c++20 -pthread -I kernels, with KEEL_EMU defined (see CONTRACT.md and
+// Build: g++ -std=c++20 -pthread -I kernels, with KEEL_EMU defined (see kernels/README.md and
 // emu/driver.cpp). Environment: KEEL_EMU_WATCHDOG_S (default 20), KEEL_EMU_STACK_KB (256).
 #pragma once
 
@@ -689,7 +689,7 @@ inline std::tuple<Param<Args>...> unpack_params(void** params, std::index_sequen
     return std::tuple<Param<Args>...>(*static_cast<Param<Args>*>(params[I])...);
 }
 
-// The export ABI of CONTRACT.md: params[i] points at the i-th argument (cuLaunchKernel's
+// The export ABI of kernels/README.md: params[i] points at the i-th argument (cuLaunchKernel's
 // layout); the kernel's own parameter types say how to read them.
 template <class... Args>
 inline int launch(void (*kernel)(Args...), const char* name, void** params, const unsigned* grid,

@@ -288,7 +288,7 @@ pub fn gemm_from(
         .i32(k32)
         .i32(relu as i32);
     // SAFETY: every ladder kernel takes (A, B, float* C, const float* bias, int M, int N,
-    // int K, int relu) with A and B of the rung's input type (kernels/CONTRACT.md); the
+    // int K, int relu) with A and B of the rung's input type (kernels/README.md); the
     // buffers' sizes for this M, N, K were checked above.
     unsafe { gpu.launch(&f, launch, args) }
 }
