@@ -6,6 +6,7 @@ mod classify;
 mod common;
 mod convert;
 mod evaluate;
+mod export;
 mod features;
 mod fetch;
 mod gpu_check;
@@ -46,6 +47,9 @@ enum Command {
     Features(features::Args),
     /// Convert a Keras .h5 weights file to safetensors.
     Convert(convert::Args),
+    /// Export a trained model folder as a Keras .weights.h5 (with the .py that loads it) or an
+    /// ONNX model.
+    Export(export::Args),
     /// Download the official Keras weights into keel's cache, checking Keras's md5.
     Fetch(fetch::Args),
     /// Time keel's kernels: GEMM and convolution rungs, the VGG16 conv base, the FMA peak.
@@ -88,6 +92,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Classify(a) => classify::run(a),
         Command::Features(a) => features::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Export(a) => export::run(a),
         Command::Fetch(a) => fetch::run(a),
         Command::Bench(a) => bench::run(a),
         Command::GpuCheck(a) => gpu_check::run(a),

@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod batch;
 pub mod dataset;
+pub mod export;
 pub mod feature_cache;
 pub mod fetch;
 pub mod hdf5;

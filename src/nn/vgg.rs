@@ -141,6 +141,11 @@ impl Vgg {
         self.layers.iter().map(|l| l.spec.name.as_str()).collect()
     }
 
+    /// Each layer with its weights (convolutions and dense layers), in model order.
+    pub fn layers_with_weights(&self) -> impl Iterator<Item = (&LayerSpec, Option<&LayerParams>)> {
+        self.layers.iter().map(|l| (&l.spec, l.params.as_ref()))
+    }
+
     pub fn layer_specs(&self) -> impl Iterator<Item = &LayerSpec> {
         self.layers.iter().map(|l| &l.spec)
     }

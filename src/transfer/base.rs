@@ -195,6 +195,11 @@ impl FrozenBase {
     }
 
     /// The backend the base runs on.
+    /// The VGG this base runs (fine-tuned layers in place), up to and including its layer.
+    pub fn vgg(&self) -> &Vgg {
+        &self.vgg
+    }
+
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }

@@ -20,6 +20,7 @@
 
 mod augment;
 mod base;
+mod export;
 mod model;
 mod progress;
 mod store;
@@ -27,6 +28,7 @@ mod train;
 
 pub use augment::{Augment, CropSource, FlipSource};
 pub use base::{BaseInfo, ExtractOptions, Extraction, FrozenBase, flip_horizontal};
+pub use export::{ExportGraph, ExportLayer};
 pub use model::{
     FineTuneInfo, HeadInfo, MODEL_FORMAT, MODEL_VERSION, ModelCard, TrainedModel, TrainingInfo,
 };

@@ -130,6 +130,18 @@ impl Head {
         })
     }
 
+    /// Each layer of the spec with its weights and their name (`dense1`, ...; dense layers
+    /// only), in order.
+    pub fn layers_with_weights(
+        &self,
+    ) -> impl Iterator<Item = (HeadLayer, Option<(&str, &LayerParams)>)> {
+        self.spec
+            .layers
+            .iter()
+            .zip(&self.weights)
+            .map(|(l, w)| (*l, w.as_ref().map(|(n, p)| (n.as_str(), p))))
+    }
+
     pub fn spec(&self) -> &HeadSpec {
         &self.spec
     }
