@@ -89,3 +89,45 @@ pub fn photo_folder_salted(root: &Path, n: usize, salt: u64) {
     std::fs::write(root.join("red/.DS_Store"), b"junk").unwrap();
     std::fs::write(root.join("blue/notes.txt"), b"not a photo").unwrap();
 }
+
+/// A trained model folder `home/model` on the micro VGG16 base (`photo_folder` photos in
+/// `home/photos`, 3 per class, 40x40 inputs, 2 epochs): what the export tests start from.
+/// `extra` goes to `keel train` as is (`--fine-tune block5`, `--head ...`).
+pub fn trained_model(home: &Path, extra: &[&str]) -> PathBuf {
+    let photos = home.join("photos");
+    photo_folder(&photos, 3);
+    let model = home.join("model");
+    let weights = weights();
+    let mut args = vec![
+        "train",
+        s(&photos),
+        "-o",
+        s(&model),
+        "--weights",
+        s(&weights),
+        "--input",
+        "40x40",
+        "--epochs",
+        "2",
+        "--validation-split",
+        "0.34",
+    ];
+    args.extend_from_slice(extra);
+    assert_ok(&keel_in(home, &args));
+    model
+}
+
+/// The Python that runs the interop checks (`KEEL_TEST_PYTHON`, set by `.ci/run` to a venv
+/// with numpy, h5py and onnxruntime), or None after printing why the check is skipped.
+pub fn test_python(what: &str) -> Option<PathBuf> {
+    match std::env::var_os("KEEL_TEST_PYTHON") {
+        Some(p) if Path::new(&p).is_file() => Some(PathBuf::from(p)),
+        _ => {
+            super::skip(format!(
+                "KEEL_TEST_PYTHON is not set to a Python with numpy, h5py and onnxruntime \
+                 (`.ci/run` makes one); {what} did not run"
+            ));
+            None
+        }
+    }
+}
