@@ -11,11 +11,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The operating system refused an operation on a path.
-    #[error("{}: {source}", path.display())]
+    ///
+    /// The OS's error is part of the message and deliberately not a `source`: a `{:#}` chain
+    /// would print it twice ("No such file or directory (os error 2): No such file ...").
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file could be read but its contents are wrong for what keel needs.
     #[error("{}: {problem}", path.display())]
@@ -37,10 +39,10 @@ pub enum Error {
 
 impl Error {
     /// An I/O error on `path`.
-    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+    pub fn io(path: impl AsRef<Path>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            error,
         }
     }
 

@@ -105,6 +105,41 @@ fn cli_fetch_without_network_names_weights_flag() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A file placed at the cache path whose md5 is not Keras's: offline, the message names it,
+/// both checksums and `--weights` (it used to ask for the file to be put where it already was).
+#[test]
+fn offline_fetch_names_a_cached_file_with_another_checksum() {
+    let dir = common::temp_dir("fetch-foreign");
+    let cached = dir.join("weights/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5");
+    std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+    std::fs::write(&cached, b"not keras's file").unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["fetch", "vgg16"])
+        .env("KEEL_HOME", &dir)
+        .env("KEEL_WEIGHTS_URL", format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let md5 = keel::io::fetch::md5_file(&cached).unwrap();
+    for needle in [
+        cached.to_str().unwrap(),
+        md5.as_str(),
+        "6d6bbae143d832006294945121d1f1fc",
+        &format!("--weights {}", cached.display()),
+    ] {
+        assert!(stderr.contains(needle), "expected {needle} in: {stderr}");
+    }
+    assert!(!stderr.contains("place it at"), "{stderr}");
+    assert!(cached.exists(), "the user's file is left alone");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn cli_fetch_refuses_a_file_with_the_wrong_checksum() {
     let dir = common::temp_dir("fetch-badsum");

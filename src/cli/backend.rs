@@ -25,6 +25,9 @@ pub struct BackendArgs {
     /// or winograd4 [default: keel's choice per layer].
     #[arg(long, value_name = "ALGO")]
     pub algo: Option<String>,
+    /// Worker threads for the kernels [default: KEEL_THREADS, else all cores].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 impl BackendArgs {
@@ -74,6 +77,7 @@ impl Default for BackendArgs {
             device: "cpu".into(),
             isa: None,
             algo: None,
+            threads: None,
         }
     }
 }

@@ -25,6 +25,9 @@ use crate::tensor::{AlignedVec, Conv2dSpec, LayerParams, Tensor, Wanted};
 pub struct Args {
     #[command(subcommand)]
     what: What,
+    /// Worker threads [default: KEEL_THREADS, else all cores].
+    #[arg(long, global = true, value_name = "N")]
+    pub(super) threads: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -55,8 +58,10 @@ struct ConvArgs {
     #[arg(long, default_value = "forward")]
     pass: String,
     /// Network input size HxW (the layer's size follows from it).
+    /// Network input size HxW.
     #[arg(long, value_parser = parse_hw, default_value = "224x224")]
     input: [usize; 2],
+    /// Images per forward pass.
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Timed repetitions after one warm-up (default: REPS from the environment, else 5).
@@ -70,8 +75,10 @@ struct VggArgs {
     /// weights, which take the same time.
     #[arg(long, value_name = "FILE")]
     weights: Option<PathBuf>,
+    /// Network input size HxW.
     #[arg(long, value_parser = parse_hw, default_value = "224x224")]
     input: [usize; 2],
+    /// Images per forward pass.
     #[arg(long, default_value_t = 1)]
     batch: usize,
     /// Force one convolution algorithm where it applies (default: keel's choice per layer).
@@ -87,8 +94,11 @@ struct VggArgs {
 
 #[derive(Parser, Debug)]
 struct GemmArgs {
+    /// Rows of A and C.
     m: usize,
+    /// Columns of B and C.
     n: usize,
+    /// Columns of A, rows of B (the sum's length).
     k: usize,
     /// Rung of the ladder: naive, blocked, packed, avx2, avx512, neon (default: the fastest here).
     #[arg(long)]

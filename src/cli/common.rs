@@ -156,13 +156,54 @@ pub fn base_for_model(
     backend: Arc<dyn Backend>,
 ) -> anyhow::Result<FrozenBase> {
     let info = &model.card.base;
-    let recorded = Some(info.weights_file.as_path()).filter(|p| p.is_file());
     let arch: Arch = info.model.parse().map_err(anyhow::Error::msg)?;
-    let (set, _) = load_weights(weights.or(recorded), Some(arch), false)?;
+    let path = match weights {
+        Some(w) => w.to_path_buf(),
+        None if info.weights_file.is_file() => info.weights_file.clone(),
+        None => find_base_weights(model, model_dir, arch)?,
+    };
+    let (set, _) = load_weights(Some(&path), Some(arch), false)?;
     let interpolation = info.interpolation.parse()?;
     let base = FrozenBase::new(set, &info.layer, info.input, interpolation, backend)?;
     model.check_base(&base, model_dir)?;
     Ok(model.tuned_base(&base)?)
+}
+
+/// The weights a model was trained on when the file it recorded has moved: the official files
+/// in keel's cache are tried by checksum. Nothing is downloaded: a download would only be the
+/// right file if the model was trained on Keras's own weights, and the checksum would say so
+/// only afterwards.
+fn find_base_weights(
+    model: &TrainedModel,
+    model_dir: &Path,
+    arch: Arch,
+) -> anyhow::Result<PathBuf> {
+    let info = &model.card.base;
+    let mut looked = Vec::new();
+    for top in [false, true] {
+        let file = fetch::official(arch, top);
+        looked.push(file.cached_path().display().to_string());
+        if let Some(path) = fetch::cached(&file)?
+            && crate::io::load_weights(&path)?.checksum() == info.weights_checksum
+        {
+            eprintln!(
+                "{}: the base weights moved from {}; using {} (same checksum)",
+                model_dir.display(),
+                info.weights_file.display(),
+                path.display()
+            );
+            return Ok(path);
+        }
+    }
+    bail!(
+        "{}: the base weights the model was trained on are no longer at {} (checksum {}), and \
+         keel's cache holds no file with that checksum (looked at {}); pass them with \
+         --weights FILE",
+        model_dir.display(),
+        info.weights_file.display(),
+        info.weights_checksum,
+        looked.join(", ")
+    )
 }
 
 /// What `evaluate` and `predict` share: which base weights, the cache, unreadable images.
@@ -245,6 +286,15 @@ pub fn print_skipped(what: &str, skipped: &[Skipped]) {
     }
 }
 
+/// A CSV field, quoted when it holds a comma, quote or line break (RFC 4180).
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +305,12 @@ mod tests {
         assert_eq!(parse_hw("100X70").unwrap(), [100, 70]);
         assert!(parse_hw("224").is_err());
         assert!(parse_hw("ax3").is_err());
+    }
+
+    #[test]
+    fn csv_quoting() {
+        assert_eq!(csv_field("a/b.jpg"), "a/b.jpg");
+        assert_eq!(csv_field("a,b.jpg"), "\"a,b.jpg\"");
+        assert_eq!(csv_field("say \"hi\".jpg"), "\"say \"\"hi\"\".jpg\"");
     }
 }

@@ -5,8 +5,14 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use super::common::{UseModelArgs, print_skipped};
-use crate::io::dataset::scan_class_folders;
+use crate::io::dataset::scan_evaluation_folders;
 use crate::transfer::evaluate_folder;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
 
 #[derive(Parser, Debug)]
 pub struct Args {
@@ -14,18 +20,21 @@ pub struct Args {
     model_dir: PathBuf,
     /// Labeled photos: DIR/<class>/..., class names as in the model.
     data: PathBuf,
-    /// Print the report as JSON instead of text.
-    #[arg(long)]
+    /// text or json (as `keel predict` and `keel classify`).
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// The same as --format json (kept for scripts written before --format).
+    #[arg(long, hide = true)]
     json: bool,
     /// Also write the report as JSON to this file.
     #[arg(short, long)]
     output: Option<PathBuf>,
     #[command(flatten)]
-    using: UseModelArgs,
+    pub(super) using: UseModelArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let folder = scan_class_folders(&a.data)?;
+    let folder = scan_evaluation_folders(&a.data)?;
     print_skipped("skipped while scanning", &folder.skipped);
     let (model, base) = a.using.open(&a.model_dir)?;
     let cache = a.using.cache.cache();
@@ -36,7 +45,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(out) = &a.output {
         crate::io::atomic::write_atomic(out, |w| std::io::Write::write_all(w, json.as_bytes()))?;
     }
-    if a.json {
+    if a.json || a.format == Format::Json {
         println!("{json}");
     } else {
         println!(

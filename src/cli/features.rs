@@ -20,7 +20,7 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
-    backend: BackendArgs,
+    pub(super) backend: BackendArgs,
     /// A model folder written by keel train: use the base it was trained on, with its
     /// fine-tuned layers (and, unless --input is given, its input size and resize filter).
     #[arg(long, value_name = "MODEL_DIR", conflicts_with = "model")]
@@ -34,9 +34,9 @@ pub struct Args {
     /// Input size HxW every image is resized to [default: 224x224, Keras's].
     #[arg(long, value_parser = parse_hw)]
     input: Option<[usize; 2]>,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 4)]
-    batch: usize,
+    /// Images per forward pass of the base (as `keel train --base-batch`).
+    #[arg(long, default_value_t = 4, alias = "batch")]
+    base_batch: usize,
     /// Output .npy file: (images, ...layer shape) float32; the image paths, one per line in
     /// row order, go to the same name with .paths.txt.
     #[arg(short, long)]
@@ -44,8 +44,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
+    if a.base_batch == 0 {
+        bail!("--base-batch must be at least 1");
     }
     let needs_top = a.layer == "flatten" || TOP_LAYERS.contains(&a.layer.as_str());
     let backend = a.backend.build()?;
@@ -99,7 +99,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut rows: Vec<Tensor> = Vec::with_capacity(paths.len());
-    for chunk in paths.chunks(a.batch) {
+    for chunk in paths.chunks(a.base_batch) {
         let x = crate::io::batch::load_preprocessed(chunk, input, interpolation)?;
         let mut y = model
             .forward_outputs(backend, &x, &[a.layer.as_str()])?

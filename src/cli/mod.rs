@@ -22,8 +22,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "keel", version, about, long_about = None)]
 pub struct Cli {
-    /// Worker threads for the kernels (default: all cores; also KEEL_THREADS).
-    #[arg(long, global = true, value_name = "N")]
+    /// Worker threads for the kernels (default: all cores; also KEEL_THREADS). The commands
+    /// that compute take it after their name too.
+    #[arg(long, value_name = "N")]
     threads: Option<usize>,
 
     #[command(subcommand)]
@@ -72,7 +73,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    common::init_threads(cli.threads)?;
+    common::init_threads(cli.threads.or(cli.command.threads()))?;
     crate::cpu::alloc::keep_freed_buffers();
     // The command runs on a worker of the rayon pool, not on the main thread. Each parallel
     // kernel then starts on the calling worker at once; started from outside the pool it is
@@ -81,6 +82,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let mut result = None;
     rayon::scope(|s| s.spawn(|_| result = Some(dispatch(cli.command))));
     result.expect("the scope ran the command")
+}
+
+impl Command {
+    /// `--threads` given after the command's name (only commands that compute take it).
+    fn threads(&self) -> Option<usize> {
+        match self {
+            Command::Train(a) => a.backend.threads,
+            Command::Evaluate(a) => a.using.backend.threads,
+            Command::Predict(a) => a.using.backend.threads,
+            Command::Classify(a) => a.backend.threads,
+            Command::Features(a) => a.backend.threads,
+            Command::Bench(a) => a.threads,
+            _ => None,
+        }
+    }
 }
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -96,5 +112,52 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Fetch(a) => fetch::run(a),
         Command::Bench(a) => bench::run(a),
         Command::GpuCheck(a) => gpu_check::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every option and argument of every command says what it is, and `--threads` is offered
+    /// only where it does something.
+    #[test]
+    fn every_argument_has_help_and_threads_only_where_it_counts() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || ["help", "version"].contains(&id) {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let cli = Cli::command();
+        let mut missing = Vec::new();
+        walk(&cli, "keel", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+        for name in ["convert", "fetch", "summary", "export"] {
+            let sub = cli.find_subcommand(name).unwrap();
+            assert!(
+                sub.get_arguments().all(|a| a.get_id() != "threads"),
+                "{name} offers --threads, which it ignores"
+            );
+        }
+        for name in [
+            "train", "evaluate", "predict", "features", "classify", "bench",
+        ] {
+            let sub = cli.find_subcommand(name).unwrap();
+            assert!(
+                sub.get_arguments().any(|a| a.get_id() == "threads"),
+                "{name} takes --threads"
+            );
+        }
     }
 }

@@ -6,12 +6,17 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Parser;
 
-use super::common::{UseModelArgs, collect_images, print_skipped};
+use super::common::{UseModelArgs, collect_images, csv_field, print_skipped};
 use crate::transfer::predict_paths;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Format {
+    /// path,class,probability: one row per image and class (the top ones).
     Csv,
+    /// path,predicted,<class 1>,<class 2>,...: one row per image, a probability column per
+    /// class (the form spreadsheets and pandas expect; --top does not apply).
+    Wide,
+    /// A list of {path, predictions: [{class, probability}, ...]}.
     Json,
 }
 
@@ -22,38 +27,26 @@ pub struct Args {
     /// Image files or folders (walked recursively, in sorted path order).
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    /// Classes per image, most probable first.
+    /// Classes per image, most probable first (more than the model has: all of them).
     #[arg(long, default_value_t = 1)]
     top: usize,
-    /// csv (path,class,probability; one row per image and class) or json.
+    /// csv (one row per image and class), wide (one row per image, a column per class) or
+    /// json.
     #[arg(long, value_enum, default_value = "csv")]
     format: Format,
     /// Write here instead of standard output.
     #[arg(short, long)]
     output: Option<PathBuf>,
     #[command(flatten)]
-    using: UseModelArgs,
-}
-
-/// A CSV field, quoted when it holds a comma, quote or line break (RFC 4180).
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+    pub(super) using: UseModelArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let paths = collect_images(&a.images)?;
     let (model, base) = a.using.open(&a.model_dir)?;
     let classes = &model.card.classes;
-    if a.top == 0 || a.top > classes.len() {
-        bail!(
-            "--top must be between 1 and the model's {} classes, got {}",
-            classes.len(),
-            a.top
-        );
+    if a.top == 0 {
+        bail!("--top must be at least 1");
     }
     let cache = a.using.cache.cache();
     let opts = a.using.extract_options(cache.as_ref());
@@ -81,6 +74,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
             s
         }
+        Format::Wide => {
+            let mut s = String::from("path,predicted");
+            for c in classes {
+                s += &format!(",{}", csv_field(c));
+            }
+            s.push('\n');
+            for r in &rows {
+                let p = &r.probabilities;
+                let best = ranked(p)[0];
+                s += &format!(
+                    "{},{}",
+                    csv_field(&r.path.display().to_string()),
+                    csv_field(&classes[best])
+                );
+                for v in p {
+                    s += &format!(",{v:.6}");
+                }
+                s.push('\n');
+            }
+            s
+        }
         Format::Json => {
             let items: Vec<serde_json::Value> = rows
                 .iter()
@@ -104,16 +118,4 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         None => std::io::stdout().lock().write_all(text.as_bytes())?,
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::csv_field;
-
-    #[test]
-    fn csv_quoting() {
-        assert_eq!(csv_field("a/b.jpg"), "a/b.jpg");
-        assert_eq!(csv_field("a,b.jpg"), "\"a,b.jpg\"");
-        assert_eq!(csv_field("say \"hi\".jpg"), "\"say \"\"hi\"\".jpg\"");
-    }
 }

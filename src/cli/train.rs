@@ -30,7 +30,7 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
-    backend: BackendArgs,
+    pub(super) backend: BackendArgs,
     /// The base layer the head reads.
     #[arg(long, default_value = "block5_pool")]
     layer: String,
@@ -102,6 +102,7 @@ pub struct Args {
     /// step: multiply the rate by --gamma every this many epochs.
     #[arg(long, default_value_t = 10)]
     step_every: usize,
+    /// step: the factor the rate is multiplied by.
     #[arg(long, default_value_t = 0.1)]
     gamma: f64,
     /// cosine: the rate at the last epoch.

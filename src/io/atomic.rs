@@ -54,6 +54,7 @@ pub fn create_atomic(path: &Path, create: impl FnOnce(&Path) -> Result<()>) -> R
     }
     let tmp = temp_path_for(path);
     let result = create(&tmp).and_then(|()| {
+        readable_by_all(&tmp).map_err(|e| Error::io(path, e))?;
         File::open(&tmp)
             .and_then(|f| f.sync_all())
             .and_then(|()| std::fs::rename(&tmp, path))
@@ -63,6 +64,19 @@ pub fn create_atomic(path: &Path, create: impl FnOnce(&Path) -> Result<()>) -> R
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Give a file written by another library the mode a plain `File::create` gives (some write
+/// through private temporary files, mode 0600, which other users and tools then cannot read).
+#[cfg(unix)]
+fn readable_by_all(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+}
+
+#[cfg(not(unix))]
+fn readable_by_all(_path: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Whether `dir` may be created (or replaced, with `overwrite`): returns whether it exists

@@ -99,6 +99,16 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Read `root/<class>/...`. Every class must hold at least one image, and there must be two
 /// classes or more.
 pub fn scan_class_folders(root: &Path) -> Result<LabeledFolder> {
+    scan_folders(root, 2)
+}
+
+/// [`scan_class_folders`] for labeled photos a model is *evaluated* on: one class folder is
+/// enough (a subset of the model's classes), since the classes come from the model.
+pub fn scan_evaluation_folders(root: &Path) -> Result<LabeledFolder> {
+    scan_folders(root, 1)
+}
+
+fn scan_folders(root: &Path, min_classes: usize) -> Result<LabeledFolder> {
     let meta = std::fs::metadata(root).map_err(|e| Error::io(root, e))?;
     if !meta.is_dir() {
         return Err(Error::file(
@@ -146,7 +156,7 @@ pub fn scan_class_folders(root: &Path) -> Result<LabeledFolder> {
             "has no class folders; expected one subfolder of images per class \
              (e.g. photos/ants/*.jpg, photos/bees/*.jpg)",
         )),
-        1 => Err(Error::file(
+        1 if min_classes > 1 => Err(Error::file(
             root,
             format!(
                 "has a single class folder ('{}'); a classifier needs two classes or more",

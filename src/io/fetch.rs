@@ -116,18 +116,33 @@ pub fn cached(file: &KerasWeightsFile) -> Result<Option<PathBuf>> {
 /// Make sure `file` is in the cache, downloading it if needed; returns its path.
 /// `progress` shows a progress bar on stderr.
 pub fn fetch(file: &KerasWeightsFile, progress: bool) -> Result<PathBuf> {
-    if let Some(path) = cached(file)? {
-        return Ok(path);
-    }
     let dest = file.cached_path();
-    let offline_hint = format!(
-        "keel needs network access to fetch the {} weights. Without it, copy the file {} \
-         (md5 {}) from another machine and pass it with --weights FILE, or place it at {}",
-        file.arch,
-        file.file_name,
-        file.md5,
-        dest.display()
-    );
+    // A file already at the cache path that is not Keras's (another build of the weights, or
+    // a damaged copy) is not used, but it is named: the user put it there on purpose.
+    let found = match dest.is_file() {
+        true => Some(md5_file(&dest)?),
+        false => None,
+    };
+    if found.as_deref() == Some(file.md5) {
+        return Ok(dest);
+    }
+    let offline_hint = match &found {
+        Some(got) => format!(
+            "{} is in keel's cache but is not Keras's file: its md5 is {got}, Keras's is {} (a \
+             damaged copy, or other weights). To use it anyway, pass it with --weights {}",
+            dest.display(),
+            file.md5,
+            dest.display()
+        ),
+        None => format!(
+            "keel needs network access to fetch the {} weights. Without it, copy the file {} \
+             (md5 {}) from another machine and pass it with --weights FILE, or place it at {}",
+            file.arch,
+            file.file_name,
+            file.md5,
+            dest.display()
+        ),
+    };
     if progress {
         eprintln!("downloading {} into keel's cache", file.file_name);
     }

@@ -51,6 +51,15 @@ pub struct FrozenBase {
     tuned: Option<String>,
 }
 
+/// An image's error without the leading path, which a [`Skipped`] entry already holds (the
+/// `--skip-bad` report would otherwise print the path twice).
+fn reason_without_path(e: &Error, path: &Path) -> String {
+    let text = e.to_string();
+    let prefix = format!("{}: ", path.display());
+    text.strip_prefix(&prefix)
+        .map_or(text.clone(), str::to_string)
+}
+
 /// How [`FrozenBase::extract`] runs.
 pub struct ExtractOptions<'a> {
     /// Where features are cached; `None` runs the base on every image.
@@ -383,7 +392,7 @@ impl FrozenBase {
             .into_iter()
             .map(|(i, e)| Skipped {
                 path: paths[i].clone(),
-                reason: e.to_string(),
+                reason: reason_without_path(&e, &paths[i]),
             })
             .collect();
         Ok(Extraction {

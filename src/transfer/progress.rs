@@ -54,8 +54,11 @@ impl Progress {
             let rate = self.done as f64 / secs.max(1e-9);
             let eta = (self.total - self.done) as f64 / rate.max(1e-9);
             eprintln!(
-                "{}: {}/{} images, {rate:.2} images/s, eta {eta:.0} s",
-                self.label, self.done, self.total
+                "{}: {}/{} images, {} images/s, eta {eta:.0} s",
+                self.label,
+                self.done,
+                self.total,
+                rate_text(rate)
             );
             self.last_line = std::time::Instant::now();
             while self.next_line_at <= self.done {
@@ -65,10 +68,29 @@ impl Progress {
     }
 }
 
+/// A rate with the digits that mean something: `36058`, `84.2`, `3.71`.
+pub(crate) fn rate_text(rate: f64) -> String {
+    match rate {
+        r if r >= 100.0 => format!("{r:.0}"),
+        r if r >= 10.0 => format!("{r:.1}"),
+        r => format!("{r:.2}"),
+    }
+}
+
 impl Drop for Progress {
     fn drop(&mut self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rates_keep_the_digits_that_mean_something() {
+        assert_eq!(super::rate_text(36058.13), "36058");
+        assert_eq!(super::rate_text(84.24), "84.2");
+        assert_eq!(super::rate_text(3.714), "3.71");
     }
 }

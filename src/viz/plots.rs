@@ -336,11 +336,8 @@ fn draw_panel(
             .map_err(draw_err)?
             .label(format!("best (epoch {best})"))
             .legend(move |(lx, ly)| PathElement::new(vec![(lx, ly), (lx + 20, ly)], style));
-        let label = EmptyElement::at((x, y_hi))
-            + Text::new("best", (4, 4), coloured_font(13.0, MARKER_COLOR));
-        chart
-            .draw_series(std::iter::once(label))
-            .map_err(draw_err)?;
+        // Named in the legend only: a text label at the line's top ends up under the legend
+        // whenever the best epoch is among the last ones.
     }
 
     for (series, name, color) in [(&train, "train", TRAIN_COLOR), (&val, "val", VAL_COLOR)] {
