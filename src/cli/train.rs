@@ -212,6 +212,15 @@ fn fine_tune(a: &Args, fit: &FitConfig) -> anyhow::Result<Option<FineTune>> {
     Ok(Some(FineTune { block, fit: ft }))
 }
 
+/// The line that says a phase ended before its last epoch, right after its epoch lines (which
+/// count towards the planned number).
+fn stopped_early(phase: &str, ran: usize, planned: usize, patience: usize) -> String {
+    format!(
+        "{phase} stopped early after epoch {ran} of {planned}: the validation loss had not \
+         improved for {patience} epochs (--patience); the best epoch's weights are kept"
+    )
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     let fit = fit_config(&a)?;
     fit.validate()?;
@@ -258,6 +267,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         progress: !a.quiet,
     };
     let quiet = a.quiet;
+    let patience = a.patience;
     let head_epochs = opts.fit.epochs;
     let mut first_fine_tune = None;
     let outcome = train(&dataset, &base, &opts, &mut |m| {
@@ -271,6 +281,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let (phase, of) = match (&opts.fine_tune, m.fine_tune) {
             (Some(ft), true) => {
                 let first = *first_fine_tune.get_or_insert(m.epoch);
+                if first == m.epoch && first <= head_epochs {
+                    eprintln!(
+                        "{}",
+                        stopped_early("head training", first - 1, head_epochs, patience)
+                    );
+                }
                 if first == m.epoch {
                     eprintln!(
                         "fine-tuning from {} (lr {:.1e})",
@@ -290,6 +306,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             m.train_loss, m.train_accuracy, m.lr, m.seconds
         );
     })?;
+    let card = &outcome.model.card;
+    let last_phase = match &card.fine_tune {
+        Some(f) => ("fine-tuning", f.epochs_run, f.epochs, f.stopped_early),
+        None => (
+            "head training",
+            card.training.epochs_run,
+            card.training.epochs,
+            card.training.stopped_early,
+        ),
+    };
+    if !quiet && last_phase.3 {
+        eprintln!(
+            "{}",
+            stopped_early(last_phase.0, last_phase.1, last_phase.2, patience)
+        );
+    }
     let r = &outcome.report;
     print_skipped(
         "unreadable images left out (--skip-bad)",
