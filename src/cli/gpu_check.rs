@@ -58,13 +58,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     match gpu.cuda_device() {
         Some(d) => println!(
-            "device: {} ({}, {} SMs, {} MHz, {} MiB L2); nvrtc {:?}",
+            "device: {} ({}, {} SMs, {} MHz, {} MiB L2); nvrtc {}",
             gpu.name(),
             gpu.arch(),
             d.sm_count,
             d.clock_khz / 1000,
             d.l2_bytes >> 20,
-            crate::cuda::nvrtc::version()?
+            {
+                let (major, minor) = crate::cuda::nvrtc::version()?;
+                format!("{major}.{minor}")
+            }
         ),
         None => println!("device: {}", gpu.name()),
     }
@@ -81,8 +84,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut validations = Vec::new();
     for r in &rungs {
         for (i, &size) in sizes.iter().enumerate() {
-            let v = check::validate(&gpu, r, size, i % 2 == 1, 11 + i as u64)
-                .with_context(|| format!("rung {} at {size:?}", r.rung))?;
+            let v =
+                check::validate(&gpu, r, size, i % 2 == 1, 11 + i as u64).with_context(|| {
+                    format!("rung {} at {}x{}x{}", r.rung, size[0], size[1], size[2])
+                })?;
             println!(
                 "{:<14} {:>5} {:>18} {:>9} {:>10.2e} {:>9.0e}  {}",
                 v.rung,
