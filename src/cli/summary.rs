@@ -101,6 +101,16 @@ fn model_folder(dir: &std::path::Path) -> anyhow::Result<()> {
         card.base.input[1]
     );
     print!("{}", summary_table(&config));
+    let tuned = card.fine_tune.as_ref().is_some_and(|f| f.kept);
+    println!(
+        "(In this model the base is frozen{}: its trainable counts above are Keras's for the \
+         network alone.)",
+        if tuned {
+            " below the fine-tuned layers"
+        } else {
+            ""
+        }
+    );
     let head = &model.head;
     let shapes = head.spec().shapes(head.input_shape())?;
     let tuple = |dims: &[usize]| {
