@@ -62,7 +62,7 @@ pub(super) fn matches(covered: &[u8], stored: u32) -> bool {
 }
 
 /// lookup3 `hashlittle(key, len, 0)`.
-fn lookup3(key: &[u8]) -> u32 {
+pub(super) fn lookup3(key: &[u8]) -> u32 {
     // The reference code adds the length as a 32-bit value, wrapping for huge keys.
     let init = 0xdead_beef_u32.wrapping_add(key.len() as u32);
     let (mut a, mut b, mut c) = (init, init, init);

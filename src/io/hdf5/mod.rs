@@ -33,6 +33,7 @@ mod source;
 mod superblock;
 mod symbol_table;
 mod walk;
+pub mod write;
 
 #[cfg(test)]
 mod tests;
