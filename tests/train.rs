@@ -367,8 +367,9 @@ fn evaluate_and_predict_refuse_what_does_not_match() {
     let out = keel_in(&home, &["evaluate", s(&model), s(&other)]);
     assert_fails_with(&out, &["'green' is not one of the model's classes"]);
 
-    let out = keel_in(&home, &["predict", s(&model), s(&data), "--top", "3"]);
-    assert_fails_with(&out, &["--top"]);
+    // --top beyond the model's classes gives them all (issue 12); 0 is refused.
+    let out = keel_in(&home, &["predict", s(&model), s(&data), "--top", "0"]);
+    assert_fails_with(&out, &["--top must be at least 1"]);
 
     // An unreadable photo: predict stops naming it, or with --skip-bad reports it and goes on.
     let mixed = dir.join("mixed");
