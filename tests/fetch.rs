@@ -75,15 +75,19 @@ fn verified_download_lands_whole_and_bad_checksum_keeps_nothing() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn cli_fetch_without_network_names_weights_flag() {
-    let dir = common::temp_dir("fetch-offline");
-    // A port nothing listens on: connection refused, as on a machine without network.
-    let port = TcpListener::bind("127.0.0.1:0")
+/// A port nothing listens on: connection refused, as on a machine without network.
+fn refused_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+#[test]
+fn cli_fetch_without_network_names_weights_flag() {
+    let dir = common::temp_dir("fetch-offline");
+    let port = refused_port();
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["fetch", "vgg16"])
         .env("KEEL_HOME", &dir)
@@ -113,11 +117,7 @@ fn offline_fetch_names_a_cached_file_with_another_checksum() {
     let cached = dir.join("weights/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5");
     std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
     std::fs::write(&cached, b"not keras's file").unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = refused_port();
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["fetch", "vgg16"])
         .env("KEEL_HOME", &dir)
