@@ -68,19 +68,12 @@ fn predict_and_classify_outputs_for_programs() {
 
     let top = common::test_data("h5/micro_vgg16_top.h5");
     let img = photos.join("red/r00.png");
-    let out = keel_in(
-        &home,
-        &[
-            "classify",
-            s(&img),
-            "--weights",
-            s(&top),
-            "--format",
-            "csv",
-            "--top",
-            "4000",
-        ],
-    );
+    let classify = |extra: &[&str]| {
+        let mut args = vec!["classify", s(&img), "--weights", s(&top)];
+        args.extend_from_slice(extra);
+        keel_in(&home, &args)
+    };
+    let out = classify(&["--format", "csv", "--top", "4000"]);
     assert_ok(&out);
     let text = stdout(&out);
     assert!(
@@ -89,17 +82,7 @@ fn predict_and_classify_outputs_for_programs() {
     );
     let classes = text.lines().count() - 1;
     assert!(classes > 1, "every class of the file: {text}");
-    let out = keel_in(
-        &home,
-        &[
-            "classify",
-            s(&img),
-            "--weights",
-            s(&top),
-            "--format",
-            "json",
-        ],
-    );
+    let out = classify(&["--format", "json"]);
     assert_ok(&out);
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(
@@ -115,25 +98,8 @@ fn a_model_whose_base_weights_moved_says_where_it_looked() {
     let home = common::temp_dir("fh-moved");
     let weights = home.join("base.h5");
     std::fs::copy(common::run::weights(), &weights).unwrap();
+    let model = common::run::trained_model_on(&home, &weights, &[]);
     let photos = home.join("photos");
-    common::run::photo_folder(&photos, 3);
-    let model = home.join("model");
-    let out = keel_in(
-        &home,
-        &[
-            "train",
-            s(&photos),
-            "-o",
-            s(&model),
-            "--weights",
-            s(&weights),
-            "--input",
-            "40x40",
-            "--epochs",
-            "1",
-        ],
-    );
-    assert_ok(&out);
     let moved = home.join("elsewhere.h5");
     std::fs::rename(&weights, &moved).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))

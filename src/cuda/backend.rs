@@ -120,19 +120,6 @@ impl CudaBackend {
         }
     }
 
-    /// A grid-stride launch over `n` items: enough blocks to fill the device (two in the CPU
-    /// build, where every block is 256 OS threads).
-    fn spread(&self, n: usize) -> Launch {
-        let cap = if self.gpu.is_emulated() {
-            2
-        } else {
-            self.gpu.sm_count() as usize * 16
-        };
-        let mut l = Launch::linear(n, 256);
-        l.grid[0] = l.grid[0].min(cap.max(1) as u32);
-        l
-    }
-
     fn launch_ops(&self, kernel: &str, launch: Launch, args: Args) -> Result<()> {
         let f = self.gpu.function(&OPS, kernel)?;
         // SAFETY: each caller passes exactly the parameters `kernels/ops.cu` declares for
@@ -210,7 +197,11 @@ impl Backend for CudaBackend {
                 .mem(&cols)
                 .i32s(&[nb, g.h, g.w, g.cin, g.kh, g.kw])
                 .i32s(&[g.stride[0], g.stride[1], g.pad_top, g.pad_left, g.oh, g.ow]);
-            self.launch_ops("im2col_nhwc", self.spread(nb * pixels * kdim), args)?;
+            self.launch_ops(
+                "im2col_nhwc",
+                self.gpu.grid_stride(nb * pixels * kdim),
+                args,
+            )?;
             let c = out.view(b0 * pixels * g.cout * 4, nb * pixels * g.cout * 4)?;
             gemm::gemm(
                 &self.gpu,
@@ -243,7 +234,7 @@ impl Backend for CudaBackend {
             .mem(&out)
             .i32s(&[g.n, g.h, g.w, g.c, g.size[0], g.size[1]])
             .i32s(&[g.stride[0], g.stride[1], g.pad_top, g.pad_left, g.oh, g.ow]);
-        self.launch_ops("max_pool_nhwc", self.spread(len), args)?;
+        self.launch_ops("max_pool_nhwc", self.gpu.grid_stride(len), args)?;
         self.tensor(g.output_shape(), out)
     }
 
@@ -289,7 +280,7 @@ impl Backend for CudaBackend {
             .mem(&out)
             .i32(rows as i32)
             .i32(cols as i32);
-        self.launch_ops("softmax_rows", self.spread(rows), args)?;
+        self.launch_ops("softmax_rows", self.gpu.grid_stride(rows), args)?;
         self.tensor(x.shape().clone(), out)
     }
 
@@ -304,7 +295,7 @@ impl Backend for CudaBackend {
             .i32((h * w) as i32)
             .i32(c as i32)
             .i32((kind == GlobalPool::Max) as i32);
-        self.launch_ops("global_pool_nhwc", self.spread(n * c), args)?;
+        self.launch_ops("global_pool_nhwc", self.gpu.grid_stride(n * c), args)?;
         self.tensor([n, c], out)
     }
 
@@ -312,7 +303,7 @@ impl Backend for CudaBackend {
         let xm = self.mem(x, "relu input")?;
         let out = self.alloc_f32(x.numel())?;
         let args = Args::new().mem(xm).mem(&out).value(x.numel() as i64);
-        self.launch_ops("relu_f32", self.spread(x.numel()), args)?;
+        self.launch_ops("relu_f32", self.gpu.grid_stride(x.numel()), args)?;
         self.tensor(x.shape().clone(), out)
     }
 
@@ -332,7 +323,7 @@ impl Backend for CudaBackend {
             .mem(mm)
             .mem(&out)
             .value(x.numel() as i64);
-        self.launch_ops("mul_f32", self.spread(x.numel()), args)?;
+        self.launch_ops("mul_f32", self.gpu.grid_stride(x.numel()), args)?;
         self.tensor(x.shape().clone(), out)
     }
 

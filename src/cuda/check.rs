@@ -11,7 +11,7 @@ use super::backend::CudaBackend;
 use super::cublas::Cublas;
 use super::gemm::{self, Operands, Precision, Rung};
 use super::gpu::{DevMem, Gpu};
-use super::source::{self, ModuleSource};
+use super::source::ModuleSource;
 use crate::cpu::CpuReference;
 use crate::error::{Error, Result};
 use crate::rng::Rng;
@@ -159,12 +159,7 @@ pub fn validate(
     epilogue: bool,
     seed: u64,
 ) -> Result<Validation> {
-    let module = if rung.needs_hopper() {
-        &source::GEMM_SM90A
-    } else {
-        &source::GEMM
-    };
-    validate_from(gpu, module, rung, size, epilogue, seed)
+    validate_from(gpu, rung.module(), rung, size, epilogue, seed)
 }
 
 /// [`validate`] with the kernel from `module` (a mutated copy of the ladder's source).

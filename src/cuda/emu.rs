@@ -46,16 +46,22 @@ fn compiler() -> String {
         .unwrap_or_else(|| "g++".into())
 }
 
-/// The first line of `g++ --version`, or None when there is no compiler.
+/// The first line of `g++ --version`, or None when there is no compiler; asked once per
+/// process (it names every CPU build in the cache, so it is needed at every module load).
 pub fn compiler_version() -> Option<String> {
-    let out = Command::new(compiler()).arg("--version").output().ok()?;
-    out.status.success().then(|| {
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string()
-    })
+    static VERSION: OnceLock<Option<String>> = OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            let out = Command::new(compiler()).arg("--version").output().ok()?;
+            out.status.success().then(|| {
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+        })
+        .clone()
 }
 
 /// Whether kernels can be built for the CPU here.

@@ -81,6 +81,15 @@ impl Rung {
         self.arch == "sm_90a"
     }
 
+    /// The module holding its kernel.
+    pub fn module(&self) -> &'static ModuleSource {
+        if self.needs_hopper() {
+            &GEMM_SM90A
+        } else {
+            &GEMM
+        }
+    }
+
     /// The launch for an M x N output.
     pub fn launch(&self, m: usize, n: usize) -> Result<Launch> {
         let gx = n.div_ceil(self.bn as usize);
@@ -160,13 +169,7 @@ pub fn pad_u16(
     }
     let dst = gpu.alloc(out_rows * out_cols * 2)?;
     let f = gpu.function(&OPS, "pad_u16")?;
-    let blocks = if gpu.is_emulated() {
-        2
-    } else {
-        gpu.sm_count() * 8
-    };
-    let mut launch = Launch::linear(out_rows * out_cols, 256);
-    launch.grid[0] = launch.grid[0].min(blocks.max(1));
+    let launch = gpu.grid_stride(out_rows * out_cols);
     let args = Args::new()
         .mem(src)
         .mem(&dst)
@@ -224,12 +227,7 @@ pub struct Operands<'a> {
 
 /// Launch `rung` on `ops` (asynchronously on a GPU).
 pub fn gemm(gpu: &Gpu, rung: &Rung, ops: &Operands) -> Result<()> {
-    let module = if rung.needs_hopper() {
-        &GEMM_SM90A
-    } else {
-        &GEMM
-    };
-    gemm_from(gpu, module, rung, ops)
+    gemm_from(gpu, rung.module(), rung, ops)
 }
 
 /// [`gemm`] with the rung's kernel taken from `module`, another build of its source (the

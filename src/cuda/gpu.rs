@@ -263,6 +263,20 @@ impl Gpu {
         }
     }
 
+    /// The launch of a grid-stride kernel over `n` items: 256-thread blocks, as many as fill
+    /// the device (16 per SM) and no more, since the kernel loops over the rest; two in the
+    /// CPU build, where every block is 256 OS threads.
+    pub fn grid_stride(&self, n: usize) -> Launch {
+        let cap = if self.is_emulated() {
+            2
+        } else {
+            self.sm_count().max(1) * 16
+        };
+        let mut l = Launch::linear(n, 256);
+        l.grid[0] = l.grid[0].min(cap);
+        l
+    }
+
     pub fn sm_count(&self) -> u32 {
         match &self.engine {
             Engine::Cuda(d) => d.sm_count,

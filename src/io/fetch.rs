@@ -105,12 +105,17 @@ pub fn md5_file(path: &Path) -> Result<String> {
 
 /// The cached file if it is there and intact (a corrupt one is reported, not used).
 pub fn cached(file: &KerasWeightsFile) -> Result<Option<PathBuf>> {
+    Ok((cached_md5(file)?.as_deref() == Some(file.md5)).then(|| file.cached_path()))
+}
+
+/// The md5 of whatever file is at `file`'s cache path, Keras's or not.
+fn cached_md5(file: &KerasWeightsFile) -> Result<Option<String>> {
     let path = file.cached_path();
-    if !path.is_file() {
-        return Ok(None);
+    if path.is_file() {
+        md5_file(&path).map(Some)
+    } else {
+        Ok(None)
     }
-    let got = md5_file(&path)?;
-    Ok((got == file.md5).then_some(path))
 }
 
 /// Make sure `file` is in the cache, downloading it if needed; returns its path.
@@ -119,10 +124,7 @@ pub fn fetch(file: &KerasWeightsFile, progress: bool) -> Result<PathBuf> {
     let dest = file.cached_path();
     // A file already at the cache path that is not Keras's (another build of the weights, or
     // a damaged copy) is not used, but it is named: the user put it there on purpose.
-    let found = match dest.is_file() {
-        true => Some(md5_file(&dest)?),
-        false => None,
-    };
+    let found = cached_md5(file)?;
     if found.as_deref() == Some(file.md5) {
         return Ok(dest);
     }

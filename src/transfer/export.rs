@@ -51,6 +51,13 @@ impl ExportLayer {
     }
 }
 
+/// What reaches a layer, per image: a feature map (Keras's `(H, W, C)`) or a flat vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowShape {
+    Image { h: usize, w: usize, c: usize },
+    Flat(usize),
+}
+
 /// The whole model: input `(H, W, 3)` preprocessed as Keras's `preprocess_input` (caffe mode:
 /// BGR, ImageNet means subtracted), NHWC, output `(classes,)` probabilities.
 #[derive(Clone, Debug)]
@@ -159,6 +166,102 @@ impl ExportGraph {
             layers,
             classes: model.card.classes.clone(),
         })
+    }
+}
+
+impl ExportGraph {
+    /// The shape reaching each layer, in order, after checking the whole graph once for every
+    /// writer: each weight fits what reaches its layer, layer names are unique, and the model
+    /// ends in a softmax over its classes. A writer then only translates.
+    pub fn input_shapes(&self) -> Result<Vec<FlowShape>> {
+        let [h, w, c] = self.input;
+        let mut cur = FlowShape::Image { h, w, c };
+        let mut out = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let name = layer.name();
+            if self.layers[..i].iter().any(|l| l.name() == name) {
+                return Err(Error::Invalid(format!("two layers are named {name}")));
+            }
+            let image = || match cur {
+                FlowShape::Image { h, w, c } => Ok((h, w, c)),
+                FlowShape::Flat(n) => Err(Error::Invalid(format!(
+                    "{name} needs a feature map, but its input is a flat vector of {n}"
+                ))),
+            };
+            out.push(cur);
+            cur = match layer {
+                ExportLayer::Conv2d { kernel, bias, .. } => {
+                    let (h, w, c) = image()?;
+                    match *kernel.dims() {
+                        [3, 3, cin, cout] if cin == c && bias.dims() == [cout] => {
+                            FlowShape::Image { h, w, c: cout }
+                        }
+                        _ => {
+                            return Err(Error::Shape(format!(
+                                "{name}: kernel {:?} and bias {:?} do not fit a 3x3 \
+                                 convolution of {c} channels",
+                                kernel.dims(),
+                                bias.dims()
+                            )));
+                        }
+                    }
+                }
+                ExportLayer::MaxPool { .. } => {
+                    let (h, w, c) = image()?;
+                    if h < 2 || w < 2 {
+                        return Err(Error::Shape(format!(
+                            "{name}: cannot pool 2x2 over {h}x{w}"
+                        )));
+                    }
+                    FlowShape::Image {
+                        h: h / 2,
+                        w: w / 2,
+                        c,
+                    }
+                }
+                ExportLayer::GlobalPool { .. } => FlowShape::Flat(image()?.2),
+                // Keras's Flatten of a vector is the identity.
+                ExportLayer::Flatten { .. } => match cur {
+                    FlowShape::Image { h, w, c } => FlowShape::Flat(h * w * c),
+                    flat => flat,
+                },
+                ExportLayer::Dense { kernel, bias, .. } => {
+                    let FlowShape::Flat(n) = cur else {
+                        return Err(Error::Invalid(format!(
+                            "{name}: a dense layer needs a flat input (a Flatten or global \
+                             pooling before it)"
+                        )));
+                    };
+                    match *kernel.dims() {
+                        [nin, nout] if nin == n && bias.dims() == [nout] => FlowShape::Flat(nout),
+                        _ => {
+                            return Err(Error::Shape(format!(
+                                "{name}: kernel {:?} and bias {:?} do not fit an input of {n}",
+                                kernel.dims(),
+                                bias.dims()
+                            )));
+                        }
+                    }
+                }
+                ExportLayer::Dropout { rate, .. } => {
+                    if !(0.0..1.0).contains(rate) {
+                        return Err(Error::Invalid(format!(
+                            "{name}: dropout rate {rate} is not in [0, 1)"
+                        )));
+                    }
+                    cur
+                }
+                ExportLayer::Softmax { .. } => cur,
+            };
+        }
+        let ends_in_softmax = matches!(self.layers.last(), Some(ExportLayer::Softmax { .. }));
+        if !ends_in_softmax || cur != FlowShape::Flat(self.classes.len()) {
+            return Err(Error::Invalid(format!(
+                "the model does not end in a softmax over its {} classes",
+                self.classes.len()
+            )));
+        }
+        Ok(out)
     }
 }
 

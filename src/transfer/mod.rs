@@ -28,7 +28,7 @@ mod train;
 
 pub use augment::{Augment, CropSource, FlipSource};
 pub use base::{BaseInfo, ExtractOptions, Extraction, FrozenBase, flip_horizontal};
-pub use export::{ExportGraph, ExportLayer};
+pub use export::{ExportGraph, ExportLayer, FlowShape};
 pub use model::{
     FineTuneInfo, HeadInfo, MODEL_FORMAT, MODEL_VERSION, ModelCard, TrainedModel, TrainingInfo,
 };

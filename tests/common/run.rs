@@ -94,17 +94,21 @@ pub fn photo_folder_salted(root: &Path, n: usize, salt: u64) {
 /// `home/photos`, 3 per class, 40x40 inputs, 2 epochs): what the export tests start from.
 /// `extra` goes to `keel train` as is (`--fine-tune block5`, `--head ...`).
 pub fn trained_model(home: &Path, extra: &[&str]) -> PathBuf {
+    trained_model_on(home, &weights(), extra)
+}
+
+/// [`trained_model`] on the base weights at `weights`.
+pub fn trained_model_on(home: &Path, weights: &Path, extra: &[&str]) -> PathBuf {
     let photos = home.join("photos");
     photo_folder(&photos, 3);
     let model = home.join("model");
-    let weights = weights();
     let mut args = vec![
         "train",
         s(&photos),
         "-o",
         s(&model),
         "--weights",
-        s(&weights),
+        s(weights),
         "--input",
         "40x40",
         "--epochs",

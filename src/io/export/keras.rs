@@ -119,9 +119,9 @@ struct KerasLayer<'g> {
     vars: Vec<&'g Tensor>,
 }
 
-/// The graph as Keras layers, checking every weight shape against the shape flowing through
-/// the model, so the `.py` builds exactly the variables the file holds.
-fn keras_layers(graph: &ExportGraph) -> std::result::Result<Vec<KerasLayer<'_>>, String> {
+/// The graph as Keras layers (its shapes checked by [`ExportGraph::input_shapes`], so the
+/// `.py` builds exactly the variables the file holds).
+fn keras_layers(graph: &ExportGraph) -> Result<Vec<KerasLayer<'_>>> {
     let mut out: Vec<KerasLayer> = Vec::new();
     let mut counts: Vec<(&str, usize)> = Vec::new();
     let mut push = |class: &'static str, snake: &'static str, name: &str, args: String, vars| {
@@ -148,34 +148,17 @@ fn keras_layers(graph: &ExportGraph) -> std::result::Result<Vec<KerasLayer<'_>>,
             vars,
         });
     };
-    // The shape after each layer, without the batch: (H, W, C), then (features,).
-    let mut shape = graph.input.to_vec();
+    graph.input_shapes()?; // the shapes every writer relies on, checked once
     let mut layers = graph.layers.iter().peekable();
     while let Some(layer) = layers.next() {
         let name = layer.name();
-        let image = |shape: &[usize]| match *shape {
-            [h, w, c] => Ok((h, w, c)),
-            _ => Err(format!(
-                "{name} needs an image input, but gets shape {shape:?}"
-            )),
-        };
         match layer {
             ExportLayer::Conv2d { kernel, bias, .. } => {
-                let (h, w, c) = image(&shape)?;
-                let &[3, 3, cin, cout] = kernel.dims() else {
-                    return Err(format!(
-                        "{name}: kernel of shape {:?}, expected (3, 3, in, out)",
-                        kernel.dims()
-                    ));
-                };
-                check(name, "kernel input channels", cin, c)?;
-                check(name, "bias length", bias.numel(), cout)?;
+                let cout = kernel.dims()[3];
                 let args = format!("{cout}, (3, 3), activation=\"relu\", padding=\"same\"");
                 push("Conv2D", "conv2d", name, args, vec![kernel, bias]);
-                shape = vec![h, w, cout];
             }
             ExportLayer::MaxPool { .. } => {
-                let (h, w, c) = image(&shape)?;
                 push(
                     "MaxPooling2D",
                     "max_pooling2d",
@@ -183,49 +166,30 @@ fn keras_layers(graph: &ExportGraph) -> std::result::Result<Vec<KerasLayer<'_>>,
                     "(2, 2), strides=(2, 2)".into(),
                     vec![],
                 );
-                shape = vec![h / 2, w / 2, c];
             }
-            ExportLayer::GlobalPool { kind, .. } => {
-                let (_, _, c) = image(&shape)?;
-                match kind {
-                    GlobalPool::Avg => push(
-                        "GlobalAveragePooling2D",
-                        "global_average_pooling2d",
-                        name,
-                        String::new(),
-                        vec![],
-                    ),
-                    GlobalPool::Max => push(
-                        "GlobalMaxPooling2D",
-                        "global_max_pooling2d",
-                        name,
-                        String::new(),
-                        vec![],
-                    ),
-                }
-                shape = vec![c];
-            }
+            ExportLayer::GlobalPool { kind, .. } => match kind {
+                GlobalPool::Avg => push(
+                    "GlobalAveragePooling2D",
+                    "global_average_pooling2d",
+                    name,
+                    String::new(),
+                    vec![],
+                ),
+                GlobalPool::Max => push(
+                    "GlobalMaxPooling2D",
+                    "global_max_pooling2d",
+                    name,
+                    String::new(),
+                    vec![],
+                ),
+            },
             ExportLayer::Flatten { .. } => {
-                let (h, w, c) = image(&shape)?;
                 push("Flatten", "flatten", name, String::new(), vec![]);
-                shape = vec![h * w * c];
             }
             ExportLayer::Dense {
                 kernel, bias, relu, ..
             } => {
-                let &[n] = shape.as_slice() else {
-                    return Err(format!(
-                        "{name} needs a flat input, but gets shape {shape:?}"
-                    ));
-                };
-                let &[nin, nout] = kernel.dims() else {
-                    return Err(format!(
-                        "{name}: kernel of shape {:?}, expected (in, out)",
-                        kernel.dims()
-                    ));
-                };
-                check(name, "kernel inputs", nin, n)?;
-                check(name, "bias length", bias.numel(), nout)?;
+                let nout = kernel.dims()[1];
                 let (activation, name) = match layers.peek().copied() {
                     Some(next @ ExportLayer::Softmax { .. }) if !relu => {
                         layers.next();
@@ -241,12 +205,8 @@ fn keras_layers(graph: &ExportGraph) -> std::result::Result<Vec<KerasLayer<'_>>,
                     format!("{nout}{activation}"),
                     vec![kernel, bias],
                 );
-                shape = vec![nout];
             }
             ExportLayer::Dropout { rate, .. } => {
-                if !(0.0..1.0).contains(rate) {
-                    return Err(format!("{name}: dropout rate {rate} is not in [0, 1)"));
-                }
                 push("Dropout", "dropout", name, format!("{rate:?}"), vec![]);
             }
             ExportLayer::Softmax { .. } => {
@@ -260,31 +220,7 @@ fn keras_layers(graph: &ExportGraph) -> std::result::Result<Vec<KerasLayer<'_>>,
             }
         }
     }
-    if !matches!(graph.layers.last(), Some(ExportLayer::Softmax { .. })) {
-        return Err("the model does not end with a softmax".into());
-    }
-    if shape != [graph.classes.len()] {
-        return Err(format!(
-            "the model outputs shape {shape:?} but has {} classes",
-            graph.classes.len()
-        ));
-    }
-    for (i, layer) in out.iter().enumerate() {
-        if out[..i].iter().any(|l| l.name == layer.name) {
-            return Err(format!("two layers are named {}", layer.name));
-        }
-    }
     Ok(out)
-}
-
-fn check(layer: &str, what: &str, got: usize, want: usize) -> std::result::Result<(), String> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(format!(
-            "{layer}: {what} {got}, but the layer before gives {want}"
-        ))
-    }
 }
 
 /// The `.py`: `build_model()` (the Keras model, layer for layer), `load_model()` (with the

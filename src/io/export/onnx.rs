@@ -20,7 +20,7 @@ use messages::{Dim, ModelHeader};
 
 use crate::error::{Error, Result};
 use crate::tensor::{GlobalPool, Tensor};
-use crate::transfer::{ExportGraph, ExportLayer};
+use crate::transfer::{ExportGraph, ExportLayer, FlowShape};
 
 /// The operator set the graph is written against (default domain).
 pub const OPSET: i64 = 17;
@@ -67,19 +67,10 @@ pub struct Plan {
     pub classes: usize,
 }
 
-/// What flows between nodes: an NCHW feature map (sizes as Keras's H, W, C) or a flat vector
-/// per image.
-#[derive(Clone, Copy, Debug)]
-enum Value {
-    Spatial { h: usize, w: usize, c: usize },
-    Flat(usize),
-}
-
 struct Planner {
     plan: Plan,
     /// The tensor the next node reads.
     current: String,
-    value: Value,
 }
 
 impl Planner {
@@ -111,28 +102,12 @@ impl Planner {
         name
     }
 
-    fn spatial(&self, layer: &str) -> Result<(usize, usize, usize)> {
-        match self.value {
-            Value::Spatial { h, w, c } => Ok((h, w, c)),
-            Value::Flat(n) => Err(Error::Invalid(format!(
-                "{layer} needs a feature map, but its input is a flat vector of {n}"
-            ))),
-        }
-    }
-
-    fn layer(&mut self, layer: &ExportLayer) -> Result<()> {
+    /// The nodes of `layer`, which `input` reaches ([`ExportGraph::input_shapes`] has checked
+    /// that its weights fit).
+    fn layer(&mut self, layer: &ExportLayer, input: FlowShape) {
         match layer {
             ExportLayer::Conv2d { name, kernel, bias } => {
-                let (h, w, c) = self.spatial(name)?;
-                let [kh, kw, cin, cout] = dims4(kernel, name)?;
-                if [kh, kw, cin] != [3, 3, c] || bias.dims() != [cout] {
-                    return Err(Error::Shape(format!(
-                        "{name}: kernel {:?} and bias {:?} do not fit a 3x3 convolution of {c} \
-                         channels",
-                        kernel.dims(),
-                        bias.dims()
-                    )));
-                }
+                let (cin, cout) = (kernel.dims()[2], kernel.dims()[3]);
                 let k = self.constant(
                     format!("{name}.kernel"),
                     vec![cout, cin, 3, 3],
@@ -146,29 +121,16 @@ impl Planner {
                 ];
                 self.push("Conv", name.clone(), &[&k, &b], attrs);
                 self.push("Relu", format!("{name}_relu"), &[], vec![]);
-                self.value = Value::Spatial { h, w, c: cout };
             }
             ExportLayer::MaxPool { name } => {
-                let (h, w, c) = self.spatial(name)?;
-                if h < 2 || w < 2 {
-                    return Err(Error::Shape(format!(
-                        "{name}: cannot pool 2x2 over {h}x{w}"
-                    )));
-                }
                 let attrs = vec![
                     ("kernel_shape", Attr::Ints(vec![2, 2])),
                     ("strides", Attr::Ints(vec![2, 2])),
                 ];
-                self.push("MaxPool", name.clone(), &[], attrs);
                 // Default ceil_mode 0 and no padding: odd sizes floor, as Keras's 'valid'.
-                self.value = Value::Spatial {
-                    h: h / 2,
-                    w: w / 2,
-                    c,
-                };
+                self.push("MaxPool", name.clone(), &[], attrs);
             }
             ExportLayer::GlobalPool { name, kind } => {
-                let (_, _, c) = self.spatial(name)?;
                 let op = match kind {
                     GlobalPool::Avg => "GlobalAveragePool",
                     GlobalPool::Max => "GlobalMaxPool",
@@ -181,11 +143,10 @@ impl Planner {
                     &[],
                     vec![("axis", Attr::Int(1))],
                 );
-                self.value = Value::Flat(c);
             }
             ExportLayer::Flatten { name } => {
                 // Keras's Flatten of a vector is the identity: nothing to add.
-                if let Value::Spatial { h, w, c } = self.value {
+                if let FlowShape::Image { .. } = input {
                     let perm = Attr::Ints(vec![0, 2, 3, 1]);
                     self.push(
                         "Transpose",
@@ -194,7 +155,6 @@ impl Planner {
                         vec![("perm", perm)],
                     );
                     self.push("Flatten", name.clone(), &[], vec![("axis", Attr::Int(1))]);
-                    self.value = Value::Flat(h * w * c);
                 }
             }
             ExportLayer::Dense {
@@ -203,21 +163,7 @@ impl Planner {
                 bias,
                 relu,
             } => {
-                let Value::Flat(n) = self.value else {
-                    return Err(Error::Invalid(format!(
-                        "{name}: a dense layer needs a flat input (a Flatten or global pooling \
-                         before it)"
-                    )));
-                };
-                let fits = kernel.dims().len() == 2 && kernel.dims()[0] == n;
-                let out = kernel.dims().get(1).copied().unwrap_or(0);
-                if !fits || bias.dims() != [out] {
-                    return Err(Error::Shape(format!(
-                        "{name}: kernel {:?} and bias {:?} do not fit an input of {n}",
-                        kernel.dims(),
-                        bias.dims()
-                    )));
-                }
+                let (n, out) = (kernel.dims()[0], kernel.dims()[1]);
                 // Gemm's B is (K, N) without transB: Keras's (in, out) kernel as it is.
                 let k = self.constant(
                     format!("{name}.kernel"),
@@ -229,25 +175,14 @@ impl Planner {
                 if *relu {
                     self.push("Relu", format!("{name}_relu"), &[], vec![]);
                 }
-                self.value = Value::Flat(out);
             }
             // Identity at inference: leaving it out is exact.
             ExportLayer::Dropout { .. } => {}
             ExportLayer::Softmax { name } => {
-                let Value::Flat(_) = self.value else {
-                    return Err(Error::Invalid(format!("{name}: softmax of a feature map")));
-                };
                 self.push("Softmax", name.clone(), &[], vec![("axis", Attr::Int(-1))]);
             }
         }
-        Ok(())
     }
-}
-
-fn dims4(t: &Tensor, name: &str) -> Result<[usize; 4]> {
-    t.dims()
-        .try_into()
-        .map_err(|_| Error::Shape(format!("{name}: kernel {:?} is not 4-D", t.dims())))
 }
 
 /// Keras's conv kernel `(kH, kW, Cin, Cout)` as ONNX's `(Cout, Cin, kH, kW)`.
@@ -268,9 +203,9 @@ fn hwio_to_oihw(kernel: &Tensor) -> Vec<f32> {
     out
 }
 
-/// The ONNX node list and constants of `graph`, its shapes checked layer by layer.
+/// The ONNX node list and constants of `graph`.
 pub fn plan(graph: &ExportGraph) -> Result<Plan> {
-    let [h, w, c] = graph.input;
+    let shapes = graph.input_shapes()?;
     let mut p = Planner {
         plan: Plan {
             nodes: Vec::new(),
@@ -278,22 +213,11 @@ pub fn plan(graph: &ExportGraph) -> Result<Plan> {
             classes: graph.classes.len(),
         },
         current: INPUT.to_string(),
-        value: Value::Spatial { h, w, c },
     };
     let perm = Attr::Ints(vec![0, 3, 1, 2]);
     p.push("Transpose", "input_nchw".into(), &[], vec![("perm", perm)]);
-    for layer in &graph.layers {
-        p.layer(layer)?;
-    }
-    let ends_in_softmax = matches!(graph.layers.last(), Some(ExportLayer::Softmax { .. }));
-    match p.value {
-        Value::Flat(n) if ends_in_softmax && n == graph.classes.len() => {}
-        _ => {
-            return Err(Error::Invalid(format!(
-                "the model does not end in a softmax over its {} classes",
-                graph.classes.len()
-            )));
-        }
+    for (layer, &input) in graph.layers.iter().zip(&shapes) {
+        p.layer(layer, input);
     }
     if let Some(last) = p.plan.nodes.last_mut() {
         last.output = OUTPUT.to_string();
