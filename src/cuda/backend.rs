@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::gemm::{self, Operands, Precision, Rung};
 use super::gpu::{Args, DevMem, Gpu, Launch};
 use super::source::OPS;
+use super::training;
 use crate::error::{Error, Result};
 use crate::tensor::{
     Activation, AdamStep, Backend, Conv2dSpec, CrossEntropy, DType, Device, DeviceBuffer,
@@ -25,9 +26,9 @@ pub struct CudaBackend {
 }
 
 /// A layer's weights on the device, kept in its [`LayerParams`] cache.
-struct DeviceWeights {
-    kernel: DevMem,
-    bias: Option<DevMem>,
+pub(super) struct DeviceWeights {
+    pub kernel: DevMem,
+    pub bias: Option<DevMem>,
 }
 
 impl CudaBackend {
@@ -54,12 +55,12 @@ impl CudaBackend {
         &self.gpu
     }
 
-    fn device_id(&self) -> Device {
+    pub(super) fn device_id(&self) -> Device {
         Device::Cuda(self.gpu.ordinal())
     }
 
     /// The device memory of `x`, which must be an f32 tensor on this backend's device.
-    fn mem<'a>(&self, x: &'a Tensor, what: &str) -> Result<&'a DevMem> {
+    pub(super) fn mem<'a>(&self, x: &'a Tensor, what: &str) -> Result<&'a DevMem> {
         let on = x.device();
         let buf = x.device_buffer().filter(|_| on == self.device_id());
         let mem = buf.and_then(|b| b.downcast::<DevMem>());
@@ -76,7 +77,11 @@ impl CudaBackend {
         }
     }
 
-    fn tensor(&self, shape: impl Into<crate::tensor::Shape>, mem: DevMem) -> Result<Tensor> {
+    pub(super) fn tensor(
+        &self,
+        shape: impl Into<crate::tensor::Shape>,
+        mem: DevMem,
+    ) -> Result<Tensor> {
         let shape = shape.into();
         let len = shape.numel();
         Tensor::from_device(
@@ -85,13 +90,13 @@ impl CudaBackend {
         )
     }
 
-    fn alloc_f32(&self, len: usize) -> Result<DevMem> {
+    pub(super) fn alloc_f32(&self, len: usize) -> Result<DevMem> {
         self.gpu.alloc(len * 4)
     }
 
     /// Weights on the device: a device tensor as it is, a host tensor uploaded once and kept
     /// in the layer's cache (emptied whenever the weights change).
-    fn weights(&self, w: &LayerParams) -> Result<Arc<DeviceWeights>> {
+    pub(super) fn weights(&self, w: &LayerParams) -> Result<Arc<DeviceWeights>> {
         if w.kernel().device() != Device::Cpu {
             let kernel = self.mem(w.kernel(), "kernel")?.clone();
             let bias = w.bias().map(|b| self.mem(b, "bias").cloned()).transpose()?;
@@ -120,18 +125,11 @@ impl CudaBackend {
         }
     }
 
-    fn launch_ops(&self, kernel: &str, launch: Launch, args: Args) -> Result<()> {
+    pub(super) fn launch_ops(&self, kernel: &str, launch: Launch, args: Args) -> Result<()> {
         let f = self.gpu.function(&OPS, kernel)?;
         // SAFETY: each caller passes exactly the parameters `kernels/ops.cu` declares for
         // `kernel`, with buffers sized for the shapes it passes (allocated from them here).
         unsafe { self.gpu.launch(&f, launch, args) }
-    }
-
-    fn not_yet<T>(&self, op: &str) -> Result<T> {
-        Err(Error::Invalid(format!(
-            "{op} does not run on the CUDA backend yet (training on the GPU is CUDA II's \
-             work); use --device cpu"
-        )))
     }
 }
 
@@ -329,72 +327,72 @@ impl Backend for CudaBackend {
 
     fn conv2d_backward(
         &self,
-        _x: &Tensor,
-        _y: &Tensor,
-        _dy: &Tensor,
-        _w: &LayerParams,
-        _spec: &Conv2dSpec,
-        _wanted: Wanted,
+        x: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        w: &LayerParams,
+        spec: &Conv2dSpec,
+        wanted: Wanted,
     ) -> Result<LayerGrads> {
-        self.not_yet("conv2d backward")
+        training::conv2d_backward(self, x, y, dy, w, spec, wanted)
     }
 
     fn dense_backward(
         &self,
-        _x: &Tensor,
-        _y: &Tensor,
-        _dy: &Tensor,
-        _w: &LayerParams,
-        _activation: Activation,
-        _wanted: Wanted,
+        x: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        w: &LayerParams,
+        activation: Activation,
+        wanted: Wanted,
     ) -> Result<LayerGrads> {
-        self.not_yet("dense backward")
+        training::dense_backward(self, x, y, dy, w, activation, wanted)
     }
 
-    fn max_pool2d_backward(&self, _x: &Tensor, _dy: &Tensor, _s: &Pool2dSpec) -> Result<Tensor> {
-        self.not_yet("max pool backward")
+    fn max_pool2d_backward(&self, x: &Tensor, dy: &Tensor, spec: &Pool2dSpec) -> Result<Tensor> {
+        training::max_pool2d_backward(self, x, dy, spec)
     }
 
-    fn global_pool_backward(&self, _x: &Tensor, _dy: &Tensor, _k: GlobalPool) -> Result<Tensor> {
-        self.not_yet("global pool backward")
+    fn global_pool_backward(&self, x: &Tensor, dy: &Tensor, kind: GlobalPool) -> Result<Tensor> {
+        training::global_pool_backward(self, x, dy, kind)
     }
 
-    fn relu_backward(&self, _y: &Tensor, _dy: &Tensor) -> Result<Tensor> {
-        self.not_yet("relu backward")
+    fn relu_backward(&self, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        training::relu_backward(self, y, dy)
     }
 
-    fn softmax_cross_entropy(&self, _logits: &Tensor, _labels: &[usize]) -> Result<CrossEntropy> {
-        self.not_yet("softmax cross-entropy")
+    fn softmax_cross_entropy(&self, logits: &Tensor, labels: &[usize]) -> Result<CrossEntropy> {
+        training::softmax_cross_entropy(self, logits, labels)
     }
 
-    fn sum_squares(&self, _x: &Tensor) -> Result<f64> {
-        self.not_yet("the L2 penalty")
+    fn sum_squares(&self, x: &Tensor) -> Result<f64> {
+        training::sum_squares(self, x)
     }
 
-    fn axpy(&self, _alpha: f64, _x: &Tensor, _y: &mut Tensor) -> Result<()> {
-        self.not_yet("axpy")
+    fn axpy(&self, alpha: f64, x: &Tensor, y: &mut Tensor) -> Result<()> {
+        training::axpy(self, alpha, x, y)
     }
 
     fn sgd_step(
         &self,
-        _w: &mut Tensor,
-        _g: &Tensor,
-        _velocity: &mut Tensor,
-        _lr: f64,
-        _momentum: f64,
-        _nesterov: bool,
+        w: &mut Tensor,
+        g: &Tensor,
+        velocity: &mut Tensor,
+        lr: f64,
+        momentum: f64,
+        nesterov: bool,
     ) -> Result<()> {
-        self.not_yet("the SGD step")
+        training::sgd_step(self, w, g, velocity, lr, momentum, nesterov)
     }
 
     fn adam_step(
         &self,
-        _w: &mut Tensor,
-        _g: &Tensor,
-        _m: &mut Tensor,
-        _v: &mut Tensor,
-        _step: &AdamStep,
+        w: &mut Tensor,
+        g: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        step: &AdamStep,
     ) -> Result<()> {
-        self.not_yet("the Adam step")
+        training::adam_step(self, w, g, m, v, step)
     }
 }

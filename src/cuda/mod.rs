@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod cache;
 pub mod check;
+pub mod conv;
 pub mod cublas;
 pub mod driver;
 pub mod emu;
@@ -25,6 +26,7 @@ pub mod gpu;
 pub mod nvrtc;
 pub mod source;
 pub mod tma;
+pub mod training;
 
 pub use backend::CudaBackend;
 pub use gpu::{Args, DevMem, Gpu, Launch};

@@ -52,9 +52,26 @@ pub static OPS: ModuleSource = ModuleSource {
     sm90a_only: false,
 };
 
+/// The convolution ladder: the direct first layer, implicit GEMM on CUDA cores and tensor
+/// cores, fused max pools.
+pub static CONV: ModuleSource = ModuleSource {
+    name: "conv",
+    file: "conv.cu",
+    text: include_str!("../../kernels/conv.cu"),
+    sm90a_only: false,
+};
+
+/// What training needs beyond the forward ops: backward passes, the loss, optimizer steps.
+pub static TRAIN: ModuleSource = ModuleSource {
+    name: "train",
+    file: "train.cu",
+    text: include_str!("../../kernels/train.cu"),
+    sm90a_only: false,
+};
+
 /// Every module, for the compile checks.
-pub fn all() -> [&'static ModuleSource; 3] {
-    [&GEMM, &GEMM_SM90A, &OPS]
+pub fn all() -> [&'static ModuleSource; 5] {
+    [&GEMM, &GEMM_SM90A, &OPS, &CONV, &TRAIN]
 }
 
 impl ModuleSource {
