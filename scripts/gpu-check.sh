@@ -2,11 +2,14 @@
 # keel's GPU checks in one call, for a machine with a GPU and CUDA 13 but no Rust: run it from
 # the repository root with a release binary built elsewhere with `--features cuda` (carry
 # target/release/keel). Writes everything to $OUT (default ./gpu-check-out):
-#   gpu-check.txt/.json   every kernel validated against the CPU reference, then the GEMM
-#                         ladder timed next to cuBLAS (full sizes; --quick with QUICK=1)
+#   gpu-check.txt/.json   every kernel validated against the CPU reference, VGG16's conv base
+#                         against the CPU backend in fp32/tf32/bf16, then the GEMM ladder
+#                         timed next to cuBLAS and VGG16 (batch 64, 224x224) next to PyTorch
+#                         (scripts/torch_vgg16.py) with per-op times and peak memory (full
+#                         sizes; --quick with QUICK=1)
 #   memcheck.txt          compute-sanitizer memcheck over the quick validation set
 #   racecheck.txt         compute-sanitizer racecheck over the same
-# Fits in 6 minutes with start-up; each step has its own time limit so one hang cannot eat
+# Fits in 9 minutes with start-up; each step has its own time limit so one hang cannot eat
 # the others' time. Exit status: non-zero if any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +32,7 @@ status=0
 quick=()
 [ "${QUICK:-0}" = 1 ] && quick=(--quick)
 echo "== keel gpu-check ${quick[*]}"
-timeout 240 "$BIN" gpu-check "${quick[@]}" --json "$OUT/gpu-check.json" 2>&1 | tee "$OUT/gpu-check.txt"
+timeout 330 "$BIN" gpu-check "${quick[@]}" --json "$OUT/gpu-check.json" 2>&1 | tee "$OUT/gpu-check.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

@@ -28,6 +28,12 @@ pub struct BackendArgs {
     /// Worker threads for the kernels [default: KEEL_THREADS, else all cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Arithmetic of the GPU's convolutions: fp32, tf32 (tensor cores, inputs rounded to a
+    /// 10-bit mantissa) or bf16 (tensor cores, bf16 weights and operands); accumulation is
+    /// fp32 in all three. The CPU computes in fp32. See docs/cuda-conv.md for the error each
+    /// adds.
+    #[arg(long, value_name = "P", default_value = "fp32")]
+    pub precision: String,
 }
 
 impl BackendArgs {
@@ -40,7 +46,14 @@ impl BackendArgs {
                     "--isa and --algo choose CPU kernels; they do not apply to --device {device}"
                 );
             }
-            return cuda_backend(ordinal).with_context(|| format!("--device {device}"));
+            return cuda_backend(ordinal, &self.precision)
+                .with_context(|| format!("--device {device}"));
+        }
+        if self.precision != "fp32" {
+            bail!(
+                "--precision {} runs on a GPU (--device cuda); the CPU kernels compute in fp32",
+                self.precision
+            );
         }
         if self.isa.as_deref() == Some("reference") {
             if self.algo.is_some() {
@@ -58,13 +71,16 @@ impl BackendArgs {
 
 /// The CUDA backend on GPU `ordinal` (or on the CPU build of its kernels, see `Gpu::open`).
 #[cfg(feature = "cuda")]
-fn cuda_backend(ordinal: usize) -> anyhow::Result<Arc<dyn Backend>> {
-    use crate::cuda::{CudaBackend, Gpu};
-    Ok(Arc::new(CudaBackend::new(Gpu::open(ordinal)?)))
+fn cuda_backend(ordinal: usize, precision: &str) -> anyhow::Result<Arc<dyn Backend>> {
+    use crate::cuda::{CudaBackend, Gpu, gemm::Precision};
+    let p = Precision::parse(precision)?;
+    Ok(Arc::new(
+        CudaBackend::new(Gpu::open(ordinal)?).with_precision(p),
+    ))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_backend(_ordinal: usize) -> anyhow::Result<Arc<dyn Backend>> {
+fn cuda_backend(_ordinal: usize, _precision: &str) -> anyhow::Result<Arc<dyn Backend>> {
     bail!(
         "no CUDA device: this keel was built without CUDA; rebuild with --features cuda, or \
          use --device cpu"
@@ -78,6 +94,7 @@ impl Default for BackendArgs {
             isa: None,
             algo: None,
             threads: None,
+            precision: "fp32".into(),
         }
     }
 }

@@ -22,7 +22,9 @@ const COLS_BUDGET_BYTES: usize = 256 << 20;
 
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
-    rung: &'static Rung,
+    pub(super) rung: &'static Rung,
+    /// The convolutions' arithmetic (`--precision`); everything else computes in fp32.
+    precision: Precision,
 }
 
 /// A layer's weights on the device, kept in its [`LayerParams`] cache.
@@ -35,7 +37,21 @@ impl CudaBackend {
     /// The backend for `gpu`, with the ladder's best fp32 GEMM that runs there.
     pub fn new(gpu: Arc<Gpu>) -> CudaBackend {
         let rung = gemm::best(Precision::Fp32);
-        CudaBackend { gpu, rung }
+        CudaBackend {
+            gpu,
+            rung,
+            precision: Precision::Fp32,
+        }
+    }
+
+    /// Convolutions in `precision` (fp32 by default).
+    pub fn with_precision(mut self, precision: Precision) -> CudaBackend {
+        self.precision = precision;
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Use GEMM rung `name` (fp32 only: the backend's numbers must match the CPU's).

@@ -89,6 +89,7 @@ impl CudaDevice {
         )?;
         let name = ctx.name().map_err(err("cuDeviceGetName"))?;
         let stream = ctx.default_stream();
+        keep_freed_memory(&ctx)?;
         Ok(CudaDevice {
             ctx,
             stream,
@@ -106,14 +107,18 @@ impl CudaDevice {
         self.ctx.bind_to_thread().map_err(err("cuCtxSetCurrent"))
     }
 
+    /// Stream-ordered memory from the device's pool: an activation freed after the layer
+    /// that read it was launched is reused by the next layer without waiting for the GPU
+    /// (cuMemFree would synchronise the whole device at every layer).
     pub fn alloc(&self, bytes: usize) -> Result<CudaAlloc> {
         self.bind()?;
         // SAFETY: the context is current on this thread; the pointer is freed once, by
-        // `CudaAlloc::drop`.
-        let ptr = unsafe { cu::malloc_sync(bytes.max(1)) }
-            .map_err(err(format!("cuMemAlloc {bytes} bytes")))?;
+        // `CudaAlloc::drop`, on the same stream.
+        let ptr = unsafe { cu::malloc_async(self.stream.cu_stream(), bytes.max(1)) }
+            .map_err(err(format!("cuMemAllocAsync {bytes} bytes")))?;
         Ok(CudaAlloc {
             ctx: self.ctx.clone(),
+            stream: self.stream.clone(),
             ptr,
         })
     }
@@ -209,17 +214,43 @@ impl CudaDevice {
     }
 }
 
-/// Device memory from `cuMemAlloc`, freed on drop.
+/// The device's default memory pool keeps what is freed instead of handing it back to the
+/// driver at the next synchronisation, so batch after batch reuses the same memory (what
+/// PyTorch's caching allocator does).
+fn keep_freed_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys;
+    let mut pool = std::ptr::null_mut();
+    // SAFETY: `pool` is a valid out-pointer; the device handle comes from a live context.
+    unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }
+        .result()
+        .map_err(err("cuDeviceGetDefaultMemPool"))?;
+    let mut threshold = u64::MAX;
+    // SAFETY: the release threshold attribute takes a pointer to a u64, which lives across
+    // the call.
+    unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut c_void,
+        )
+    }
+    .result()
+    .map_err(err("cuMemPoolSetAttribute release threshold"))
+}
+
+/// Device memory from `cuMemAllocAsync`, freed on drop in stream order (after every kernel
+/// launched before the drop has finished with it).
 pub struct CudaAlloc {
     ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
     pub ptr: u64,
 }
 
 impl Drop for CudaAlloc {
     fn drop(&mut self) {
         if self.ctx.bind_to_thread().is_ok() {
-            // SAFETY: `ptr` came from cuMemAlloc in this context and is freed only here.
-            let _ = unsafe { cu::free_sync(self.ptr) };
+            // SAFETY: `ptr` came from cuMemAllocAsync on this stream and is freed only here.
+            let _ = unsafe { cu::free_async(self.ptr, self.stream.cu_stream()) };
         }
     }
 }

@@ -28,6 +28,18 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// `fp32`, `tf32` or `bf16`, as `--precision` takes it.
+    pub fn parse(s: &str) -> Result<Precision> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(Error::Invalid(format!(
+                "unknown --precision {s}: use fp32, tf32 or bf16"
+            ))),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Precision::Fp32 => "fp32",

@@ -192,6 +192,31 @@ pub struct Gpu {
     engine: Engine,
     ordinal: usize,
     functions: Mutex<HashMap<(&'static str, String), Function>>,
+    memory: Arc<MemoryUse>,
+}
+
+/// Bytes of device memory keel holds now and at most since the last reset: the number
+/// `gpu-check` sets beside PyTorch's `max_memory_allocated`, which counts the same thing
+/// (live tensors, not the driver's pool or the modules).
+#[derive(Default)]
+struct MemoryUse {
+    live: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+/// An allocation counted in [`MemoryUse`] until it is freed.
+struct Counted {
+    _inner: Box<dyn Any + Send + Sync>,
+    bytes: usize,
+    memory: Arc<MemoryUse>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.memory
+            .live
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Gpu {
@@ -202,6 +227,7 @@ impl Gpu {
             engine: Engine::Cuda(dev),
             ordinal,
             functions: Mutex::default(),
+            memory: Arc::default(),
         }))
     }
 
@@ -227,6 +253,7 @@ impl Gpu {
             engine: Engine::Cpu,
             ordinal: 0,
             functions: Mutex::default(),
+            memory: Arc::default(),
         }))
     }
 
@@ -294,14 +321,10 @@ impl Gpu {
 
     /// `bytes` of device memory (contents undefined).
     pub fn alloc(&self, bytes: usize) -> Result<DevMem> {
-        match &self.engine {
+        let (ptr, owner): (u64, Box<dyn Any + Send + Sync>) = match &self.engine {
             Engine::Cuda(d) => {
                 let a = d.alloc(bytes)?;
-                Ok(DevMem {
-                    ptr: a.ptr,
-                    bytes,
-                    _owner: Arc::new(a),
-                })
+                (a.ptr, Box::new(a))
             }
             Engine::Cpu => {
                 let layout = std::alloc::Layout::from_size_align(bytes.max(1), 256)
@@ -314,13 +337,39 @@ impl Gpu {
                         "out of memory",
                     ));
                 }
-                Ok(DevMem {
-                    ptr: ptr as u64,
-                    bytes,
-                    _owner: Arc::new(HostAlloc { ptr, layout }),
-                })
+                (ptr as u64, Box::new(HostAlloc { ptr, layout }))
             }
-        }
+        };
+        use std::sync::atomic::Ordering;
+        let live = self.memory.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.memory.peak.fetch_max(live, Ordering::Relaxed);
+        Ok(DevMem {
+            ptr,
+            bytes,
+            _owner: Arc::new(Counted {
+                _inner: owner,
+                bytes,
+                memory: self.memory.clone(),
+            }),
+        })
+    }
+
+    /// Bytes of device memory keel holds now.
+    pub fn memory_in_use(&self) -> usize {
+        self.memory.live.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The most device memory keel has held at once since [`Gpu::reset_memory_peak`].
+    pub fn memory_peak(&self) -> usize {
+        self.memory.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Start a new peak from what is held now.
+    pub fn reset_memory_peak(&self) {
+        use std::sync::atomic::Ordering;
+        self.memory
+            .peak
+            .store(self.memory.live.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// A new device buffer holding `data`.

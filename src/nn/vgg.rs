@@ -263,6 +263,21 @@ impl Vgg {
         run_layers(&self.layers, backend, x, &wanted)
     }
 
+    /// The whole model's output, calling `after(op)` as each op has been issued (a fused
+    /// convolution and pool is one op, `block1_conv2+pool`): on a GPU, where ops run
+    /// asynchronously, that is where a timing event goes.
+    pub fn forward_observed(
+        &self,
+        backend: &dyn Backend,
+        x: &Tensor,
+        after: &mut dyn FnMut(&str) -> Result<()>,
+    ) -> Result<Tensor> {
+        self.check_input(x)?;
+        let x = backend.upload(x.clone())?;
+        let last = self.layers.len().saturating_sub(1);
+        Ok(run_layers_observed(&self.layers, backend, x, &[last], after)?.remove(0))
+    }
+
     fn check_input(&self, x: &Tensor) -> Result<()> {
         let [_, h, w, c] = x.shape().nhwc("VGG input")?;
         if c != 3 {
@@ -297,6 +312,17 @@ pub(crate) fn run_layers(
     x: Tensor,
     wanted: &[usize],
 ) -> Result<Vec<Tensor>> {
+    run_layers_observed(layers, backend, x, wanted, &mut |_| Ok(()))
+}
+
+/// [`run_layers`], calling `after` with each op's name once it is issued.
+fn run_layers_observed(
+    layers: &[Layer],
+    backend: &dyn Backend,
+    x: Tensor,
+    wanted: &[usize],
+    after: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<Vec<Tensor>> {
     let stop = wanted.iter().copied().max().unwrap_or(0);
     let trace = std::env::var_os("KEEL_TRACE").is_some();
     let batch = x.dims().first().copied().unwrap_or(1);
@@ -329,6 +355,7 @@ pub(crate) fn run_layers(
             cur = layer.forward(backend, cur)?;
             (layer.spec.name.clone(), layer.spec.keras_type().to_string())
         };
+        after(&name)?;
         if trace {
             let ms = started.elapsed().as_secs_f64() * 1e3;
             let gflop = layer.spec.flops() as f64 * batch as f64 / 1e9;

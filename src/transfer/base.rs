@@ -96,6 +96,9 @@ pub struct Extraction {
     pub computed: usize,
     pub cached: usize,
     pub seconds: f64,
+    /// Seconds the backend spent running batches (on a GPU: uploading, computing and
+    /// bringing features back); the rest of `seconds` it waited for images.
+    pub busy_seconds: f64,
 }
 
 impl FrozenBase {
@@ -262,16 +265,25 @@ impl FrozenBase {
 
     /// Features of a batch of RGB images of the input size, in host memory.
     pub fn run_images(&self, images: &[RgbImage]) -> Result<Tensor> {
+        self.run_batch(&self.batch_tensor(images)?)
+    }
+
+    /// The base's input for `images`: preprocessed and stacked, on the CPU.
+    fn batch_tensor(&self, images: &[RgbImage]) -> Result<Tensor> {
         let [h, w] = self.info.input;
         let items: Vec<Tensor> = images
             .par_iter()
             .map(|img| preprocess_rgb8(img.height, img.width, &img.data)?.reshape([h, w, 3]))
             .collect::<Result<_>>()?;
-        let x = Tensor::stack(&items)?;
+        Tensor::stack(&items)
+    }
+
+    /// Features of a preprocessed batch, in host memory.
+    fn run_batch(&self, x: &Tensor) -> Result<Tensor> {
         let be = self.backend();
         let mut out = self
             .vgg
-            .forward_outputs(be, &x, &[self.info.layer.as_str()])?;
+            .forward_outputs(be, x, &[self.info.layer.as_str()])?;
         be.to_host(out.remove(0))
     }
 
@@ -279,6 +291,9 @@ impl FrozenBase {
     /// one image at a time in input order (with the image's index), so the caller decides
     /// where they go. Unreadable images stop the run with an error naming the first one, or
     /// with `skip_bad` are left out and listed.
+    ///
+    /// Batches stream: while the backend runs one batch, CPU threads read, decode, resize and
+    /// preprocess the next, so a GPU is not left waiting on JPEG decoding.
     pub fn extract(
         &self,
         paths: &[PathBuf],
@@ -317,66 +332,45 @@ impl FrozenBase {
         }
         let mut progress = Progress::new(opts.progress, paths.len());
         let (mut computed, mut cached) = (0, 0);
+        let mut busy = 0.0;
         let mut kept = Vec::with_capacity(paths.len());
         let all: Vec<usize> = (0..paths.len()).collect();
-        for chunk in all.chunks(opts.batch.max(1)) {
-            let mut rows: Vec<Option<Vec<f32>>> = vec![None; chunk.len()];
-            let mut missing = Vec::new();
-            for (slot, &i) in chunk.iter().enumerate() {
-                if bad.iter().any(|(b, _)| *b == i) {
-                    continue;
-                }
-                let hit = match (opts.cache, &keys[i]) {
-                    (Some(c), Some(k)) => c.get(k, &self.feature_shape),
-                    _ => None,
-                };
-                match hit {
-                    Some(v) => {
-                        rows[slot] = Some(v);
-                        cached += 1;
-                    }
-                    None => missing.push(slot),
-                }
-            }
-            let loaded: Vec<(usize, Result<RgbImage>)> = missing
-                .par_iter()
-                .map(|&slot| {
-                    let img = self.load_image(&paths[chunk[slot]]).map(|img| {
-                        if opts.flip {
-                            flip_horizontal(&img)
-                        } else {
-                            img
-                        }
-                    });
-                    (slot, img)
-                })
-                .collect();
-            let mut good = Vec::new();
-            let mut images = Vec::new();
-            for (slot, r) in loaded {
-                match r {
-                    Ok(img) => {
-                        good.push(slot);
-                        images.push(img);
-                    }
-                    Err(e) => bad.push((chunk[slot], e)),
-                }
-            }
+        let chunks: Vec<&[usize]> = all.chunks(opts.batch.max(1)).collect();
+        let hash_bad: Vec<usize> = bad.iter().map(|(i, _)| *i).collect();
+        let prepare = |chunk: &[usize]| self.prepare(chunk, paths, &keys, &hash_bad, opts);
+        let mut next = chunks.first().map(|c| prepare(c));
+        for (k, chunk) in chunks.iter().enumerate() {
+            let mut batch = next.take().expect("prepared ahead")?;
+            bad.append(&mut batch.bad);
             if !opts.skip_bad && !bad.is_empty() {
                 return Err(fail(bad));
             }
-            if !images.is_empty() {
-                let y = self.run_images(&images)?;
-                for (k, &slot) in good.iter().enumerate() {
-                    let row = y.index0(k)?;
+            cached += batch.cached;
+            // The backend runs this batch while the pool prepares the next one.
+            let (features, ahead) = rayon::join(
+                || -> Result<Option<(Tensor, f64)>> {
+                    let Some(x) = &batch.input else {
+                        return Ok(None);
+                    };
+                    let t = Instant::now();
+                    let y = self.run_batch(x)?;
+                    Ok(Some((y, t.elapsed().as_secs_f64())))
+                },
+                || chunks.get(k + 1).map(|c| prepare(c)),
+            );
+            next = ahead;
+            if let Some((y, seconds)) = features? {
+                busy += seconds;
+                for (j, &slot) in batch.computed.iter().enumerate() {
+                    let row = y.index0(j)?;
                     if let (Some(c), Some(key)) = (opts.cache, &keys[chunk[slot]]) {
                         c.put(key, &row)?;
                     }
-                    rows[slot] = Some(row.data().to_vec());
+                    batch.rows[slot] = Some(row.data().to_vec());
                 }
-                computed += images.len();
+                computed += batch.computed.len();
             }
-            for (slot, row) in rows.into_iter().enumerate() {
+            for (slot, row) in batch.rows.into_iter().enumerate() {
                 if let Some(row) = row {
                     sink(chunk[slot], &row)?;
                     kept.push(chunk[slot]);
@@ -401,8 +395,86 @@ impl FrozenBase {
             computed,
             cached,
             seconds: started.elapsed().as_secs_f64(),
+            busy_seconds: busy,
         })
     }
+
+    /// One batch's cached features and, for the rest, the decoded and preprocessed input.
+    fn prepare(
+        &self,
+        chunk: &[usize],
+        paths: &[PathBuf],
+        keys: &[Option<String>],
+        hash_bad: &[usize],
+        opts: &ExtractOptions,
+    ) -> Result<Prepared> {
+        let mut rows: Vec<Option<Vec<f32>>> = vec![None; chunk.len()];
+        let mut missing = Vec::new();
+        let mut cached = 0;
+        for (slot, &i) in chunk.iter().enumerate() {
+            if hash_bad.contains(&i) {
+                continue;
+            }
+            let hit = match (opts.cache, &keys[i]) {
+                (Some(c), Some(k)) => c.get(k, &self.feature_shape),
+                _ => None,
+            };
+            match hit {
+                Some(v) => {
+                    rows[slot] = Some(v);
+                    cached += 1;
+                }
+                None => missing.push(slot),
+            }
+        }
+        let loaded: Vec<(usize, Result<RgbImage>)> = missing
+            .par_iter()
+            .map(|&slot| {
+                let img = self.load_image(&paths[chunk[slot]]).map(|img| {
+                    if opts.flip {
+                        flip_horizontal(&img)
+                    } else {
+                        img
+                    }
+                });
+                (slot, img)
+            })
+            .collect();
+        let (mut computed, mut images, mut bad) = (Vec::new(), Vec::new(), Vec::new());
+        for (slot, r) in loaded {
+            match r {
+                Ok(img) => {
+                    computed.push(slot);
+                    images.push(img);
+                }
+                Err(e) => bad.push((chunk[slot], e)),
+            }
+        }
+        let input = if images.is_empty() {
+            None
+        } else {
+            Some(self.batch_tensor(&images)?)
+        };
+        Ok(Prepared {
+            rows,
+            computed,
+            input,
+            bad,
+            cached,
+        })
+    }
+}
+
+/// A batch ready for the base: see [`FrozenBase::prepare`].
+struct Prepared {
+    /// Per slot of the chunk: the features, once known (from the cache first).
+    rows: Vec<Option<Vec<f32>>>,
+    /// The slots `input`'s images belong to, in order.
+    computed: Vec<usize>,
+    input: Option<Tensor>,
+    /// Images of the chunk that could not be read.
+    bad: Vec<(usize, Error)>,
+    cached: usize,
 }
 
 /// Mirror left to right, as Keras's `RandomFlip("horizontal")`.

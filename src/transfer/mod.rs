@@ -22,7 +22,7 @@ mod augment;
 mod base;
 mod export;
 mod model;
-mod progress;
+pub(crate) mod progress;
 mod store;
 mod train;
 

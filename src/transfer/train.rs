@@ -135,6 +135,10 @@ pub struct Timings {
     pub fine_tune_seconds: f64,
     /// Whether stored activations streamed from disk (they did not fit the memory budget).
     pub streamed_from_disk: bool,
+    /// Of `features_seconds`, the time the backend spent running the base (the rest it waited
+    /// for images to be decoded).
+    #[serde(default)]
+    pub base_busy_seconds: f64,
 }
 
 /// `report.json`.
@@ -282,6 +286,7 @@ pub fn train(
         training_seconds: 0.0,
         fine_tune_seconds: 0.0,
         streamed_from_disk: false,
+        base_busy_seconds: 0.0,
     };
     let mut unreadable: Vec<Skipped> = Vec::new();
     let inputs = extract_inputs(
@@ -526,6 +531,7 @@ fn extract_inputs(
     };
     let mut account = |ex: &Extraction, unreadable: &mut Vec<Skipped>| {
         timings.features_seconds += ex.seconds;
+        timings.base_busy_seconds += ex.busy_seconds;
         timings.images_computed += ex.computed;
         timings.images_cached += ex.cached;
         unreadable.extend(ex.skipped.iter().cloned());
