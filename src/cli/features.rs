@@ -162,12 +162,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         list_path.display()
     );
     eprintln!(
-        "{:.1} s, {}; {} busy {}",
+        "{:.1} s, {} images/s; {} busy {}",
         seconds,
-        format!(
-            "{} images/s",
-            crate::transfer::progress::rate_text(paths.len() as f64 / seconds.max(1e-9))
-        ),
+        crate::transfer::progress::rate_text(paths.len() as f64 / seconds.max(1e-9)),
         backend.name(),
         busy_text(busy, seconds)
     );

@@ -36,12 +36,20 @@ pub struct Args {
     /// Leave PyTorch out of the VGG16 comparison.
     #[arg(long)]
     no_torch: bool,
+    /// The real VGG16 base (Keras's notop .h5), to check against Keras's outputs in
+    /// --keras-ref on the device.
+    #[arg(long, value_name = "FILE", requires = "keras_ref")]
+    weights: Option<PathBuf>,
+    /// Keras's reference outputs for --weights: preprocess/NAME.npy inputs and
+    /// block5_pool/NAME_block5_pool.npy outputs (the layout of ../shared/weights/ref).
+    #[arg(long, value_name = "DIR", requires = "weights")]
+    keras_ref: Option<PathBuf>,
 }
 
 #[cfg(not(feature = "cuda"))]
 pub fn run(a: Args) -> anyhow::Result<()> {
     let _ = (a.quick, a.no_timing, &a.rungs, &a.json, a.batch, a.size);
-    let _ = (&a.torch_script, a.no_torch);
+    let _ = (&a.torch_script, a.no_torch, &a.weights, &a.keras_ref);
     anyhow::bail!(
         "--device {}: no CUDA device: this keel was built without CUDA; rebuild with \
          `cargo build --release --features cuda`",
@@ -149,6 +157,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             if v.passed { "ok" } else { "FAIL" }
         );
         parity.push(v);
+    }
+    if let (Some(weights), Some(dir)) = (&a.weights, &a.keras_ref) {
+        println!(
+            "\n== the real VGG16 base ({}) on the device against Keras's block5_pool",
+            weights.display()
+        );
+        for v in crate::cuda::check_vgg::keras_parity(&gpu, weights, dir)? {
+            println!(
+                "{:<28} {:>10.2e} {:>9.0e}  {}",
+                v.case,
+                v.error,
+                v.tolerance,
+                if v.passed { "ok" } else { "FAIL" }
+            );
+            parity.push(v);
+        }
     }
 
     let mut timings = Vec::new();

@@ -226,15 +226,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     fit.validate()?;
     let fine_tune = fine_tune(&a, &fit)?;
     let backend = a.backend.build()?;
-    if backend.device() != crate::tensor::Device::Cpu {
-        // Before any work: the backward passes and optimizer steps are not GPU kernels yet.
-        anyhow::bail!(
-            "--device {}: training runs on the CPU in this version (the GPU's backward passes \
-             come with CUDA II); use --device cpu. `keel features --device cuda` extracts \
-             features on the GPU.",
-            backend.device()
-        );
-    }
     crate::io::atomic::check_dir_target(&a.output, a.overwrite)?;
     let dataset = scan_training_folder(&a.data, a.validation_split, a.seed)?;
     eprintln!(

@@ -18,7 +18,7 @@ use crate::tensor::{
 };
 
 /// Largest im2col matrix per GEMM call: big enough to fill an H200, small enough for any GPU.
-const COLS_BUDGET_BYTES: usize = 256 << 20;
+pub(super) const COLS_BUDGET_BYTES: usize = 256 << 20;
 
 pub struct CudaBackend {
     gpu: Arc<Gpu>,

@@ -41,6 +41,8 @@ pub fn input(batch: usize, size: usize, seed: u64) -> Result<Tensor> {
 /// The device's conv base against the CPU's, in one precision.
 #[derive(Clone, Debug, Serialize)]
 pub struct Parity {
+    /// What ran: `random weights`, or the Keras reference image's name.
+    pub case: String,
     pub precision: &'static str,
     pub batch: usize,
     pub size: usize,
@@ -82,6 +84,7 @@ pub fn parity(gpu: &Arc<Gpu>, precision: Precision, batch: usize, size: usize) -
     let error = relative_error(got.data(), &w);
     let tolerance = parity_tolerance(precision);
     Ok(Parity {
+        case: "random weights".into(),
         precision: precision.name(),
         batch,
         size,
@@ -191,4 +194,68 @@ pub fn time(
         peak_bytes,
         ops,
     })
+}
+
+/// Keras's own numbers: the real VGG16 base (`weights`) on the device in fp32 against the
+/// block5_pool outputs Keras computed (`ref_dir/preprocess/NAME.npy` in,
+/// `ref_dir/block5_pool/NAME_block5_pool.npy` out, the layout of `../shared/weights/ref`),
+/// held to `1e-4 * max|ref|` per image.
+pub fn keras_parity(
+    gpu: &Arc<Gpu>,
+    weights: &std::path::Path,
+    ref_dir: &std::path::Path,
+) -> Result<Vec<Parity>> {
+    let set = crate::io::load_weights(weights)?;
+    let inputs = ref_dir.join("preprocess");
+    let mut names: Vec<_> = std::fs::read_dir(&inputs)
+        .map_err(|e| Error::io(&inputs, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "npy"))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(Error::file(&inputs, "holds no .npy inputs"));
+    }
+    let cuda = CudaBackend::new(gpu.clone());
+    let mut vgg: Option<Vgg> = None;
+    let mut out = Vec::new();
+    for input in names {
+        let x = crate::io::npy::read(&input)?.to_tensor()?;
+        let [_, h, w, _] = x.shape().nhwc("Keras reference input")?;
+        let stem = input
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let want_path = ref_dir
+            .join("block5_pool")
+            .join(format!("{stem}_block5_pool.npy"));
+        let want = crate::io::npy::read(&want_path)?.to_tensor()?;
+        let model = match &vgg {
+            Some(v) if v.config().input == [h, w] => v,
+            _ => vgg.insert(Vgg::new(set.identity().base_config([h, w]), set.clone())?),
+        };
+        let got = cuda.to_host(model.forward(&cuda, &x)?)?;
+        let w: Vec<f64> = want.values::<f32>()?.iter().map(|&v| v as f64).collect();
+        if got.numel() != w.len() {
+            return Err(Error::file(
+                &want_path,
+                format!(
+                    "holds {} values; the device computed {}",
+                    w.len(),
+                    got.shape()
+                ),
+            ));
+        }
+        let error = relative_error(got.data(), &w);
+        out.push(Parity {
+            case: stem,
+            precision: "fp32",
+            batch: 1,
+            size: h,
+            error,
+            tolerance: 1e-4,
+            passed: error <= 1e-4,
+        });
+    }
+    Ok(out)
 }
