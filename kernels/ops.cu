@@ -139,3 +139,20 @@ extern "C" __global__ void pad_u16(const unsigned short* __restrict__ src,
         dst[i] = (r < rows && c < cols) ? src[(long long)r * cols + c] : (unsigned short)0;
     }
 }
+
+// f32 -> bf16 bits, round to nearest even as the `half` crate rounds on the host, NaN kept
+// quiet: the BF16 convolutions' weights, converted once per layer on the device (the weights
+// of a layer being fine-tuned live there already).
+extern "C" __global__ void f32_to_bf16(const float* __restrict__ src,
+                                       unsigned short* __restrict__ dst, long long len) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < len;
+         i += (long long)gridDim.x * blockDim.x) {
+        unsigned u = __float_as_uint(src[i]);
+        if ((u & 0x7fffffffu) > 0x7f800000u) {
+            dst[i] = (unsigned short)((u >> 16) | 0x40u);
+        } else {
+            u += 0x7fffu + ((u >> 16) & 1u);
+            dst[i] = (unsigned short)(u >> 16);
+        }
+    }
+}

@@ -315,6 +315,41 @@ fn a_vgg16_base_runs_through_the_cuda_launch_code() {
     }
 }
 
+/// `--precision tf32|bf16` on the (micro) VGG16 base through the CUDA launch code: the
+/// tensor-core convolutions' error against the CPU's fp32, within the bounds `gpu-check`
+/// holds the real base to on a GPU (and well above fp32's, or the rounding did not happen).
+#[test]
+fn tensor_core_precisions_round_the_base_as_documented() {
+    use keel::cuda::CudaBackend;
+    use keel::cuda::check_vgg::parity_tolerance;
+    use keel::cuda::gemm::Precision;
+    use keel::tensor::{Backend, Tensor};
+    let Some(gpu) = cpu_build() else { return };
+    let weights = keel::io::load_weights(&common::test_data("h5/micro_vgg16_notop.h5")).unwrap();
+    let config = weights.identity().base_config([36, 34]);
+    let mut rng = keel::rng::Rng::new(9);
+    let x = Tensor::from_vec([1, 36, 34, 3], &rng.uniform_vec(36 * 34 * 3, -128.0, 128.0))
+        .unwrap();
+    let vgg = || keel::nn::Vgg::new(config.clone(), weights.clone()).unwrap();
+    let want = vgg().forward(&keel::cpu::CpuReference, &x).unwrap();
+    let wv: Vec<f64> = want.data().iter().map(|&v| v as f64).collect();
+    let mut errors = Vec::new();
+    for p in [Precision::Fp32, Precision::Tf32, Precision::Bf16] {
+        let cuda = CudaBackend::new(gpu.clone()).with_precision(p);
+        let got = cuda.to_host(vgg().forward(&cuda, &x).unwrap()).unwrap();
+        let err = check::relative_error(got.data(), &wv);
+        eprintln!(
+            "micro VGG16 {}: error {err:.2e} (bound {:.0e})",
+            p.name(),
+            parity_tolerance(p)
+        );
+        assert!(err <= parity_tolerance(p), "{}: {err}", p.name());
+        errors.push(err);
+    }
+    assert!(errors[1] > 10.0 * errors[0], "TF32 rounds: {errors:?}");
+    assert!(errors[2] > errors[1], "BF16 rounds more than TF32: {errors:?}");
+}
+
 /// `keel features --device cuda` end to end, on the CPU build of the kernels
 /// (`KEEL_CUDA_CPU_BUILD=1`): the same .npy as the CPU backend within fp32 tolerance.
 #[test]
@@ -630,6 +665,13 @@ fn gpu_check_validates_every_rung_on_the_cpu_build() {
     let rungs = check::runnable(&cpu_build().unwrap()).len();
     assert_eq!(rows.len(), rungs * QUICK_SIZES.len());
     assert!(rows.iter().all(|r| r["passed"] == true));
+    // Every convolution rung, on the cases it takes.
+    let convs = doc["conv"].as_array().unwrap();
+    for r in keel::cuda::conv::rungs() {
+        let mine = convs.iter().filter(|v| v["rung"] == r.rung.as_str()).count();
+        assert!(mine >= 6, "conv rung {} validated on {mine} cases", r.rung);
+    }
+    assert!(convs.iter().all(|r| r["passed"] == true));
     // Timing needs a GPU: the CPU build refuses it rather than print meaningless numbers.
     let o = run(&["gpu-check", "--quick"]);
     common::run::assert_fails_with(&o, &["runs only --quick --no-timing"]);

@@ -1,12 +1,14 @@
 //! [`Backend`] on a GPU (or on the CPU build of its kernels): tensors live in device memory and
 //! stay there between layers; only [`Backend::upload`] and [`Backend::to_host`] cross.
 //!
-//! Convolutions are im2col then the ladder's best fp32 GEMM with bias and ReLU fused into its
-//! epilogue, in chunks of images so the column matrix stays within a fixed budget. Training
-//! ops (backward passes, optimizer steps) are CUDA II's work: until then they say so.
+//! Convolutions run on the convolution ladder (`kernels/conv.cu`, `super::conv`): the direct
+//! kernel for VGG's first layer, implicit GEMM in the backend's precision for the rest, with
+//! bias and ReLU fused and a block's 2x2 max pool fused into its last convolution. Dense
+//! layers use the GEMM ladder's best fp32 rung. The training ops are in `super::training`.
 
 use std::sync::Arc;
 
+use super::conv::{self as conv_ladder, ConvOperands};
 use super::gemm::{self, Operands, Precision, Rung};
 use super::gpu::{Args, DevMem, Gpu, Launch};
 use super::source::OPS;
@@ -16,9 +18,6 @@ use crate::tensor::{
     Activation, AdamStep, Backend, Conv2dSpec, CrossEntropy, DType, Device, DeviceBuffer,
     GlobalPool, LayerGrads, LayerParams, Pool2dSpec, Tensor, Wanted, dense_geometry,
 };
-
-/// Largest im2col matrix per GEMM call: big enough to fill an H200, small enough for any GPU.
-pub(super) const COLS_BUDGET_BYTES: usize = 256 << 20;
 
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
@@ -31,6 +30,18 @@ pub struct CudaBackend {
 pub(super) struct DeviceWeights {
     pub kernel: DevMem,
     pub bias: Option<DevMem>,
+    /// The kernel as bf16 bits, made on first use by a BF16 convolution.
+    bf16: std::sync::Mutex<Option<DevMem>>,
+}
+
+impl DeviceWeights {
+    fn new(kernel: DevMem, bias: Option<DevMem>) -> DeviceWeights {
+        DeviceWeights {
+            kernel,
+            bias,
+            bf16: std::sync::Mutex::default(),
+        }
+    }
 }
 
 impl CudaBackend {
@@ -116,7 +127,7 @@ impl CudaBackend {
         if w.kernel().device() != Device::Cpu {
             let kernel = self.mem(w.kernel(), "kernel")?.clone();
             let bias = w.bias().map(|b| self.mem(b, "bias").cloned()).transpose()?;
-            return Ok(Arc::new(DeviceWeights { kernel, bias }));
+            return Ok(Arc::new(DeviceWeights::new(kernel, bias)));
         }
         let cached = w.cache().get_or_init(|| {
             let up = || -> Result<Arc<DeviceWeights>> {
@@ -125,7 +136,7 @@ impl CudaBackend {
                     Some(b) => Some(self.gpu.upload(b.values::<f32>()?)?),
                     None => None,
                 };
-                Ok(Arc::new(DeviceWeights { kernel, bias }))
+                Ok(Arc::new(DeviceWeights::new(kernel, bias)))
             };
             up().map_err(|e| e.to_string())
         });
@@ -139,6 +150,71 @@ impl CudaBackend {
                     .into(),
             )),
         }
+    }
+
+    /// A convolution on the ladder's best rung for this precision and geometry, with VGG's
+    /// max pool fused when `pool`, in as many launches as the grid's 65535 row tiles need.
+    fn convolve(
+        &self,
+        x: &Tensor,
+        w: &LayerParams,
+        spec: &Conv2dSpec,
+        pool: bool,
+    ) -> Result<Tensor> {
+        let g = spec.geometry(x.shape(), w.kernel().shape(), w.bias().map(|b| b.shape()))?;
+        if pool && (g.oh < 2 || g.ow < 2) {
+            // Keras's pool of a 1-pixel-wide map is empty; say so as the unfused path does.
+            let y = self.convolve(x, w, spec, false)?;
+            return self.max_pool2d(&y, &Pool2dSpec::vgg());
+        }
+        let xm = self.mem(x, "conv2d input")?;
+        let dw = self.weights(w)?;
+        let rung = conv_ladder::best(self.precision, &g, pool);
+        let kernel = match rung.precision {
+            Precision::Bf16 => self.bf16_kernel(&dw)?,
+            _ => dw.kernel.clone(),
+        };
+        let [n, oh, ow, c] = conv_ladder::output_dims(&g, pool);
+        let out = self.alloc_f32(n * oh * ow * c)?;
+        // Rows of the implicit GEMM per image, and images per launch.
+        let rows = if pool { 4 * oh * ow } else { g.oh * g.ow };
+        let per_launch = (65535 * rung.bm as usize / rows.max(1)).clamp(1, g.n);
+        let (in_image, out_image) = (g.h * g.w * g.cin * 4, oh * ow * c * 4);
+        let mut b0 = 0;
+        while b0 < g.n {
+            let nb = per_launch.min(g.n - b0);
+            let geometry = crate::tensor::ConvGeometry { n: nb, ..g };
+            conv_ladder::conv2d(
+                &self.gpu,
+                rung,
+                &ConvOperands {
+                    x: &xm.view(b0 * in_image, nb * in_image)?,
+                    kernel: &kernel,
+                    bias: dw.bias.as_ref(),
+                    out: &out.view(b0 * out_image, nb * out_image)?,
+                    geometry,
+                    relu: spec.activation == Activation::Relu,
+                    pool,
+                },
+            )?;
+            b0 += nb;
+        }
+        self.tensor([n, oh, ow, c], out)
+    }
+
+    /// The layer's kernel as bf16 bits (round to nearest even, as the `half` crate rounds),
+    /// converted on the device once per set of weights.
+    fn bf16_kernel(&self, dw: &DeviceWeights) -> Result<DevMem> {
+        let mut slot = dw.bf16.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = slot.as_ref() {
+            return Ok(m.clone());
+        }
+        let len = dw.kernel.bytes() / 4;
+        let out = self.gpu.alloc(len * 2)?;
+        let args = Args::new().mem(&dw.kernel).mem(&out).value(len as i64);
+        self.launch_ops("f32_to_bf16", self.gpu.grid_stride(len), args)?;
+        *slot = Some(out.clone());
+        Ok(out)
     }
 
     pub(super) fn launch_ops(&self, kernel: &str, launch: Launch, args: Args) -> Result<()> {
@@ -192,50 +268,24 @@ impl Backend for CudaBackend {
     }
 
     fn conv2d(&self, x: &Tensor, w: &LayerParams, spec: &Conv2dSpec) -> Result<Tensor> {
-        let g = spec.geometry(x.shape(), w.kernel().shape(), w.bias().map(|b| b.shape()))?;
-        let xm = self.mem(x, "conv2d input")?;
-        let dw = self.weights(w)?;
-        let pixels = g.oh * g.ow;
-        let kdim = g.kh * g.kw * g.cin;
-        let out = self.alloc_f32(g.n * pixels * g.cout)?;
-        let per_image = pixels * kdim * 4;
-        let chunk = (COLS_BUDGET_BYTES / per_image.max(1)).clamp(1, g.n.max(1));
-        let cols = self.gpu.alloc(chunk * per_image)?;
-        let in_image = g.h * g.w * g.cin * 4;
-        let mut b0 = 0;
-        while b0 < g.n {
-            let nb = chunk.min(g.n - b0);
-            let xv = xm.view(b0 * in_image, nb * in_image)?;
-            let args = Args::new()
-                .mem(&xv)
-                .mem(&cols)
-                .i32s(&[nb, g.h, g.w, g.cin, g.kh, g.kw])
-                .i32s(&[g.stride[0], g.stride[1], g.pad_top, g.pad_left, g.oh, g.ow]);
-            self.launch_ops(
-                "im2col_nhwc",
-                self.gpu.grid_stride(nb * pixels * kdim),
-                args,
-            )?;
-            let c = out.view(b0 * pixels * g.cout * 4, nb * pixels * g.cout * 4)?;
-            gemm::gemm(
-                &self.gpu,
-                self.rung,
-                &Operands {
-                    a: &cols,
-                    b: &dw.kernel,
-                    c: &c,
-                    bias: dw.bias.as_ref(),
-                    m: nb * pixels,
-                    n: g.cout,
-                    k: kdim,
-                    relu: spec.activation == Activation::Relu,
-                },
-            )?;
-            b0 += nb;
+        self.convolve(x, w, spec, false)
+    }
+
+    fn conv2d_pool(
+        &self,
+        x: &Tensor,
+        w: &LayerParams,
+        spec: &Conv2dSpec,
+        pool: &Pool2dSpec,
+    ) -> Result<Tensor> {
+        // The implicit-GEMM rungs fuse VGG's pool (2x2, stride 2, valid) into the epilogue;
+        // any other pool runs after the convolution.
+        if *pool == Pool2dSpec::vgg() {
+            self.convolve(x, w, spec, true)
+        } else {
+            let y = self.conv2d(x, w, spec)?;
+            self.max_pool2d(&y, pool)
         }
-        // The column buffer is freed when this returns: wait until the GEMMs have read it.
-        self.gpu.synchronize()?;
-        self.tensor(g.output_shape(), out)
     }
 
     fn max_pool2d(&self, x: &Tensor, spec: &Pool2dSpec) -> Result<Tensor> {

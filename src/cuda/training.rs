@@ -19,10 +19,10 @@ use crate::tensor::{
     Pool2dSpec, Tensor, Wanted, check_grad_shape, dense_geometry,
 };
 
-// The largest column matrix (im2col of the input, or the input gradient's columns) per GEMM
-// is the forward convolution's budget: two of them live at once when both gradients are
-// wanted.
-use super::backend::COLS_BUDGET_BYTES;
+/// Largest column matrix (im2col of the input, or the input gradient's columns) per GEMM:
+/// big enough to fill an H200, small enough for any GPU. Two live at once when both gradients
+/// are wanted.
+const COLS_BUDGET_BYTES: usize = 256 << 20;
 
 /// Largest scratch for the slices of a split weight-gradient GEMM (see [`gemm_tn`]).
 const SLICES_BUDGET_BYTES: usize = 64 << 20;
