@@ -128,6 +128,13 @@ fn features_match_keras_and_survive_conversion() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Two batches: the second was decoded while the first ran, and the rows still come
+        // out in input order (Keras's numbers, image by image).
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(" busy ") && err.contains("% of the time"),
+            "{err}"
+        );
         let got = npy::read(&f).unwrap().to_tensor().unwrap();
         common::assert_close("features global_avg", &got, &want, 1e-5);
         let listed = std::fs::read_to_string(dir.join("f.paths.txt")).unwrap();
@@ -140,6 +147,18 @@ fn features_match_keras_and_survive_conversion() {
                 .ends_with("rgb_48x40_img0.png")
         );
     }
+    // Tensor-core arithmetic is the GPU's; the CPU says so instead of computing in fp32
+    // under another name.
+    let mut args = vec!["features", s(&imgs[0]), "--weights", s(&weights)];
+    args.extend(["--precision", "bf16", "-o", s(&dir.join("g.npy"))]);
+    let out = keel(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--precision bf16 runs on a GPU (--device cuda)"),
+        "{err}"
+    );
+    assert!(!dir.join("g.npy").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -328,8 +328,7 @@ fn tensor_core_precisions_round_the_base_as_documented() {
     let weights = keel::io::load_weights(&common::test_data("h5/micro_vgg16_notop.h5")).unwrap();
     let config = weights.identity().base_config([36, 34]);
     let mut rng = keel::rng::Rng::new(9);
-    let x = Tensor::from_vec([1, 36, 34, 3], &rng.uniform_vec(36 * 34 * 3, -128.0, 128.0))
-        .unwrap();
+    let x = Tensor::from_vec([1, 36, 34, 3], &rng.uniform_vec(36 * 34 * 3, -128.0, 128.0)).unwrap();
     let vgg = || keel::nn::Vgg::new(config.clone(), weights.clone()).unwrap();
     let want = vgg().forward(&keel::cpu::CpuReference, &x).unwrap();
     let wv: Vec<f64> = want.data().iter().map(|&v| v as f64).collect();
@@ -347,7 +346,10 @@ fn tensor_core_precisions_round_the_base_as_documented() {
         errors.push(err);
     }
     assert!(errors[1] > 10.0 * errors[0], "TF32 rounds: {errors:?}");
-    assert!(errors[2] > errors[1], "BF16 rounds more than TF32: {errors:?}");
+    assert!(
+        errors[2] > errors[1],
+        "BF16 rounds more than TF32: {errors:?}"
+    );
 }
 
 /// `keel features --device cuda` end to end, on the CPU build of the kernels
@@ -602,7 +604,10 @@ fn training_on_the_cuda_backend_matches_the_cpu() {
     };
     let (gpu, gpu_log) = train("cuda");
     let (cpu, _) = train("cpu");
-    assert!(gpu_log.contains("fine-tuning from block5_conv1"), "{gpu_log}");
+    assert!(
+        gpu_log.contains("fine-tuning from block5_conv1"),
+        "{gpu_log}"
+    );
     // The two backends sum in different orders; over five epochs the loss may drift by a
     // few f32 roundings, no more.
     let history = |r: &serde_json::Value| r["history"].as_array().unwrap().clone();
@@ -668,7 +673,10 @@ fn gpu_check_validates_every_rung_on_the_cpu_build() {
     // Every convolution rung, on the cases it takes.
     let convs = doc["conv"].as_array().unwrap();
     for r in keel::cuda::conv::rungs() {
-        let mine = convs.iter().filter(|v| v["rung"] == r.rung.as_str()).count();
+        let mine = convs
+            .iter()
+            .filter(|v| v["rung"] == r.rung.as_str())
+            .count();
         assert!(mine >= 6, "conv rung {} validated on {mine} cases", r.rung);
     }
     assert!(convs.iter().all(|r| r["passed"] == true));
