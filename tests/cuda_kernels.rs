@@ -352,6 +352,38 @@ fn tensor_core_precisions_round_the_base_as_documented() {
     );
 }
 
+/// Features computed with TF32 or BF16 convolutions are cached apart from fp32's; fp32's are
+/// shared between the CPU and the GPU (they agree to rounding).
+#[test]
+fn reduced_precision_features_are_cached_apart() {
+    use keel::cuda::CudaBackend;
+    use keel::cuda::gemm::Precision;
+    use keel::io::image::Interpolation;
+    use keel::tensor::Backend;
+    use keel::transfer::FrozenBase;
+    let Some(gpu) = cpu_build() else { return };
+    let key = |backend: Arc<dyn Backend>| {
+        let weights =
+            keel::io::load_weights(&common::test_data("h5/micro_vgg16_notop.h5")).unwrap();
+        FrozenBase::new(
+            weights,
+            "block5_pool",
+            [32, 32],
+            Interpolation::Bilinear,
+            backend,
+        )
+        .unwrap()
+        .cache_key(false)
+    };
+    let cuda =
+        |p| -> Arc<dyn Backend> { Arc::new(CudaBackend::new(gpu.clone()).with_precision(p)) };
+    let cpu = key(Arc::new(keel::cpu::CpuReference));
+    assert_eq!(key(cuda(Precision::Fp32)), cpu);
+    let (tf32, bf16) = (key(cuda(Precision::Tf32)), key(cuda(Precision::Bf16)));
+    assert!(tf32.contains("precision=tf32") && bf16.contains("precision=bf16"));
+    assert!(tf32 != cpu && bf16 != cpu && tf32 != bf16);
+}
+
 /// `keel features --device cuda` end to end, on the CPU build of the kernels
 /// (`KEEL_CUDA_CPU_BUILD=1`): the same .npy as the CPU backend within fp32 tolerance.
 #[test]

@@ -238,6 +238,10 @@ impl Backend for CudaBackend {
         self.device_id()
     }
 
+    fn reduced_precision(&self) -> Option<&'static str> {
+        (self.precision != Precision::Fp32).then_some(self.precision.name())
+    }
+
     fn upload(&self, x: Tensor) -> Result<Tensor> {
         match x.device() {
             d if d == self.device_id() => Ok(x),

@@ -83,6 +83,12 @@ pub trait Backend: Send + Sync {
     /// The device this backend computes on; its ops take and return tensors there.
     fn device(&self) -> Device;
 
+    /// The arithmetic of its convolutions when it is not plain fp32 (`tf32`, `bf16`): results
+    /// computed so differ, and caches keep them apart.
+    fn reduced_precision(&self) -> Option<&'static str> {
+        None
+    }
+
     /// `x` on this backend's device: a host tensor is copied there, one already there comes
     /// back as it is.
     fn upload(&self, x: Tensor) -> Result<Tensor>;

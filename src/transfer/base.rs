@@ -245,8 +245,13 @@ impl FrozenBase {
             Some(t) => format!("|tuned={t}"),
             None => String::new(),
         };
+        // fp32 on any device gives the same features to rounding; TF32 or BF16 do not.
+        let precision = match self.backend().reduced_precision() {
+            Some(p) => format!("|precision={p}"),
+            None => String::new(),
+        };
         format!(
-            "{}{tuned}|{}|{}|{}x{}|{}|{}|flip={flip}",
+            "{}{tuned}{precision}|{}|{}|{}x{}|{}|{}|flip={flip}",
             i.weights_checksum,
             i.model,
             i.layer,
