@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # keel's GPU checks in one call, for a machine with a GPU and CUDA 13 but no Rust: run it from
 # the repository root with a release binary built elsewhere with `--features cuda` (carry
-# target/release/keel). Writes everything to $OUT (default ./gpu-check-out):
+# a stripped copy, see BIN below). Writes everything to $OUT (default ./gpu-check-out):
 #   gpu-check.txt/.json   every kernel validated against the CPU reference, VGG16's conv base
 #                         against the CPU backend in fp32/tf32/bf16, then the GEMM ladder
 #                         timed next to cuBLAS and VGG16 (batch 64, 224x224) next to PyTorch
@@ -13,7 +13,12 @@
 # the others' time. Exit status: non-zero if any step failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-BIN=${KEEL_BIN:-target/release/keel}
+# The binary: $KEEL_BIN, else a stripped copy in target/gpu (what travels to a lent GPU: with
+# debug info target/release/keel is over the 64 MiB that may be carried; make it with
+# `cargo build --release --features cuda && mkdir -p target/gpu &&
+#  strip -o target/gpu/keel target/release/keel`), else target/release/keel.
+BIN=${KEEL_BIN:-target/gpu/keel}
+[ -x "$BIN" ] || BIN=target/release/keel
 OUT=${OUT:-gpu-check-out}
 mkdir -p "$OUT"
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda/targets/sbsa-linux/lib; do

@@ -170,7 +170,10 @@ fn every_rung_matches_the_reference_on_the_cpu() {
 #[test]
 fn the_backend_ops_match_the_cpu_reference_on_the_cpu_build() {
     let Some(gpu) = cpu_build() else { return };
-    for o in check::validate_backend(&gpu).unwrap() {
+    let mut ops = check::validate_backend(&gpu).unwrap();
+    ops.extend(check::validate_training(&gpu).unwrap());
+    assert!(ops.iter().any(|o| o.op == "conv backward: kernel"));
+    for o in ops {
         eprintln!(
             "{:28} error {:.2e} (tolerance {:.0e})",
             o.op, o.error, o.tolerance

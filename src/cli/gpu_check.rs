@@ -150,7 +150,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             convs.push(v);
         }
     }
-    let ops = check::validate_backend(&gpu)?;
+    let mut ops = check::validate_backend(&gpu)?;
+    ops.extend(check::validate_training(&gpu)?);
     for o in &ops {
         println!(
             "{:<28} {:>10.2e} {:>9.0e}  {}",

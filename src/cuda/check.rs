@@ -484,3 +484,158 @@ pub fn time_ladder(gpu: &Gpu, size: [usize; 3], rungs: &[&Rung]) -> Result<Vec<T
     }
     Ok(out)
 }
+
+/// The training ops on small odd shapes against [`CpuReference`]: the backward passes of a
+/// convolution (with its ReLU), a dense layer, the pools and ReLU, softmax cross-entropy and an
+/// Adam step, so a GPU (and compute-sanitizer) runs every kernel of `kernels/train.cu`.
+pub fn validate_training(gpu: &Arc<Gpu>) -> Result<Vec<OpValidation>> {
+    use crate::tensor::{AdamStep, Wanted};
+    let cuda = CudaBackend::new(gpu.clone());
+    let cpu = CpuReference;
+    let mut rng = Rng::new(17);
+    let mut tensor = |shape: &[usize]| {
+        let n: usize = shape.iter().product();
+        Tensor::from_vec(shape.to_vec(), &rng.uniform_vec(n, -1.0, 1.0))
+    };
+    let mut out = Vec::new();
+    let mut compare = |op: &str, got: Tensor, want: &Tensor, tol: f64| -> Result<()> {
+        let got = cuda.to_host(got)?;
+        if got.dims() != want.dims() {
+            return Err(Error::Shape(format!(
+                "{op}: {} on the device, {} on the CPU",
+                got.shape(),
+                want.shape()
+            )));
+        }
+        let w: Vec<f64> = want.data().iter().map(|&v| v as f64).collect();
+        let error = relative_error(got.data(), &w);
+        out.push(OpValidation {
+            op: op.into(),
+            error,
+            tolerance: tol,
+            passed: error <= tol,
+        });
+        Ok(())
+    };
+    let up = |t: &Tensor| cuda.upload(t.clone());
+    // A different summation order over at most a few hundred terms.
+    let fp32 = Precision::Fp32.tolerance();
+
+    let (x, w) = (tensor(&[2, 9, 7, 5])?, tensor(&[3, 3, 5, 6])?);
+    let b = tensor(&[6])?;
+    let spec = Conv2dSpec::same_relu();
+    let (wc, wg) = (
+        LayerParams::new(w.clone(), Some(b.clone())),
+        LayerParams::new(w, Some(b)),
+    );
+    let y = cpu.conv2d(&x, &wc, &spec)?;
+    let dy = tensor(y.dims())?;
+    let want = cpu.conv2d_backward(&x, &y, &dy, &wc, &spec, Wanted::ALL)?;
+    let got = cuda.conv2d_backward(&up(&x)?, &up(&y)?, &up(&dy)?, &wg, &spec, Wanted::ALL)?;
+    for (name, g, w) in [
+        ("conv backward: input", got.input, want.input),
+        ("conv backward: kernel", got.kernel, want.kernel),
+        ("conv backward: bias", got.bias, want.bias),
+    ] {
+        let missing = || Error::Invalid(format!("{name}: not computed"));
+        compare(name, g.ok_or_else(missing)?, &w.ok_or_else(missing)?, fp32)?;
+    }
+
+    let (v, k, bias) = (tensor(&[3, 37])?, tensor(&[37, 11])?, tensor(&[11])?);
+    let (dc, dg) = (
+        LayerParams::new(k.clone(), Some(bias.clone())),
+        LayerParams::new(k, Some(bias)),
+    );
+    let y = cpu.dense(&v, &dc, Activation::Relu)?;
+    let dy = tensor(y.dims())?;
+    let want = cpu.dense_backward(&v, &y, &dy, &dc, Activation::Relu, Wanted::ALL)?;
+    let got = cuda.dense_backward(
+        &up(&v)?,
+        &up(&y)?,
+        &up(&dy)?,
+        &dg,
+        Activation::Relu,
+        Wanted::ALL,
+    )?;
+    for (name, g, w) in [
+        ("dense backward: input", got.input, want.input),
+        ("dense backward: kernel", got.kernel, want.kernel),
+        ("dense backward: bias", got.bias, want.bias),
+    ] {
+        let missing = || Error::Invalid(format!("{name}: not computed"));
+        compare(name, g.ok_or_else(missing)?, &w.ok_or_else(missing)?, fp32)?;
+    }
+
+    let pool = Pool2dSpec::vgg();
+    let dy = tensor(cpu.max_pool2d(&x, &pool)?.dims())?;
+    let want = cpu.max_pool2d_backward(&x, &dy, &pool)?;
+    compare(
+        "max pool backward",
+        cuda.max_pool2d_backward(&up(&x)?, &up(&dy)?, &pool)?,
+        &want,
+        0.0,
+    )?;
+    let dy = tensor(&[2, 5])?;
+    let want = cpu.global_pool_backward(&x, &dy, GlobalPool::Avg)?;
+    compare(
+        "global avg pool backward",
+        cuda.global_pool_backward(&up(&x)?, &up(&dy)?, GlobalPool::Avg)?,
+        &want,
+        fp32,
+    )?;
+    let dy = tensor(x.dims())?;
+    let want = cpu.relu_backward(&x, &dy)?;
+    compare(
+        "relu backward",
+        cuda.relu_backward(&up(&x)?, &up(&dy)?)?,
+        &want,
+        0.0,
+    )?;
+
+    let logits = tensor(&[5, 3])?;
+    let labels = [0, 2, 1, 1, 0];
+    let want = cpu.softmax_cross_entropy(&logits, &labels)?;
+    let got = cuda.softmax_cross_entropy(&up(&logits)?, &labels)?;
+    compare(
+        "softmax cross-entropy: dlogits",
+        got.dlogits,
+        &want.dlogits,
+        1e-6,
+    )?;
+    let loss_error = (got.loss - want.loss).abs() / want.loss.abs().max(1e-30);
+    out.push(OpValidation {
+        op: "softmax cross-entropy: loss".into(),
+        error: if loss_error.is_nan() {
+            f64::INFINITY
+        } else {
+            loss_error
+        },
+        tolerance: 1e-6,
+        passed: loss_error <= 1e-6,
+    });
+
+    let step = AdamStep {
+        alpha: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        epsilon: 1e-7,
+        decay: 4e-6,
+    };
+    let (w0, g, m0, v0) = (
+        tensor(&[7, 13])?,
+        tensor(&[7, 13])?,
+        tensor(&[7, 13])?,
+        tensor(&[7, 13])?,
+    );
+    let v0 = Tensor::from_vec(
+        [7, 13],
+        &v0.data().iter().map(|v| v.abs()).collect::<Vec<_>>(),
+    )?;
+    let (mut wc, mut mc, mut vc) = (w0.clone(), m0.clone(), v0.clone());
+    cpu.adam_step(&mut wc, &g, &mut mc, &mut vc, &step)?;
+    let (mut wd, mut md, mut vd) = (up(&w0)?, up(&m0)?, up(&v0)?);
+    cuda.adam_step(&mut wd, &up(&g)?, &mut md, &mut vd, &step)?;
+    // The same f32 operations in the same order (no FMA contraction on either side).
+    compare("adamw step", wd, &wc, 0.0)?;
+    Ok(out)
+}
