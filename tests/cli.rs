@@ -149,8 +149,9 @@ fn features_match_keras_and_survive_conversion() {
     }
     // Tensor-core arithmetic is the GPU's; the CPU says so instead of computing in fp32
     // under another name.
+    let g = dir.join("g.npy");
     let mut args = vec!["features", s(&imgs[0]), "--weights", s(&weights)];
-    args.extend(["--precision", "bf16", "-o", s(&dir.join("g.npy"))]);
+    args.extend(["--precision", "bf16", "-o", s(&g)]);
     let out = keel(&args);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -158,7 +159,7 @@ fn features_match_keras_and_survive_conversion() {
         err.contains("--precision bf16 runs on a GPU (--device cuda)"),
         "{err}"
     );
-    assert!(!dir.join("g.npy").exists());
+    assert!(!g.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -9,7 +9,8 @@ mod common;
 
 use std::sync::Arc;
 
-use keel::cuda::conv::{self, ConvCase, ConvKind, ConvOperands, QUICK_CASES};
+use keel::cuda::check_conv::{self as check, ConvCase, QUICK_CASES};
+use keel::cuda::conv::{self, ConvKind, ConvOperands};
 use keel::cuda::gemm::Precision;
 use keel::cuda::source::{self, ModuleSource};
 use keel::cuda::{Gpu, nvrtc};
@@ -35,7 +36,7 @@ fn every_rung_matches_the_reference_on_odd_shapes() {
             if !case.fits(rung) {
                 continue;
             }
-            let v = conv::validate(&gpu, rung, *case, 100 + i as u64).unwrap();
+            let v = check::validate(&gpu, rung, *case, 100 + i as u64).unwrap();
             eprintln!(
                 "{:11} {:44} K {:4}: error {:.2e} (tolerance {:.0e}) {}",
                 rung.rung,
@@ -77,10 +78,10 @@ fn the_rung_table_matches_the_source() {
     );
     // The first VGG layer goes to the direct kernel, everything else (and any pool) to the
     // implicit GEMM of the precision asked for.
-    let first = conv::VGG_CASES[0].geometry().unwrap();
+    let first = check::VGG_CASES[0].geometry().unwrap();
     assert_eq!(conv::best(Precision::Tf32, &first, false).rung, "direct");
     assert_eq!(conv::best(Precision::Bf16, &first, true).rung, "igemm_bf16");
-    let deep = conv::VGG_CASES[5].geometry().unwrap();
+    let deep = check::VGG_CASES[5].geometry().unwrap();
     assert_eq!(conv::best(Precision::Fp32, &deep, false).rung, "igemm_fp32");
     // Weights per precision: f32 bytes, or bf16 bits.
     assert_eq!(conv::kernel_for(Precision::Tf32, &[1.0, -2.0]).len(), 8);
@@ -181,8 +182,8 @@ fn nan_propagates_through_the_fused_pool() {
     let bias = rng.uniform_vec(5, -1.0, 1.0);
     x[(6 * 7 + 6) * 8 + 3] = f32::NAN; // bottom-right pixel: only pooled window (2, 2) sees it
     for rung in conv::rungs().iter().filter(|r| r.pool) {
-        let got = conv::run_case(&gpu, rung.module(), rung, &g, &x, &kernel, &bias, case).unwrap();
-        let want = conv::reference(&g, &x, &kernel, Some(&bias), true, true);
+        let got = check::run_case(&gpu, rung.module(), rung, &g, &x, &kernel, &bias, case).unwrap();
+        let want = check::reference(&g, &x, &kernel, Some(&bias), true, true);
         assert_eq!(got.len(), 3 * 3 * 5);
         for (i, (&o, &w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(o.is_nan(), w.is_nan(), "{} at {i}: {o} vs {w}", rung.rung);
@@ -243,12 +244,12 @@ fn broken_kernels_fail_the_validation() {
         ),
     );
     let case = ConvCase::new(2, [9, 9], [8, 64], [3, 3], 1, false, true, false);
-    let v = conv::validate_from(&gpu, broken, conv::rung("igemm_tf32").unwrap(), case, 5).unwrap();
+    let v = check::validate_from(&gpu, broken, conv::rung("igemm_tf32").unwrap(), case, 5).unwrap();
     eprintln!("tf32 with half the pool reduction: error {:.2e}", v.error);
     assert!(!v.passed && v.error > 0.01, "{v:?}");
 
     let case = ConvCase::new(1, [7, 7], [17, 5], [3, 3], 1, true, false, false);
-    let v = conv::validate_from(&gpu, broken, conv::rung("igemm_fp32").unwrap(), case, 5).unwrap();
+    let v = check::validate_from(&gpu, broken, conv::rung("igemm_fp32").unwrap(), case, 5).unwrap();
     eprintln!(
         "fp32 without the column padding test: error {:.2e}",
         v.error

@@ -129,14 +129,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "\n{:<14} {:>5} {:>38} {:>10} {:>9}",
         "conv rung", "prec", "case", "error", "tolerance"
     );
-    let mut cases: Vec<crate::cuda::conv::ConvCase> = crate::cuda::conv::QUICK_CASES.to_vec();
+    let mut cases: Vec<crate::cuda::check_conv::ConvCase> =
+        crate::cuda::check_conv::QUICK_CASES.to_vec();
     if !a.quick && !gpu.is_emulated() {
-        cases.extend_from_slice(crate::cuda::conv::VGG_CASES);
+        cases.extend_from_slice(crate::cuda::check_conv::VGG_CASES);
     }
     let mut convs = Vec::new();
     for r in crate::cuda::conv::rungs() {
         for (i, case) in cases.iter().enumerate().filter(|(_, c)| c.fits(r)) {
-            let v = crate::cuda::conv::validate(&gpu, r, *case, 31 + i as u64)
+            let v = crate::cuda::check_conv::validate(&gpu, r, *case, 31 + i as u64)
                 .with_context(|| format!("conv rung {} on {case}", r.rung))?;
             println!(
                 "{:<14} {:>5} {:>38} {:>10.2e} {:>9.0e}  {}",

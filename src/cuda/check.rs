@@ -603,7 +603,7 @@ pub fn validate_training(gpu: &Arc<Gpu>) -> Result<Vec<OpValidation>> {
         1e-6,
     )?;
     let loss_error = (got.loss - want.loss).abs() / want.loss.abs().max(1e-30);
-    out.push(OpValidation {
+    let mut extra = vec![OpValidation {
         op: "softmax cross-entropy: loss".into(),
         error: if loss_error.is_nan() {
             f64::INFINITY
@@ -612,7 +612,7 @@ pub fn validate_training(gpu: &Arc<Gpu>) -> Result<Vec<OpValidation>> {
         },
         tolerance: 1e-6,
         passed: loss_error <= 1e-6,
-    });
+    }];
 
     let step = AdamStep {
         alpha: 1e-3,
@@ -637,5 +637,6 @@ pub fn validate_training(gpu: &Arc<Gpu>) -> Result<Vec<OpValidation>> {
     cuda.adam_step(&mut wd, &up(&g)?, &mut md, &mut vd, &step)?;
     // The same f32 operations in the same order (no FMA contraction on either side).
     compare("adamw step", wd, &wc, 0.0)?;
+    out.append(&mut extra);
     Ok(out)
 }

@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod cache;
 pub mod check;
+pub mod check_conv;
 pub mod check_vgg;
 pub mod conv;
 pub mod cublas;
