@@ -560,28 +560,7 @@ gemm_tf32(const float* A, const float* B, float* C, const float* bias, int M, in
 
         const float* as = As + (kt % STAGES) * A_STAGE;
         const float* bs = Bs + (kt % STAGES) * B_STAGE;
-#pragma unroll
-        for (int kk = 0; kk < BK; kk += 8) {
-            unsigned a[4][4], b[4][2];
-#pragma unroll
-            for (int mt = 0; mt < 4; ++mt) {  // A fragment: (g,t) (g+8,t) (g,t+4) (g+8,t+4)
-                const float* p = as + (wm + mt * 16 + g) * APITCH + kk + t;
-                a[mt][0] = keel_f32_to_tf32(p[0]);
-                a[mt][1] = keel_f32_to_tf32(p[8 * APITCH]);
-                a[mt][2] = keel_f32_to_tf32(p[4]);
-                a[mt][3] = keel_f32_to_tf32(p[8 * APITCH + 4]);
-            }
-#pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {  // B fragment: (k=t, n=g) (k=t+4, n=g)
-                const float* p = bs + (kk + t) * BPITCH + wn + nt * 8 + g;
-                b[nt][0] = keel_f32_to_tf32(p[0]);
-                b[nt][1] = keel_f32_to_tf32(p[4 * BPITCH]);
-            }
-#pragma unroll
-            for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < 4; ++nt) keel_mma_m16n8k8_tf32(acc[mt][nt], a[mt], b[nt]);
-        }
+        keel_tf32_warp_tile<BK, APITCH, BPITCH, 4>(as, bs, wm, wn, g, t, acc);
     }
     keel_cp_async_wait<0>();
 
@@ -687,26 +666,7 @@ gemm_bf16_mma(const unsigned short* A, const unsigned short* B, float* C, const 
 
         const unsigned short* as = As + (kt % STAGES) * A_STAGE;
         const unsigned short* bs = Bs + (kt % STAGES) * B_STAGE;
-#pragma unroll
-        for (int kk = 0; kk < BK; kk += 16) {
-            unsigned a[4][4], b[8][2];
-#pragma unroll
-            for (int mt = 0; mt < 4; ++mt)
-                keel_ldmatrix_x4(a[mt], as + (wm + mt * 16 + lrow) * APITCH + kk + lcol);
-#pragma unroll
-            for (int np = 0; np < 4; ++np) {  // two n8 fragments per ldmatrix.x4.trans
-                unsigned r[4];
-                keel_ldmatrix_x4_trans(r, bs + (kk + lrow) * BPITCH + wn + np * 16 + lcol);
-                b[2 * np][0] = r[0];
-                b[2 * np][1] = r[1];
-                b[2 * np + 1][0] = r[2];
-                b[2 * np + 1][1] = r[3];
-            }
-#pragma unroll
-            for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt) keel_mma_m16n8k16_bf16(acc[mt][nt], a[mt], b[nt]);
-        }
+        keel_bf16_warp_tile<BK, APITCH, BPITCH, 8>(as, bs, wm, wn, lrow, lcol, acc);
     }
     keel_cp_async_wait<0>();
 

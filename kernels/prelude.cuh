@@ -285,3 +285,66 @@ __device__ __forceinline__ void keel_store_frag(float* C, const float* bias, int
         }
     }
 }
+
+// One BK-deep k tile of a warp's 64 x (8*NT) output on TF32 tensor cores, from the stage's
+// shared tiles: A row-major (pitch APITCH floats), B k-major (pitch BPITCH). Lane (g, t) =
+// (lane / 4, lane % 4) loads mma.m16n8k8's fragments, rounding each element to TF32 as it
+// goes. The GEMM ladder's tf32 rung and the TF32 convolution share it: they differ only in how
+// the tiles got into shared memory.
+template <int BK, int APITCH, int BPITCH, int NT>
+__device__ __forceinline__ void keel_tf32_warp_tile(const float* as, const float* bs, int wm,
+                                                    int wn, int g, int t,
+                                                    float (&acc)[4][NT][4]) {
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 8) {
+        unsigned a[4][4], b[NT][2];
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt) {  // A fragment: (g,t) (g+8,t) (g,t+4) (g+8,t+4)
+            const float* p = as + (wm + mt * 16 + g) * APITCH + kk + t;
+            a[mt][0] = keel_f32_to_tf32(p[0]);
+            a[mt][1] = keel_f32_to_tf32(p[8 * APITCH]);
+            a[mt][2] = keel_f32_to_tf32(p[4]);
+            a[mt][3] = keel_f32_to_tf32(p[8 * APITCH + 4]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {  // B fragment: (k=t, n=g) (k=t+4, n=g)
+            const float* p = bs + (kk + t) * BPITCH + wn + nt * 8 + g;
+            b[nt][0] = keel_f32_to_tf32(p[0]);
+            b[nt][1] = keel_f32_to_tf32(p[4 * BPITCH]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) keel_mma_m16n8k8_tf32(acc[mt][nt], a[mt], b[nt]);
+    }
+}
+
+// The same for BF16 (mma.m16n8k16): fragments come through ldmatrix, A's four 8x8 matrices at
+// once, B's two n8 fragments per ldmatrix.x4.trans. (lrow, lcol) is the lane's row and column
+// block within a 16-row slab (see the bf16 GEMM rung).
+template <int BK, int APITCH, int BPITCH, int NT>
+__device__ __forceinline__ void keel_bf16_warp_tile(const unsigned short* as,
+                                                    const unsigned short* bs, int wm, int wn,
+                                                    int lrow, int lcol,
+                                                    float (&acc)[4][NT][4]) {
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+        unsigned a[4][4], b[NT][2];
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt)
+            keel_ldmatrix_x4(a[mt], as + (wm + mt * 16 + lrow) * APITCH + kk + lcol);
+#pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+            unsigned r[4];
+            keel_ldmatrix_x4_trans(r, bs + (kk + lrow) * BPITCH + wn + np * 16 + lcol);
+            b[2 * np][0] = r[0];
+            b[2 * np][1] = r[1];
+            b[2 * np + 1][0] = r[2];
+            b[2 * np + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) keel_mma_m16n8k16_bf16(acc[mt][nt], a[mt], b[nt]);
+    }
+}

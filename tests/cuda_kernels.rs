@@ -445,22 +445,31 @@ fn mutate(text: &str, edits: &[(&str, &str)]) -> String {
 #[test]
 fn broken_kernels_fail_the_validation() {
     let Some(gpu) = cpu_build() else { return };
-    let swap = mutant(
-        "gemm_swapped_fragment",
-        mutate(
-            source::GEMM.text,
-            &[
-                (
-                    "a[mt][1] = keel_f32_to_tf32(p[8 * APITCH]);",
-                    "a[mt][1] = keel_f32_to_tf32(p[4]);",
-                ),
-                (
-                    "a[mt][2] = keel_f32_to_tf32(p[4]);",
-                    "a[mt][2] = keel_f32_to_tf32(p[8 * APITCH]);",
-                ),
-            ],
-        ),
+    // The fragment loads live in the prelude's warp-tile step, which the TF32 GEMM and
+    // convolution share: the mutant carries a broken copy of it and calls that instead.
+    let start = source::PRELUDE
+        .find("template <int BK, int APITCH, int BPITCH, int NT>\n__device__ __forceinline__ void keel_tf32_warp_tile")
+        .expect("the TF32 warp-tile step is in the prelude");
+    let end = start + source::PRELUDE[start..].find("\n}\n").unwrap() + 3;
+    let broken_step = mutate(
+        &source::PRELUDE[start..end],
+        &[
+            ("keel_tf32_warp_tile(", "keel_tf32_warp_tile_broken("),
+            (
+                "a[mt][1] = keel_f32_to_tf32(p[8 * APITCH]);",
+                "a[mt][1] = keel_f32_to_tf32(p[4]);",
+            ),
+            (
+                "a[mt][2] = keel_f32_to_tf32(p[4]);",
+                "a[mt][2] = keel_f32_to_tf32(p[8 * APITCH]);",
+            ),
+        ],
     );
+    let calls_it = mutate(
+        source::GEMM.text,
+        &[("keel_tf32_warp_tile<", "keel_tf32_warp_tile_broken<")],
+    );
+    let swap = mutant("gemm_swapped_fragment", broken_step + &calls_it);
     let v = check::validate_from(
         &gpu,
         swap,
