@@ -66,14 +66,7 @@ fn fits_i32(what: &str, v: usize) -> Result<()> {
 }
 
 fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
-    if a.shape() != b.shape() {
-        return Err(Error::Shape(format!(
-            "{op}: operands of shapes {} and {}",
-            a.shape(),
-            b.shape()
-        )));
-    }
-    Ok(())
+    crate::tensor::check_same_shape(op, a.shape(), b.shape())
 }
 
 /// `len` zeros on the device.
@@ -467,18 +460,7 @@ pub(super) fn softmax_cross_entropy(
     logits: &Tensor,
     labels: &[usize],
 ) -> Result<CrossEntropy> {
-    let [batch, classes] = logits.shape().dims_n::<2>("logits")?;
-    if labels.len() != batch {
-        return Err(Error::Shape(format!(
-            "{} labels for {batch} rows of logits",
-            labels.len()
-        )));
-    }
-    if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
-        return Err(Error::Invalid(format!(
-            "label {bad} is out of range for {classes} classes"
-        )));
-    }
+    let [batch, classes] = crate::tensor::cross_entropy_geometry(logits.shape(), labels)?;
     let zm = be.mem(logits, "softmax cross-entropy logits")?;
     fits_i32("logits", logits.numel())?;
     let probs = be.alloc_f32(logits.numel())?;

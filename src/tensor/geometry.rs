@@ -246,6 +246,34 @@ pub fn check_grad_shape(op: &str, dy: &Shape, output: &Shape) -> Result<()> {
     Ok(())
 }
 
+/// Check that an element-wise op's two operands have one shape.
+pub fn check_same_shape(op: &str, a: &Shape, b: &Shape) -> Result<()> {
+    if a != b {
+        return Err(Error::Shape(format!(
+            "{op}: operands of shapes {a} and {b}"
+        )));
+    }
+    Ok(())
+}
+
+/// Check `(batch, classes)` logits against one label per row, each below `classes`; returns
+/// `(batch, classes)`.
+pub fn cross_entropy_geometry(logits: &Shape, labels: &[usize]) -> Result<[usize; 2]> {
+    let [batch, classes] = logits.dims_n::<2>("logits")?;
+    if labels.len() != batch {
+        return Err(Error::Shape(format!(
+            "{} labels for {batch} rows of logits",
+            labels.len()
+        )));
+    }
+    if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
+        return Err(Error::Invalid(format!(
+            "label {bad} is out of range for {classes} classes"
+        )));
+    }
+    Ok([batch, classes])
+}
+
 /// Check the operands of a dense layer; returns `(batch, in, out)`.
 pub fn dense_geometry(x: &Shape, kernel: &Shape, bias: Option<&Shape>) -> Result<[usize; 3]> {
     let [n, fin] = x.dims_n::<2>("dense input")?;

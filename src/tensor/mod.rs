@@ -18,7 +18,7 @@ pub use backend::{AdamStep, Backend, CrossEntropy, LayerGrads, Wanted};
 pub use device::{Device, DeviceBuffer};
 pub use geometry::{
     Activation, Axis, Conv2dSpec, ConvGeometry, GlobalPool, Padding, Pool2dSpec, PoolGeometry,
-    check_grad_shape, dense_geometry,
+    check_grad_shape, check_same_shape, cross_entropy_geometry, dense_geometry,
 };
 pub use params::{LayerCache, LayerParams};
 pub use real::Real;

@@ -7,21 +7,14 @@
 use rayon::prelude::*;
 
 use super::by_dtype;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::real::relu as relu1;
 use crate::tensor::{AdamStep, Real, Tensor, check_grad_shape};
 
 const CHUNK: usize = 1 << 14;
 
 fn same_shape(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
-    if a.shape() != b.shape() {
-        return Err(Error::Shape(format!(
-            "{op}: operands of shapes {} and {}",
-            a.shape(),
-            b.shape()
-        )));
-    }
-    Ok(())
+    crate::tensor::check_same_shape(op, a.shape(), b.shape())
 }
 
 /// `out[i] = f(a[i], b[i])` in fixed chunks.

@@ -48,18 +48,7 @@ pub fn softmax_cross_entropy_reference(logits: &Tensor, labels: &[usize]) -> Res
 }
 
 fn softmax_cross_entropy<T: Real>(logits: &Tensor, labels: &[usize]) -> Result<CrossEntropy> {
-    let [batch, classes] = logits.shape().dims_n::<2>("logits")?;
-    if labels.len() != batch {
-        return Err(Error::Shape(format!(
-            "{} labels for {batch} rows of logits",
-            labels.len()
-        )));
-    }
-    if let Some(&bad) = labels.iter().find(|&&l| l >= classes) {
-        return Err(Error::Invalid(format!(
-            "label {bad} is out of range for {classes} classes"
-        )));
-    }
+    let [batch, classes] = crate::tensor::cross_entropy_geometry(logits.shape(), labels)?;
     let probs = softmax::<T>(logits)?;
     let mut dlogits = probs.clone();
     let inv_b = T::from_f64(1.0 / batch.max(1) as f64);
