@@ -50,7 +50,10 @@ fn train_evaluate_predict_end_to_end() {
         err.contains(".DS_Store: hidden") && err.contains("notes.txt: not an image"),
         "{err}"
     );
-    assert!(err.contains("16 computed, 0 from cache"), "{err}");
+    assert!(
+        err.contains("16 computed, 0 from cache; base busy "),
+        "{err}"
+    );
     assert!(
         stdout(&out).contains("confusion matrix"),
         "{}",

@@ -337,22 +337,22 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let head_run = outcome.model.card.training.epochs_run;
     eprintln!(
-        "features: {:.1} s ({} computed{}, {} from cache{}); training: {:.2} s, {head_run} epochs{}{ft}{}",
+        "features: {:.1} s ({} computed, {} from cache{}{}); training: {:.2} s, {head_run} epochs{}{ft}{}",
         t.features_seconds,
         t.images_computed,
-        if t.images_computed > 0 {
-            format!(
-                ", base busy {}",
-                super::features::busy_text(t.base_busy_seconds, t.features_seconds)
-            )
-        } else {
-            String::new()
-        },
         t.images_cached,
         if t.streamed_from_disk {
             ", streamed from disk"
         } else {
             ""
+        },
+        if t.images_computed > 0 {
+            format!(
+                "; base busy {}",
+                super::features::busy_text(t.base_busy_seconds, t.features_seconds)
+            )
+        } else {
+            String::new()
         },
         t.training_seconds,
         if outcome.model.card.training.stopped_early {
