@@ -10,9 +10,11 @@ mod export;
 mod features;
 mod fetch;
 mod gpu_check;
+mod gradcam;
 mod predict;
 mod summary;
 mod train;
+mod visualize;
 
 use std::process::ExitCode;
 
@@ -58,6 +60,8 @@ enum Command {
     /// Validate every CUDA kernel on the GPU against the CPU reference, then time the GEMM
     /// ladder next to cuBLAS (a build with the cuda feature, on a machine with a GPU).
     GpuCheck(gpu_check::Args),
+    /// Pictures of what the network sees: activation maps, filters, Grad-CAM, saliency.
+    Visualize(visualize::Args),
 }
 
 /// Run the command line; errors are printed as one message and give exit code 1.
@@ -112,6 +116,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Fetch(a) => fetch::run(a),
         Command::Bench(a) => bench::run(a),
         Command::GpuCheck(a) => gpu_check::run(a),
+        Command::Visualize(a) => visualize::run(a),
     }
 }
 

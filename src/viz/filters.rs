@@ -1,0 +1,1 @@
+//! A layer's filters as pictures (`keel visualize filters`).

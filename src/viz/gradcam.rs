@@ -1,0 +1,1 @@
+//! Grad-CAM and saliency: why a model chose a class (`keel visualize gradcam|saliency`).

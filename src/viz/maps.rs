@@ -1,0 +1,1 @@
+//! Activation maps of one layer as a labelled grid (`keel visualize maps`).
