@@ -42,7 +42,8 @@ enum Command {
     Evaluate(evaluate::Args),
     /// Predict classes of photos with a trained model folder (csv or json).
     Predict(predict::Args),
-    /// Print the model's layers like Keras's model.summary(), with FLOPs and activation memory.
+    /// Print the model's layers like Keras's model.summary(), with FLOPs, activation memory
+    /// and receptive field.
     Summary(summary::Args),
     /// Classify photos with the ImageNet top: top-k classes with probabilities.
     Classify(classify::Args),

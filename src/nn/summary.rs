@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::arch::{LayerSpec, VggConfig};
+use super::arch::{LayerKind, LayerSpec, VggConfig};
 
 /// `1234567` -> `1,234,567`, as Keras prints parameter counts.
 fn thousands(n: u64) -> String {
@@ -43,31 +43,58 @@ fn flops(n: u64) -> String {
     }
 }
 
+/// Each layer's receptive field: the side of the input square one of its output positions
+/// sees (`None` once a layer sees the whole image: flatten, dense, global pooling). A 3x3
+/// convolution widens it by 2 input steps, a 2x2 pool by 1 and doubles the step: VGG's
+/// argument for stacking small kernels, which block5_conv3 takes to 196 pixels.
+pub fn receptive_fields(layers: &[LayerSpec]) -> Vec<Option<usize>> {
+    let (mut field, mut step) = (Some(1usize), 1usize);
+    layers
+        .iter()
+        .map(|l| {
+            field = match (l.kind, field) {
+                (LayerKind::Conv2d { .. }, Some(f)) => Some(f + 2 * step),
+                (LayerKind::MaxPool, Some(f)) => {
+                    let f = f + step;
+                    step *= 2;
+                    Some(f)
+                }
+                (LayerKind::Input, f) => f,
+                _ => None,
+            };
+            field
+        })
+        .collect()
+}
+
 /// The table for `config`, per image (batch dimension shown as `None`, as Keras does).
 pub fn summary_table(config: &VggConfig) -> String {
     let layers = config.layers();
-    let rule = |c: char| c.to_string().repeat(104);
+    let fields = receptive_fields(&layers);
+    let rule = |c: char| c.to_string().repeat(118);
     let mut s = String::new();
     let _ = writeln!(s, "Model: \"{}\"", config.model_name());
     let _ = writeln!(s, "{}", rule('_'));
     let _ = writeln!(
         s,
-        " {:<36}{:<26}{:>14}{:>14}{:>14}",
-        "Layer (type)", "Output Shape", "Param #", "FLOPs", "Activation"
+        " {:<36}{:<26}{:>14}{:>14}{:>14}{:>14}",
+        "Layer (type)", "Output Shape", "Param #", "FLOPs", "Activation", "Receptive"
     );
     let _ = writeln!(s, "{}", rule('='));
     let act_bytes = |l: &LayerSpec| 4 * l.output.numel() as u64;
-    for l in &layers {
+    for (l, field) in layers.iter().zip(&fields) {
         let dims: Vec<String> = l.output.dims().iter().map(usize::to_string).collect();
         let shape = format!("(None, {})", dims.join(", "));
+        let field = field.map_or("image".to_string(), |f| format!("{f}x{f}"));
         let _ = writeln!(
             s,
-            " {:<36}{:<26}{:>14}{:>14}{:>14}",
+            " {:<36}{:<26}{:>14}{:>14}{:>14}{:>14}",
             format!("{} ({})", l.name, l.keras_type()),
             shape,
             thousands(l.params() as u64),
             flops(l.flops()),
-            bytes(act_bytes(l))
+            bytes(act_bytes(l)),
+            field
         );
     }
     let _ = writeln!(s, "{}", rule('='));
@@ -121,5 +148,23 @@ mod tests {
         assert_eq!(thousands(1792), "1,792");
         assert_eq!(thousands(999), "999");
         assert_eq!(bytes(12_845_056), "12.25 MiB");
+    }
+
+    /// VGG16's receptive fields, by hand: 3, 5 in block 1, 6 after its pool, +4 per conv in
+    /// block 2, ... 196 at block5_conv3 and 212 after block5_pool.
+    #[test]
+    fn receptive_fields_grow_as_vgg_says() {
+        let layers = VggConfig::new(Arch::Vgg16).layers();
+        let fields = receptive_fields(&layers);
+        let at = |name: &str| fields[layers.iter().position(|l| l.name == name).unwrap()];
+        assert_eq!(at("block1_conv1"), Some(3));
+        assert_eq!(at("block1_conv2"), Some(5));
+        assert_eq!(at("block1_pool"), Some(6));
+        assert_eq!(at("block2_conv2"), Some(14));
+        assert_eq!(at("block5_conv3"), Some(196));
+        assert_eq!(at("block5_pool"), Some(212));
+        assert_eq!(at("fc1"), None);
+        let t = summary_table(&VggConfig::new(Arch::Vgg16));
+        assert!(t.contains("196x196") && t.contains("image"), "{t}");
     }
 }
