@@ -6,3 +6,4 @@ pub mod filters;
 pub mod gradcam;
 pub mod maps;
 pub mod plots;
+pub mod report;
