@@ -4,9 +4,15 @@
 //! and reproduces Keras's numbers. The layout follows the architecture:
 //! [`tensor`] (shapes, storage, the op surface), [`cpu`] (kernels), [`nn`] (layers and VGG),
 //! [`io`] (HDF5/Keras, safetensors, images, .npy, datasets), [`transfer`] (frozen base, head
-//! training and fine-tuning, model folders), [`viz`] (curves and confusion matrices), [`cli`]
-//! (the `keel` command).
+//! training and fine-tuning, model folders), `viz` (pictures: curves, confusion matrices,
+//! activation maps, Grad-CAM; the `viz` feature), `cli` (the `keel` command; the `cli`
+//! feature).
+//!
+//! The edges are Cargo features, all on by default: `cli` (clap), `fetch` (ureq), `progress`
+//! (indicatif), `viz` (plotters). A program that only runs and trains models depends on keel
+//! with `default-features = false` and compiles none of them.
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -18,6 +24,7 @@ pub mod nn;
 pub mod rng;
 pub mod tensor;
 pub mod transfer;
+#[cfg(feature = "viz")]
 pub mod viz;
 
 pub use error::{Error, Result};

@@ -39,7 +39,7 @@ pub fn file(name: &str, build: impl FnOnce(&Path) -> Result<()>) -> Result<PathB
     result.map(|()| path)
 }
 
-/// [`file`] for bytes.
+/// [`file()`] for bytes.
 pub fn bytes(name: &str, make: impl FnOnce() -> Result<Vec<u8>>) -> Result<Vec<u8>> {
     let path = file(name, |tmp| {
         let data = make()?;

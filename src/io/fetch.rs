@@ -4,9 +4,8 @@
 //! A download lands in a temporary file next to its destination and is renamed into place only
 //! after its checksum matches, so the cache never holds a partial or corrupt file.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use md5::{Digest, Md5};
 
@@ -155,6 +154,7 @@ pub fn fetch(file: &KerasWeightsFile, progress: bool) -> Result<PathBuf> {
 /// Download `url` to `dest`, keeping it only if its md5 is `md5` (lowercase hex). The file
 /// appears at `dest` complete and verified, or not at all. `offline_hint` is added to the
 /// message when the download itself fails (not when the checksum does).
+#[cfg(feature = "fetch")]
 pub fn download_verified(
     url: &str,
     dest: &Path,
@@ -162,6 +162,8 @@ pub fn download_verified(
     progress: bool,
     offline_hint: &str,
 ) -> Result<()> {
+    use std::io::Write;
+    use std::time::Duration;
     let dir = dest
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -226,4 +228,22 @@ pub fn download_verified(
         )));
     }
     written.map_err(|e| failed(format!("download interrupted: {e}")))
+}
+
+/// Without the `fetch` feature keel downloads nothing: it says where the file would come from.
+#[cfg(not(feature = "fetch"))]
+pub fn download_verified(
+    url: &str,
+    _dest: &Path,
+    _md5: &str,
+    _progress: bool,
+    offline_hint: &str,
+) -> Result<()> {
+    Err(Error::Network(
+        format!(
+            "cannot download {url}: this keel was built without the `fetch` feature\n{offline_hint}"
+        )
+        .trim_end()
+        .to_string(),
+    ))
 }

@@ -3,7 +3,7 @@
 /// Progress over images: an indicatif bar with images/s and ETA on a terminal, and a plain
 /// line every 10% (at most every 5 s) otherwise, so logs of long runs show life too.
 pub(crate) struct Progress {
-    bar: Option<indicatif::ProgressBar>,
+    bar: Option<Bar>,
     label: String,
     total: usize,
     done: usize,
@@ -20,16 +20,10 @@ impl Progress {
         if total == 0 {
             return None;
         }
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(total as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(&format!(
-                    "{label} {{bar:30}} {{pos}}/{{len}} images {{per_sec}} eta {{eta}}"
-                ))
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar
-        });
+        let bar = std::io::stderr()
+            .is_terminal()
+            .then(|| Bar::new(label, total))
+            .flatten();
         let now = std::time::Instant::now();
         Some(Progress {
             bar,
@@ -66,6 +60,47 @@ impl Progress {
             }
         }
     }
+}
+
+/// A terminal's progress bar (indicatif, with the `progress` feature).
+#[cfg(feature = "progress")]
+struct Bar(indicatif::ProgressBar);
+
+#[cfg(feature = "progress")]
+impl Bar {
+    fn new(label: &str, total: usize) -> Option<Bar> {
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(&format!(
+                "{label} {{bar:30}} {{pos}}/{{len}} images {{per_sec}} eta {{eta}}"
+            ))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Some(Bar(bar))
+    }
+
+    fn inc(&self, n: u64) {
+        self.0.inc(n);
+    }
+
+    fn finish_and_clear(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Without the `progress` feature there is no bar: the plain lines serve terminals too.
+#[cfg(not(feature = "progress"))]
+struct Bar;
+
+#[cfg(not(feature = "progress"))]
+impl Bar {
+    fn new(_label: &str, _total: usize) -> Option<Bar> {
+        None
+    }
+
+    fn inc(&self, _n: u64) {}
+
+    fn finish_and_clear(&self) {}
 }
 
 /// A rate with the digits that mean something: `36058`, `84.2`, `3.71`.

@@ -576,6 +576,14 @@ impl TrainOutcome {
     pub fn save(&self, dir: &Path, overwrite: bool) -> Result<()> {
         let report = serde_json::to_vec_pretty(&self.report)
             .map_err(|e| Error::Invalid(format!("cannot encode report.json: {e}")))?;
+        let mut files = vec![("report.json", report)];
+        files.extend(self.plots()?);
+        self.model.save(dir, &files, overwrite)
+    }
+
+    /// `curves.png` and `confusion.png` (with the `viz` feature; none without it).
+    #[cfg(feature = "viz")]
+    fn plots(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
         let points: Vec<crate::viz::plots::EpochPoint> = self
             .fit
             .history
@@ -620,15 +628,12 @@ impl TrainOutcome {
             &eval.metrics.confusion,
         )
         .map_err(|e| plot_err("confusion.png", e))?;
-        self.model.save(
-            dir,
-            &[
-                ("report.json", report),
-                ("curves.png", curves),
-                ("confusion.png", confusion),
-            ],
-            overwrite,
-        )
+        Ok(vec![("curves.png", curves), ("confusion.png", confusion)])
+    }
+
+    #[cfg(not(feature = "viz"))]
+    fn plots(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
+        Ok(Vec::new())
     }
 }
 

@@ -59,10 +59,10 @@ impl Report {
                 escape(&sec.text)
             );
             for f in &sec.figures {
-                let _ = write!(
+                let _ = writeln!(
                     s,
                     "<figure><img alt=\"{}\" src=\"data:image/png;base64,{}\">\
-                     <figcaption>{}</figcaption></figure>\n",
+                     <figcaption>{}</figcaption></figure>",
                     escape(&f.caption),
                     base64(&f.png),
                     escape(&f.caption)

@@ -1,5 +1,5 @@
 //! A small HDF5 reader for Keras weight files, in plain Rust with no dependencies, and (in
-//! [`write`]) the writer `keel export --format keras` uses, which writes only what Keras reads.
+//! [`write`](mod@write)) the writer `keel export --format keras` uses, which writes only what Keras reads.
 //!
 //! It reads what Keras and h5py write: superblocks v0-v3, object headers v1/v2, old-style
 //! (symbol table) and compact new-style (link message) groups, attributes with fixed- or
