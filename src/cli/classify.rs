@@ -125,7 +125,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 }
 
 /// The square input whose block5 output flattens to fc1's input size (224 for 7x7x512).
-fn square_input_for_fc1(set: &crate::nn::WeightSet, channels: usize) -> Option<[usize; 2]> {
+pub(super) fn square_input_for_fc1(
+    set: &crate::nn::WeightSet,
+    channels: usize,
+) -> Option<[usize; 2]> {
     let fin = set
         .get("fc1")?
         .tensors

@@ -98,6 +98,7 @@ impl Command {
             Command::Predict(a) => a.using.backend.threads,
             Command::Classify(a) => a.backend.threads,
             Command::Features(a) => a.backend.threads,
+            Command::Visualize(a) => a.threads(),
             Command::Bench(a) => a.threads,
             _ => None,
         }

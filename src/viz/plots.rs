@@ -43,7 +43,7 @@ const MAX_LABEL_CHARS: usize = 16;
 
 /// Registers the embedded font once per process; plotters keeps a global font table,
 /// and registering again on every call would only churn its lock.
-fn ensure_font() -> Result<(), String> {
+pub(crate) fn ensure_font() -> Result<(), String> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
@@ -53,7 +53,7 @@ fn ensure_font() -> Result<(), String> {
         .clone()
 }
 
-fn font(size: f64) -> TextStyle<'static> {
+pub(crate) fn font(size: f64) -> TextStyle<'static> {
     coloured_font(size, BLACK)
 }
 
@@ -73,7 +73,7 @@ fn text_width(text: &str, size: f64) -> u32 {
 
 /// Largest size up to `max_size` at which `text` fits in `max_width` pixels, so long
 /// titles shrink instead of being clipped at the image edge.
-fn fitted_size(text: &str, max_size: f64, max_width: u32) -> f64 {
+pub(crate) fn fitted_size(text: &str, max_size: f64, max_width: u32) -> f64 {
     let w = text_width(text, max_size);
     if w <= max_width || w == 0 {
         max_size
@@ -82,11 +82,11 @@ fn fitted_size(text: &str, max_size: f64, max_width: u32) -> f64 {
     }
 }
 
-fn draw_err<E: std::fmt::Display>(e: E) -> String {
+pub(crate) fn draw_err<E: std::fmt::Display>(e: E) -> String {
     format!("plot drawing failed: {e}")
 }
 
-fn encode_png(buf: Vec<u8>, (w, h): (u32, u32)) -> Result<Vec<u8>, String> {
+pub(crate) fn encode_png(buf: Vec<u8>, (w, h): (u32, u32)) -> Result<Vec<u8>, String> {
     let img = ImageBuffer::<Rgb<u8>, _>::from_raw(w, h, buf)
         .ok_or_else(|| "plot buffer does not match the image size".to_string())?;
     let mut out = Cursor::new(Vec::new());
@@ -375,7 +375,7 @@ fn truncate_label(name: &str) -> String {
 
 /// White through mid blue to navy (close to matplotlib's "Blues"): a straight white to
 /// navy blend goes greyish in the middle, where most off-diagonal cells live.
-fn shade(frac: f64) -> RGBColor {
+pub(crate) fn shade(frac: f64) -> RGBColor {
     const STOPS: [(f64, [f64; 3]); 3] = [
         (0.0, [255.0, 255.0, 255.0]),
         (0.5, [107.0, 174.0, 214.0]),
