@@ -116,3 +116,61 @@ fn every_image_decodes_in_a_headless_browser() {
     let img = image::open(&shot).expect("the screenshot is a PNG");
     assert_eq!((img.width(), img.height()), (1000, 800));
 }
+
+/// `keel visualize report` on a trained (micro) model: one HTML file whose every picture the
+/// browser decodes (the input, five blocks' maps, Grad-CAM, saliency), and a clean refusal
+/// that leaves no file.
+#[test]
+fn visualize_report_opens_in_a_headless_browser() {
+    let home = common::temp_dir("visualize-report");
+    let model = common::run::trained_model(&home, &[]);
+    let photo = home.join("photos/red/r00.png");
+    let page = home.join("report.html");
+    let out = common::run::keel_in(
+        &home,
+        &[
+            "visualize",
+            "report",
+            common::run::s(&model),
+            common::run::s(&photo),
+            "-o",
+            common::run::s(&page),
+        ],
+    );
+    common::run::assert_ok(&out);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(
+        html.matches("<img ").count(),
+        8,
+        "input, 5 blocks, Grad-CAM, saliency"
+    );
+    assert!(html.contains("Grad-CAM of ") && html.contains("block5_conv3"));
+    assert!(!html.contains("http"), "nothing fetched");
+
+    // A missing image is refused, naming it, and writes nothing.
+    let none = home.join("none.html");
+    let out = common::run::keel_in(
+        &home,
+        &[
+            "visualize",
+            "report",
+            common::run::s(&model),
+            common::run::s(&home.join("missing.png")),
+            "-o",
+            common::run::s(&none),
+        ],
+    );
+    common::run::assert_fails_with(&out, &["missing.png"]);
+    assert!(!none.exists());
+
+    let Some(browser) = chromium() else { return };
+    let dom = headless(&browser, &page, &["--dump-dom"]);
+    assert!(dom.contains("data-decoded=\"8/8\""), "{dom}");
+    let shot = home.join("shot.png");
+    headless(
+        &browser,
+        &page,
+        &[&format!("--screenshot={}", shot.display())],
+    );
+    assert!(image::open(&shot).is_ok(), "the screenshot is a PNG");
+}

@@ -34,8 +34,8 @@ pub(super) struct Explain {
     /// tabby, a WordNet id, or a class index) [default: the predicted class].
     #[arg(long, value_name = "NAME")]
     class: Option<String>,
-    /// The PNG to write.
-    #[arg(short, long, value_name = "PNG")]
+    /// The file to write: a PNG (gradcam, saliency) or an HTML page (report).
+    #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
     #[command(flatten)]
     pub(super) backend: BackendArgs,
@@ -245,4 +245,147 @@ fn imagenet_vgg(weights: &Path) -> anyhow::Result<Vgg> {
         config.input = input;
     }
     Vgg::new(config, set).with_context(|| format!("{}", weights.display()))
+}
+
+/// Options of `keel visualize report`.
+#[derive(Parser, Debug)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub(super) explain: Explain,
+    /// Activation maps shown per block.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    channels: usize,
+}
+
+/// One HTML page walking the photo through the network: the input, each block's last
+/// convolution, the prediction, Grad-CAM and saliency. Every picture is computed before the
+/// page is written, atomically, so a failure leaves no file.
+pub fn run_report(a: ReportArgs) -> anyhow::Result<()> {
+    use crate::viz::maps::{MapsPicture, maps_png};
+    use crate::viz::report::{Figure, Report, Section};
+
+    if a.channels == 0 {
+        bail!("--channels must be at least 1");
+    }
+    let net = Network::open(&a.explain)?;
+    let explainer = net.explainer()?;
+    let class = net.class_index(a.explain.class.as_deref())?;
+    let path = image_path(&a.explain);
+    let (photo, x) = net.load(path)?;
+    let be = net.backend.as_ref();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let png = |img: &RgbImage| -> anyhow::Result<Vec<u8>> {
+        crate::viz::plots::encode_png(img.data.clone(), (img.width as u32, img.height as u32))
+            .map_err(anyhow::Error::msg)
+    };
+    let [_, h, w, _] = x.shape().nhwc("input")?;
+
+    let mut sections = vec![Section {
+        heading: "The input".into(),
+        text: format!(
+            "The photo ({}x{}) is resized to {h}x{w}, turned from RGB into BGR and has the \
+             ImageNet mean of each channel subtracted (Keras's caffe preprocessing): that is \
+             all VGG sees.",
+            photo.width, photo.height
+        ),
+        figures: vec![Figure {
+            caption: name.clone(),
+            png: png(&photo)?,
+        }],
+    }];
+
+    // Each block's last convolution, up to the layer the classifier reads.
+    let convs = explainer.conv_layers();
+    let mut blocks = Vec::new();
+    for b in 1..=5 {
+        if let Some(last) = convs.iter().rfind(|l| l.starts_with(&format!("block{b}_"))) {
+            blocks.push(last.to_string());
+        }
+    }
+    let mut figures = Vec::new();
+    for layer in &blocks {
+        let act = explainer.activation(be, &x, layer)?;
+        let width = act.dims()[3];
+        let channels: Vec<usize> = (0..a.channels.min(width)).collect();
+        let pic = MapsPicture {
+            layer,
+            image_name: &name,
+            columns: 8,
+        };
+        figures.push(Figure {
+            caption: format!("{layer}: the first {} of {width} channels", channels.len()),
+            png: maps_png(&pic, &act, &channels)?,
+        });
+    }
+    sections.push(Section {
+        heading: "Block by block".into(),
+        text: "Each block's last convolution, after its ReLU. Early maps follow edges and \
+               colours at full resolution; each 2x2 pool halves the grid, and deeper channels \
+               answer to larger and more abstract patterns (the receptive field of block5_conv3 \
+               is 196 pixels wide). Each map is scaled to its own range."
+            .into(),
+        figures,
+    });
+
+    let cam_layer = convs.last().copied().unwrap_or(DEFAULT_LAYER).to_string();
+    let cam = explainer.gradcam(be, &x, &cam_layer, class)?;
+    let sal = explainer.saliency(be, &x, Some(cam.class))?;
+    let label = net.class_name(cam.class);
+    sections.push(Section {
+        heading: "The prediction, and why".into(),
+        text: format!(
+            "Class {label} (index {}), probability {:.4}. Grad-CAM weights each channel of \
+             {cam_layer} by the mean gradient of that class's score over it and keeps what \
+             speaks for the class; saliency is the size of the score's gradient at each input \
+             pixel.",
+            cam.class, cam.probability
+        ),
+        figures: vec![
+            Figure {
+                caption: format!("Grad-CAM of {label} at {cam_layer}"),
+                png: png(&gradcam::overlay(&photo, &cam.map, OVERLAY_ALPHA))?,
+            },
+            Figure {
+                caption: format!("saliency of {label}"),
+                png: png(&gradcam::greyscale(&sal.map))?,
+            },
+        ],
+    });
+    let report = Report {
+        title: format!("{name} through {}", explainer_name(&net)),
+        intro: format!(
+            "What each part of the network does with {name}, made by keel visualize report."
+        ),
+        sections,
+    };
+    let html = report.to_html();
+    crate::io::atomic::write_atomic(&a.explain.output, |f| {
+        std::io::Write::write_all(f, html.as_bytes())
+    })?;
+    println!(
+        "class {label} (index {}), probability {:.4}",
+        cam.class, cam.probability
+    );
+    eprintln!(
+        "wrote {} ({} pictures, {} KiB)",
+        a.explain.output.display(),
+        3 + blocks.len(),
+        html.len() / 1024
+    );
+    Ok(())
+}
+
+fn explainer_name(net: &Network) -> String {
+    match &net.source {
+        Source::Model { model, .. } => format!(
+            "{} + {} ({})",
+            model.card.base.model,
+            model.card.head.spec,
+            model.card.classes.join(", ")
+        ),
+        Source::ImageNet { vgg } => format!("{} with the ImageNet top", vgg.config().arch),
+    }
 }

@@ -30,6 +30,9 @@ enum Command {
     Gradcam(super::gradcam::GradcamArgs),
     /// The gradient of a class score with respect to the input pixels.
     Saliency(super::gradcam::SaliencyArgs),
+    /// One self-contained HTML page walking a photo through the network: the input, each
+    /// block's maps, the prediction, Grad-CAM and saliency.
+    Report(super::gradcam::ReportArgs),
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -38,6 +41,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Command::Filters(a) => filters(a),
         Command::Gradcam(a) => super::gradcam::run_gradcam(a),
         Command::Saliency(a) => super::gradcam::run_saliency(a),
+        Command::Report(a) => super::gradcam::run_report(a),
     }
 }
 
@@ -121,6 +125,7 @@ impl Args {
             Command::Filters(a) => a.backend.threads,
             Command::Gradcam(a) => a.explain.backend.threads,
             Command::Saliency(a) => a.explain.backend.threads,
+            Command::Report(a) => a.explain.backend.threads,
         }
     }
 }
