@@ -29,24 +29,6 @@
 //   igemm_bf16  conv_igemm_bf16     (256,1,1)  128x128, 32        56832      2 KiB        bf16
 // kernels/conv_rungs.json lists the same geometry for the launch code.
 
-// NaN-propagating max, as keel's CPU kernels, ops.cu and Keras (TensorFlow) do.
-__device__ __forceinline__ float conv_max_nan(float a, float b) {
-    return (a > b || a != a) ? a : b;
-}
-
-__device__ __forceinline__ bool conv_aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15) == 0;
-}
-
-// f32 -> bf16 bits, round to nearest even (as the `half` crate rounds the host's copy), NaN
-// kept quiet. Plain integer code: identical in the CPU build.
-__device__ __forceinline__ unsigned short conv_f32_to_bf16(float f) {
-    unsigned u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (unsigned short)(u >> 16);
-}
-
 // Where the igemm rungs' A rows come from: for row m of the GEMM, the image's first row index
 // (b*h) and the top-left input position of the output pixel's window (oy*sh - pad_top,
 // ox*sw - pad_left). Rows past M get an iy0 so negative that every tap reads the zero padding.
@@ -153,7 +135,7 @@ conv_direct_first(const float* __restrict__ x, const float* __restrict__ wgt,
     const float* bsp = bias != nullptr ? bs + cg : nullptr;
     float* yp = y + (long long)p * cout + c0 + cg;
     const int left = cout - (c0 + cg);  // >= 1
-    if (left >= CPT && cout % 4 == 0 && conv_aligned16(y)) {
+    if (left >= CPT && cout % 4 == 0 && keel_aligned16(y)) {
 #pragma unroll
         for (int j = 0; j < CPT; j += 4)
             *reinterpret_cast<float4*>(yp + j) = make_float4(
@@ -240,17 +222,16 @@ conv_igemm_fp32(const float* __restrict__ x, const float* __restrict__ wgt,
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;
     const int lm = (lane / 4) * 4, ln = (lane % 4) * 4;
-    const bool b_vec = N % 4 == 0 && conv_aligned16(wgt);
-    const bool c_vec = N % 4 == 0 && conv_aligned16(y);
+    const bool b_vec = N % 4 == 0 && keel_aligned16(wgt);
+    const bool c_vec = N % 4 == 0 && keel_aligned16(y);
     const int ktiles = (K + BK - 1) / BK;
     if (tid < BM)
         rows[tid] = conv_row_info(m0 + tid, M, h, sh, sw, pad_top, pad_left, oh, ow, pool);
     __syncthreads();  // sync:fp32-rows — the row table is complete before the first gather
 
-    // This thread's copies: A elements (row a_r + 16i, column a_c) for i < 8; B chunks (row
-    // b_r + 8i, columns b_c..b_c+3) for i < 2.
+    // This thread's A copies: elements (row a_r + 16i, column a_c) for i < 8. B goes through
+    // keel_stage_b_f32 (prelude.cuh).
     const int a_r = tid / BK, a_c = tid % BK;
-    const int b_r = tid / 32, b_c = (tid % 32) * 4;
 
     auto load_tile = [&](int kt, int s) {
         const int k0 = kt * BK;
@@ -262,23 +243,7 @@ conv_igemm_fp32(const float* __restrict__ x, const float* __restrict__ wgt,
             const float* src = conv_src(x, rows[a_r + 16 * i], tap, h, w, cin);
             keel_cp_async_4(as + 16 * i, src ? src : x, src ? 4 : 0);
         }
-        if (b_vec) {  // N % 4 == 0: a chunk is wholly inside or wholly outside
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const int r = k0 + b_r + 8 * i;
-                const bool in = r < K && n0 + b_c < N;
-                keel_cp_async_16(bs + (b_r + 8 * i) * BN + b_c,
-                                 in ? wgt + (long long)r * N + n0 + b_c : wgt, in ? 16 : 0);
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const int idx = tid + 256 * i, r = idx / BN, c = idx % BN;
-                const bool in = k0 + r < K && n0 + c < N;
-                keel_cp_async_4(bs + r * BN + c, in ? wgt + (long long)(k0 + r) * N + n0 + c : wgt,
-                                in ? 4 : 0);
-            }
-        }
+        keel_stage_b_f32<BK, BN, BN>(bs, wgt, k0, n0, K, N, tid, b_vec);
     };
 
 #pragma unroll
@@ -319,10 +284,10 @@ conv_igemm_fp32(const float* __restrict__ x, const float* __restrict__ wgt,
                                         : 0.0f;
             if (pool) {
                 float4 r;
-                r.x = conv_max_nan(conv_max_nan(v[0][0], v[1][0]), conv_max_nan(v[2][0], v[3][0]));
-                r.y = conv_max_nan(conv_max_nan(v[0][1], v[1][1]), conv_max_nan(v[2][1], v[3][1]));
-                r.z = conv_max_nan(conv_max_nan(v[0][2], v[1][2]), conv_max_nan(v[2][2], v[3][2]));
-                r.w = conv_max_nan(conv_max_nan(v[0][3], v[1][3]), conv_max_nan(v[2][3], v[3][3]));
+                r.x = keel_max_nan(keel_max_nan(v[0][0], v[1][0]), keel_max_nan(v[2][0], v[3][0]));
+                r.y = keel_max_nan(keel_max_nan(v[0][1], v[1][1]), keel_max_nan(v[2][1], v[3][1]));
+                r.z = keel_max_nan(keel_max_nan(v[0][2], v[1][2]), keel_max_nan(v[2][2], v[3][2]));
+                r.w = keel_max_nan(keel_max_nan(v[0][3], v[1][3]), keel_max_nan(v[2][3], v[3][3]));
                 conv_store4(y, M / 4, N, mrow / 4, c, r, c_vec);
             } else {
 #pragma unroll
@@ -353,8 +318,8 @@ __device__ __forceinline__ void conv_store_frag(float* y, const float* bias, int
     if (pool) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            v[i] = conv_max_nan(v[i], __shfl_xor_sync(0xffffffffu, v[i], 4));
-            v[i] = conv_max_nan(v[i], __shfl_xor_sync(0xffffffffu, v[i], 8));
+            v[i] = keel_max_nan(v[i], __shfl_xor_sync(0xffffffffu, v[i], 4));
+            v[i] = keel_max_nan(v[i], __shfl_xor_sync(0xffffffffu, v[i], 8));
         }
         if ((r & 3) != 0) return;  // r = tile row + g; g % 4 == 0 lanes write
     }
@@ -408,8 +373,8 @@ conv_igemm_tf32(const float* __restrict__ x, const float* __restrict__ wgt,
     const int N = cout, K = kh * kw * cin;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;
-    const bool a_vec = cin % 4 == 0 && conv_aligned16(x);
-    const bool b_vec = N % 4 == 0 && conv_aligned16(wgt);
+    const bool a_vec = cin % 4 == 0 && keel_aligned16(x);
+    const bool b_vec = N % 4 == 0 && keel_aligned16(wgt);
     const bool c_vec2 = N % 2 == 0 && (reinterpret_cast<unsigned long long>(y) & 7) == 0;
     const int ktiles = (K + BK - 1) / BK;
     if (tid < BM)
@@ -439,23 +404,7 @@ conv_igemm_tf32(const float* __restrict__ x, const float* __restrict__ wgt,
                 keel_cp_async_4(as + r * APITCH + c, src ? src : x, src ? 4 : 0);
             }
         }
-        if (b_vec) {  // 32 rows x 32 chunks: 4 per thread
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int idx = tid + 256 * i, r = idx / 32, c = (idx % 32) * 4;
-                const bool in = k0 + r < K && n0 + c < N;
-                keel_cp_async_16(bs + r * BPITCH + c,
-                                 in ? wgt + (long long)(k0 + r) * N + n0 + c : wgt, in ? 16 : 0);
-            }
-        } else {
-#pragma unroll 4
-            for (int i = 0; i < 16; ++i) {
-                const int idx = tid + 256 * i, r = idx / BN, c = idx % BN;
-                const bool in = k0 + r < K && n0 + c < N;
-                keel_cp_async_4(bs + r * BPITCH + c,
-                                in ? wgt + (long long)(k0 + r) * N + n0 + c : wgt, in ? 4 : 0);
-            }
-        }
+        keel_stage_b_f32<BK, BN, BPITCH>(bs, wgt, k0, n0, K, N, tid, b_vec);
     };
 
 #pragma unroll
@@ -524,8 +473,8 @@ conv_igemm_bf16(const float* __restrict__ x, const unsigned short* __restrict__ 
     const int N = cout, K = kh * kw * cin;
     const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
     const int wm = (warp / 4) * 64, wn = (warp % 4) * 32;
-    const bool a_vec = cin % 4 == 0 && conv_aligned16(x);
-    const bool b_vec = N % 8 == 0 && conv_aligned16(wgt);
+    const bool a_vec = cin % 4 == 0 && keel_aligned16(x);
+    const bool b_vec = N % 8 == 0 && keel_aligned16(wgt);
     const bool c_vec2 = N % 2 == 0 && (reinterpret_cast<unsigned long long>(y) & 7) == 0;
     const int ktiles = (K + BK - 1) / BK;
     if (tid < BM)
@@ -564,10 +513,10 @@ conv_igemm_bf16(const float* __restrict__ x, const unsigned short* __restrict__ 
             const int c = (tid % 8) * 4;
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                const unsigned lo = conv_f32_to_bf16(areg[4 * i]) |
-                                    ((unsigned)conv_f32_to_bf16(areg[4 * i + 1]) << 16);
-                const unsigned hi = conv_f32_to_bf16(areg[4 * i + 2]) |
-                                    ((unsigned)conv_f32_to_bf16(areg[4 * i + 3]) << 16);
+                const unsigned lo = keel_f32_to_bf16(areg[4 * i]) |
+                                    ((unsigned)keel_f32_to_bf16(areg[4 * i + 1]) << 16);
+                const unsigned hi = keel_f32_to_bf16(areg[4 * i + 2]) |
+                                    ((unsigned)keel_f32_to_bf16(areg[4 * i + 3]) << 16);
                 *reinterpret_cast<uint2*>(as + (tid / 8 + 32 * i) * APITCH + c) =
                     make_uint2(lo, hi);
             }
@@ -575,7 +524,7 @@ conv_igemm_bf16(const float* __restrict__ x, const unsigned short* __restrict__ 
             const int c = tid % 32;
 #pragma unroll
             for (int i = 0; i < 16; ++i)
-                as[(tid / 32 + 8 * i) * APITCH + c] = conv_f32_to_bf16(areg[i]);
+                as[(tid / 32 + 8 * i) * APITCH + c] = keel_f32_to_bf16(areg[i]);
         }
     };
     auto load_b = [&](int kt, int s) {

@@ -27,9 +27,6 @@
 
 // ----- helpers shared by the fp32 rungs --------------------------------------------------------
 
-__device__ __forceinline__ bool keel_aligned16(const void* p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15) == 0;
-}
 
 // Four consecutive elements of row r of a rows x cols row-major matrix, from column c, with
 // zeros outside the matrix. `vec` (cols % 4 == 0 and a 16-byte aligned base, checked once per
@@ -405,14 +402,12 @@ gemm_async(const float* A, const float* B, float* C, const float* bias, int M, i
     const bool c_vec = N % 4 == 0 && keel_aligned16(C);
     const int ktiles = (K + BK - 1) / BK;
 
-    // This thread's copies: A elements (row a_r + 16i, k a_c) for i < 8 — a warp reads two
-    // 64-byte row segments per copy —, B chunks (row b_r + 8i, columns b_c..b_c+3) for i < 2.
-    // One base pointer each keeps the address arithmetic (and the registers it holds) small.
+    // This thread's A copies: elements (row a_r + 16i, k a_c) for i < 8 — a warp reads two
+    // 64-byte row segments per copy. One base pointer keeps the address arithmetic (and the
+    // registers it holds) small. B goes through keel_stage_b_f32 (prelude.cuh).
     const int a_r = tid / BK, a_c = tid % BK;
     const float* a_src = A + (long long)(m0 + a_r) * K + a_c;
     const long long a_step = 16LL * K;
-    const int b_r = tid / 32, b_c = (tid % 32) * 4;
-    const float* b_src = B + (long long)b_r * N + n0 + b_c;
 
     // Issue the copies of k-tile `kt` into stage `s` (not waited for here).
     auto load_tile = [&](int kt, int s) {
@@ -424,22 +419,7 @@ gemm_async(const float* A, const float* B, float* C, const float* bias, int M, i
             const bool in = m0 + a_r + 16 * i < M && k0 + a_c < K;
             keel_cp_async_4(as + 16 * i, in ? a_src + i * a_step + k0 : A, in ? 4 : 0);
         }
-        if (b_vec) {  // N % 4 == 0: a chunk is wholly inside or wholly outside
-#pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const bool in = k0 + b_r + 8 * i < K && n0 + b_c < N;
-                keel_cp_async_16(bs + (b_r + 8 * i) * BN + b_c,
-                                 in ? b_src + (long long)(k0 + 8 * i) * N : B, in ? 16 : 0);
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const int idx = tid + 256 * i, r = idx / BN, c = idx % BN;
-                const bool in = k0 + r < K && n0 + c < N;
-                keel_cp_async_4(bs + r * BN + c, in ? B + (long long)(k0 + r) * N + n0 + c : B,
-                                in ? 4 : 0);
-            }
-        }
+        keel_stage_b_f32<BK, BN, BN>(bs, B, k0, n0, K, N, tid, b_vec);
     };
 
     // Prologue: tiles 0 .. STAGES-2 in flight. Every step commits a group (empty or not) so
@@ -526,23 +506,7 @@ gemm_tf32(const float* A, const float* B, float* C, const float* bias, int M, in
                                 in ? A + (long long)(m0 + r) * K + k0 + c : A, in ? 4 : 0);
             }
         }
-        if (b_vec) {  // 32 rows x 32 chunks: 4 per thread
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const int idx = tid + 256 * i, r = idx / 32, c = (idx % 32) * 4;
-                const bool in = k0 + r < K && n0 + c < N;
-                keel_cp_async_16(bs + r * BPITCH + c,
-                                 in ? B + (long long)(k0 + r) * N + n0 + c : B, in ? 16 : 0);
-            }
-        } else {
-#pragma unroll 4
-            for (int i = 0; i < 16; ++i) {
-                const int idx = tid + 256 * i, r = idx / BN, c = idx % BN;
-                const bool in = k0 + r < K && n0 + c < N;
-                keel_cp_async_4(bs + r * BPITCH + c,
-                                in ? B + (long long)(k0 + r) * N + n0 + c : B, in ? 4 : 0);
-            }
-        }
+        keel_stage_b_f32<BK, BN, BPITCH>(bs, B, k0, n0, K, N, tid, b_vec);
     };
 
 #pragma unroll

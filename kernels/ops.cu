@@ -3,12 +3,6 @@
 // whatever is left, so any size works with any grid. These are correct and simple; the fast
 // convolution path (implicit GEMM, fused pools) is CUDA II's work.
 
-// NaN-propagating max, as keel's CPU kernels and Keras (TensorFlow) do: a NaN anywhere in a
-// window is the window's max.
-__device__ __forceinline__ float max_nan(float a, float b) {
-    return (a > b || a != a) ? a : b;
-}
-
 // im2col for NHWC input and a (kH, kW, Cin, Cout) kernel: row (n, oy, ox), column
 // (ky, kx, ci), so that cols (M x K) @ kernel (K x Cout) is the convolution. Padding reads 0.
 extern "C" __global__ void im2col_nhwc(const float* __restrict__ x, float* __restrict__ cols,
@@ -55,7 +49,7 @@ extern "C" __global__ void max_pool_nhwc(const float* __restrict__ x, float* __r
             for (int kx = 0; kx < pw; ++kx) {
                 int ix = ox * sw + kx - pad_left;
                 if (ix < 0 || ix >= w) continue;
-                m = max_nan(m, x[(((long long)b * h + iy) * w + ix) * c + ci]);
+                m = keel_max_nan(m, x[(((long long)b * h + iy) * w + ix) * c + ci]);
             }
         }
         y[i] = m;
@@ -74,7 +68,7 @@ extern "C" __global__ void global_pool_nhwc(const float* __restrict__ x, float* 
         const float* p = x + b * hw * c + ci;
         if (is_max) {
             float m = -__int_as_float(0x7f800000);
-            for (int j = 0; j < hw; ++j) m = max_nan(m, p[(long long)j * c]);
+            for (int j = 0; j < hw; ++j) m = keel_max_nan(m, p[(long long)j * c]);
             y[i] = m;
         } else {
             // Accumulated in double: a 7x7 or 14x14 mean in float would differ from the CPU
@@ -113,7 +107,7 @@ extern "C" __global__ void softmax_rows(const float* __restrict__ x, float* __re
         const float* p = x + (long long)r * cols;
         float* q = y + (long long)r * cols;
         float m = p[0];
-        for (int j = 1; j < cols; ++j) m = max_nan(m, p[j]);
+        for (int j = 1; j < cols; ++j) m = keel_max_nan(m, p[j]);
         double s = 0.0;
         for (int j = 0; j < cols; ++j) {
             float e = expf(p[j] - m);
@@ -147,12 +141,6 @@ extern "C" __global__ void f32_to_bf16(const float* __restrict__ src,
                                        unsigned short* __restrict__ dst, long long len) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < len;
          i += (long long)gridDim.x * blockDim.x) {
-        unsigned u = __float_as_uint(src[i]);
-        if ((u & 0x7fffffffu) > 0x7f800000u) {
-            dst[i] = (unsigned short)((u >> 16) | 0x40u);
-        } else {
-            u += 0x7fffu + ((u >> 16) & 1u);
-            dst[i] = (unsigned short)(u >> 16);
-        }
+        dst[i] = keel_f32_to_bf16(src[i]);
     }
 }

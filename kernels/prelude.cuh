@@ -348,3 +348,50 @@ __device__ __forceinline__ void keel_bf16_warp_tile(const unsigned short* as,
             for (int nt = 0; nt < NT; ++nt) keel_mma_m16n8k16_bf16(acc[mt][nt], a[mt], b[nt]);
     }
 }
+
+// NaN-propagating max, as keel's CPU kernels and Keras (TensorFlow) do: a NaN anywhere in a
+// window is the window's max.
+__device__ __forceinline__ float keel_max_nan(float a, float b) {
+    return (a > b || a != a) ? a : b;
+}
+
+// Whether `p` may be read with 16-byte vector loads or copies.
+__device__ __forceinline__ bool keel_aligned16(const void* p) {
+    return (reinterpret_cast<unsigned long long>(p) & 15) == 0;
+}
+
+// f32 -> bf16 bits, round to nearest even (as the `half` crate rounds on the host), NaN kept
+// quiet. Plain integer code: identical in the CPU build.
+__device__ __forceinline__ unsigned short keel_f32_to_bf16(float f) {
+    unsigned u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+// Stage a BK x BN tile of the row-major K x N f32 matrix B at (k0, n0) into shared memory
+// (row pitch BPITCH) with cp.async by all 256 threads, zero-filled outside B: 16-byte copies
+// when `vec` (N % 4 == 0 and B 16-byte aligned, so a 4-column chunk is wholly inside or
+// wholly outside), 4-byte ones otherwise. The GEMM ladder's async and tf32 rungs and the
+// fp32/TF32 convolutions stage their B (weight) tiles this way.
+template <int BK, int BN, int BPITCH>
+__device__ __forceinline__ void keel_stage_b_f32(float* bs, const float* B, int k0, int n0,
+                                                 int K, int N, int tid, bool vec) {
+    if (vec) {
+#pragma unroll
+        for (int i = 0; i < BK * BN / 4 / 256; ++i) {
+            const int idx = tid + 256 * i, r = idx / (BN / 4), c = (idx % (BN / 4)) * 4;
+            const bool in = k0 + r < K && n0 + c < N;
+            keel_cp_async_16(bs + r * BPITCH + c, in ? B + (long long)(k0 + r) * N + n0 + c : B,
+                             in ? 16 : 0);
+        }
+    } else {
+#pragma unroll 4
+        for (int i = 0; i < BK * BN / 256; ++i) {
+            const int idx = tid + 256 * i, r = idx / BN, c = idx % BN;
+            const bool in = k0 + r < K && n0 + c < N;
+            keel_cp_async_4(bs + r * BPITCH + c, in ? B + (long long)(k0 + r) * N + n0 + c : B,
+                            in ? 4 : 0);
+        }
+    }
+}

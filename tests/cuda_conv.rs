@@ -233,7 +233,7 @@ fn broken_kernels_fail_the_validation() {
             source::CONV.text,
             &[
                 (
-                    "v[i] = conv_max_nan(v[i], __shfl_xor_sync(0xffffffffu, v[i], 8));",
+                    "v[i] = keel_max_nan(v[i], __shfl_xor_sync(0xffffffffu, v[i], 8));",
                     "",
                 ),
                 (
