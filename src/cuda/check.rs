@@ -244,6 +244,33 @@ pub struct OpValidation {
     pub passed: bool,
 }
 
+/// `got` (on the device) against the CPU's `want`: `max |got - want| / max |want|`, infinite
+/// on a NaN.
+fn op_validation(
+    cuda: &CudaBackend,
+    op: &str,
+    got: Tensor,
+    want: &Tensor,
+    tolerance: f64,
+) -> Result<OpValidation> {
+    let got = cuda.to_host(got)?;
+    if got.dims() != want.dims() {
+        return Err(Error::Shape(format!(
+            "{op}: {} on the device, {} on the CPU",
+            got.shape(),
+            want.shape()
+        )));
+    }
+    let w: Vec<f64> = want.data().iter().map(|&v| v as f64).collect();
+    let error = relative_error(got.data(), &w);
+    Ok(OpValidation {
+        op: op.into(),
+        error,
+        tolerance,
+        passed: error <= tolerance,
+    })
+}
+
 /// The backend's ops on small odd shapes against [`CpuReference`]: convolutions (same and
 /// valid padding, stride 2, a 1x1), pools, dense, softmax, global pools, ReLU and mul.
 pub fn validate_backend(gpu: &Arc<Gpu>) -> Result<Vec<OpValidation>> {
@@ -257,23 +284,7 @@ pub fn validate_backend(gpu: &Arc<Gpu>) -> Result<Vec<OpValidation>> {
     let mut out = Vec::new();
     let mut compare =
         |op: &str, got: Result<Tensor>, want: Result<Tensor>, tol: f64| -> Result<()> {
-            let got = cuda.to_host(got?)?;
-            let want = want?;
-            if got.dims() != want.dims() {
-                return Err(Error::Shape(format!(
-                    "{op}: {} on the device, {} on the CPU",
-                    got.shape(),
-                    want.shape()
-                )));
-            }
-            let w: Vec<f64> = want.data().iter().map(|&v| v as f64).collect();
-            let error = relative_error(got.data(), &w);
-            out.push(OpValidation {
-                op: op.into(),
-                error,
-                tolerance: tol,
-                passed: error <= tol,
-            });
+            out.push(op_validation(&cuda, op, got?, &want?, tol)?);
             Ok(())
         };
     let fp32 = Precision::Fp32.tolerance();
@@ -499,22 +510,7 @@ pub fn validate_training(gpu: &Arc<Gpu>) -> Result<Vec<OpValidation>> {
     };
     let mut out = Vec::new();
     let mut compare = |op: &str, got: Tensor, want: &Tensor, tol: f64| -> Result<()> {
-        let got = cuda.to_host(got)?;
-        if got.dims() != want.dims() {
-            return Err(Error::Shape(format!(
-                "{op}: {} on the device, {} on the CPU",
-                got.shape(),
-                want.shape()
-            )));
-        }
-        let w: Vec<f64> = want.data().iter().map(|&v| v as f64).collect();
-        let error = relative_error(got.data(), &w);
-        out.push(OpValidation {
-            op: op.into(),
-            error,
-            tolerance: tol,
-            passed: error <= tol,
-        });
+        out.push(op_validation(&cuda, op, got, want, tol)?);
         Ok(())
     };
     let up = |t: &Tensor| cuda.upload(t.clone());
