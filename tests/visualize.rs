@@ -222,22 +222,16 @@ fn gradient_ascent_raises_the_channel_mean() {
     assert_eq!(a.means.len(), 9);
     assert_eq!(a.patterns.dims(), [4, 32, 32, 3]);
     let (first, last) = (&a.means[0], &a.means[8]);
-    let mut raised = 0;
+    // The ascent climbs the mean before the ReLU, so every channel has a gradient, even one
+    // that is negative everywhere on the starting noise, and every channel must rise.
     for i in 0..channels.len() {
-        // A channel with no activation anywhere gets no gradient and cannot move.
-        if first[i] > 0.0 {
-            assert!(
-                last[i] > first[i],
-                "channel {i}: {} -> {}",
-                first[i],
-                last[i]
-            );
-            raised += 1;
-        } else {
-            assert!(last[i] >= first[i], "channel {i} fell");
-        }
+        assert!(
+            last[i] > first[i],
+            "channel {i}: {} -> {}",
+            first[i],
+            last[i]
+        );
     }
-    assert!(raised > 0, "no channel was active: {first:?}");
     // Seeded: the same run finds the same patterns.
     let b = filters::ascend(&vgg, &CpuReference, "block3_conv1", &channels, &opts).unwrap();
     assert_eq!(a.patterns.data(), b.patterns.data());

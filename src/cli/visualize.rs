@@ -266,8 +266,8 @@ fn filters(a: FiltersArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How much the ascent raised each channel's mean activation: a channel that stayed at 0 is
-/// dead on this input, and its tile is noise, not a pattern.
+/// How much the ascent raised each channel's mean pre-ReLU activation: a channel it could not
+/// raise got no gradient, and its tile is noise, not a pattern.
 fn report_gain(ascent: &filters::Ascent, channels: &[usize]) {
     let (Some(first), Some(last)) = (ascent.means.first(), ascent.means.last()) else {
         return;
@@ -277,5 +277,8 @@ fn report_gain(ascent: &filters::Ascent, channels: &[usize]) {
         .zip(first.iter().zip(last))
         .map(|(c, (f, l))| format!("{c}: {f:.3} -> {l:.3}"))
         .collect();
-    eprintln!("mean activation, first -> last step: {}", gains.join(", "));
+    eprintln!(
+        "mean activation before ReLU, first -> last step: {}",
+        gains.join(", ")
+    );
 }

@@ -7,7 +7,7 @@
 //!
 //! A deeper channel's kernel mixes earlier channels, not colours; what it responds to is shown
 //! instead as the input that excites it most: seeded near-grey noise pushed uphill on the
-//! channel's mean activation for a few steps (all chosen channels in one batch, one sample
+//! channel's mean activation (before its ReLU) for a few steps (all chosen channels in one batch, one sample
 //! each). Each step moves the input by the gradient divided by its RMS, so the step size is in
 //! pixel units whatever the layer's gradient scale, and the input is kept to valid pixels.
 
@@ -15,7 +15,7 @@ use super::maps::{Tile, grid_png, upscale_factor, upscale_nearest};
 use crate::error::{Error, Result};
 use crate::nn::{CAFFE_BGR_MEAN, ConvTail, LayerKind, Vgg};
 use crate::rng::Rng;
-use crate::tensor::{Backend, Shape, Tensor};
+use crate::tensor::{Activation, Backend, Conv2dSpec, Shape, Tensor, Wanted};
 
 /// First-layer kernels drawn by default: all of VGG's 64.
 pub const DEFAULT_FIRST_LAYER: usize = 64;
@@ -114,8 +114,8 @@ impl Default for AscentOptions {
 pub struct Ascent {
     /// `(N, H, W, 3)`, preprocessed (caffe BGR) inputs, one per channel asked for.
     pub patterns: Tensor,
-    /// `means[step][i]`: the mean activation of channel `i` (in the order asked) on its own
-    /// sample before step `step`; `steps + 1` rows, the last after the final step.
+    /// `means[step][i]`: the mean pre-ReLU activation of channel `i` (in the order asked) on
+    /// its own sample before step `step`; `steps + 1` rows, the last after the final step.
     pub means: Vec<Vec<f32>>,
 }
 
@@ -202,7 +202,47 @@ fn step_inputs(x: &mut [f32], g: &[f32], n: usize, step: f32) {
     }
 }
 
-/// Gradient ascent on the mean activation of each of `channels` of conv layer `layer`.
+/// What the ascent differentiates: the layers below `layer` as a trainable stack (none when
+/// `layer` is the first), and `layer` itself, whose ReLU the ascent leaves out.
+struct AscentNet {
+    below: Option<ConvTail>,
+    top: ConvTail,
+}
+
+/// The ascent's network for `layer`, its weights on `be`.
+fn ascent_net(vgg: &Vgg, be: &dyn Backend, layer: &str) -> Result<AscentNet> {
+    let whole = stack_to(vgg, layer)?;
+    let layers = whole.layers();
+    let (last, below) = layers.split_last().expect("a stack has a layer");
+    if !matches!(last.spec.kind, LayerKind::Conv2d { .. }) {
+        return Err(Error::Invalid(format!(
+            "{layer} is not a convolution: the ascent maximises a convolution's channels"
+        )));
+    }
+    let below = if below.is_empty() {
+        None
+    } else {
+        Some(ConvTail::new(below.to_vec(), Shape::new(whole.input_shape().to_vec()))?.upload(be)?)
+    };
+    let top_input = below
+        .as_ref()
+        .map_or(whole.input_shape(), |b| b.output_shape())
+        .to_vec();
+    let top = ConvTail::new(vec![last.clone()], Shape::new(top_input))?.upload(be)?;
+    Ok(AscentNet { below, top })
+}
+
+/// `layer`'s convolution without its ReLU.
+fn pre_relu() -> Conv2dSpec {
+    Conv2dSpec {
+        activation: Activation::Linear,
+        ..Conv2dSpec::same_relu()
+    }
+}
+
+/// Gradient ascent on the mean of each of `channels` of convolution `layer`, taken before the
+/// layer's ReLU (as Lucid does): after it, a channel that is negative everywhere on the starting
+/// noise (most of block5's are) has a zero gradient and never moves.
 pub fn ascend(
     vgg: &Vgg,
     be: &dyn Backend,
@@ -214,27 +254,48 @@ pub fn ascend(
         return Err(Error::Invalid("no channels to visualize".into()));
     }
     let vgg = vgg.with_input(opts.input)?;
-    let stack = stack_to(&vgg, layer)?.upload(be)?;
-    let width = stack.output_shape().last().copied().unwrap_or(0);
+    let net = ascent_net(&vgg, be, layer)?;
+    let width = net.top.output_shape().last().copied().unwrap_or(0);
     if let Some(&ch) = channels.iter().find(|&&ch| ch >= width) {
         return Err(Error::Invalid(format!(
             "channel {ch} is outside {layer}'s {width} channels"
         )));
     }
+    let weights = net.top.layers()[0].weights()?;
     let n = channels.len();
     let mut x = start_noise(n, opts.input, opts.seed)?;
     let mut means = Vec::with_capacity(opts.steps + 1);
     for step in 0..=opts.steps {
-        let (y, tape) = stack.forward_train(be, x.clone())?;
-        let y = be.to_host(y)?;
-        means.push(channel_means(&y, channels)?);
+        let (a, tape) = match &net.below {
+            Some(below) => {
+                let (a, tape) = below.forward_train(be, x.clone())?;
+                (a, Some(tape))
+            }
+            None => (be.upload(x.clone())?, None),
+        };
+        let y = be.conv2d(&a, weights, &pre_relu())?;
+        let y_host = be.to_host(y.clone())?;
+        means.push(channel_means(&y_host, channels)?);
         if step == opts.steps {
             break;
         }
-        let dims: [usize; 4] = y.shape().nhwc("layer output")?;
+        let dims: [usize; 4] = y_host.shape().nhwc("layer output")?;
         let dy = be.upload(mean_seed(dims, channels)?)?;
-        let (_, dx) = stack.backward(be, &tape, &dy, true)?;
-        let dx = dx.ok_or_else(|| Error::Invalid("the input gradient is missing".into()))?;
+        let wanted = Wanted {
+            input: true,
+            params: false,
+        };
+        let da = be
+            .conv2d_backward(&a, &y, &dy, weights, &pre_relu(), wanted)?
+            .input
+            .ok_or_else(|| Error::Invalid("the input gradient is missing".into()))?;
+        let dx = match (&net.below, &tape) {
+            (Some(below), Some(tape)) => below
+                .backward(be, tape, &da, true)?
+                .1
+                .ok_or_else(|| Error::Invalid("the input gradient is missing".into()))?,
+            _ => da,
+        };
         let g = be.to_host(dx)?;
         step_inputs(
             x.values_mut::<f32>()?,
@@ -275,8 +336,8 @@ pub fn pattern_rgb(x: &[f32], h: usize, w: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The patterns of an [`Ascent`] as labelled tiles; a channel the ascent could not move
-/// (no gradient reached it: dead on this input) is marked.
+/// The patterns of an [`Ascent`] as labelled tiles; a channel the ascent could not raise (no
+/// gradient reached it through the ReLUs below) is marked.
 pub fn pattern_tiles(ascent: &Ascent, channels: &[usize]) -> Result<Vec<Tile>> {
     let [n, h, w, _] = ascent.patterns.shape().nhwc("patterns")?;
     let data = ascent.patterns.values::<f32>()?;
@@ -289,10 +350,10 @@ pub fn pattern_tiles(ascent: &Ascent, channels: &[usize]) -> Result<Vec<Tile>> {
     (0..n.min(channels.len()))
         .map(|i| {
             let rgb = pattern_rgb(&data[i * per..(i + 1) * per], h, w);
-            let dead = first[i] <= 0.0 && last[i] <= 0.0;
+            let stuck = last[i] <= first[i];
             Ok(Tile {
-                label: if dead {
-                    format!("{} (dead)", channels[i])
+                label: if stuck {
+                    format!("{} (stuck)", channels[i])
                 } else {
                     channels[i].to_string()
                 },
@@ -334,7 +395,7 @@ pub fn ascent_png(
     let tiles = pattern_tiles(ascent, channels)?;
     let [h, w] = opts.input;
     let title = format!(
-        "{layer}: inputs maximizing each channel's mean ({} steps, seed {}, {h}x{w})",
+        "{layer}: inputs maximizing each channel's mean before ReLU ({} steps, seed {}, {h}x{w})",
         opts.steps, opts.seed
     );
     grid_png(&title, &tiles, columns, false)
