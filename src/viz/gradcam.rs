@@ -24,8 +24,9 @@ use crate::transfer::{FrozenBase, TrainedModel};
 /// still has a spatial layout.
 pub const DEFAULT_LAYER: &str = "block5_conv3";
 
-/// How much of the colour map shows over the photo in a Grad-CAM overlay.
-pub const OVERLAY_ALPHA: f64 = 0.5;
+/// How much of the heat colour covers the photo where the Grad-CAM is at its maximum (it fades
+/// to nothing where the map is 0).
+pub const OVERLAY_ALPHA: f64 = 0.6;
 
 /// A single-channel map over an image grid, row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -526,14 +527,27 @@ impl Map {
     }
 }
 
-/// The cam over `photo` (any size): upsampled to it, coloured, blended at `alpha`.
+/// The colour of heat `v` in [0, 1]: dark red through red and orange to yellow, the usual
+/// "hot" ramp, which reads as heat on any photo.
+pub fn heat_colour(v: f64) -> [f64; 3] {
+    let v = v.clamp(0.0, 1.0);
+    [
+        160.0 + 95.0 * (v / 0.4).min(1.0),
+        255.0 * ((v - 0.3) / 0.7).clamp(0.0, 1.0),
+        60.0 * ((v - 0.8) / 0.2).clamp(0.0, 1.0),
+    ]
+}
+
+/// The cam over `photo` (any size): upsampled to it, coloured with [`heat_colour`] and blended
+/// with an opacity of `alpha` times the heat, so the photo shows untouched where the class
+/// score does not look and the heat stands out where it does.
 pub fn overlay(photo: &RgbImage, cam: &Map, alpha: f64) -> RgbImage {
     let heat = cam.resized(photo.height, photo.width).normalized();
     let mut data = Vec::with_capacity(photo.data.len());
     for (px, &v) in photo.data.chunks_exact(3).zip(&heat) {
-        let c = super::plots::shade(v);
-        for (p, m) in px.iter().zip([c.0, c.1, c.2]) {
-            let blended = (1.0 - alpha) * f64::from(*p) + alpha * f64::from(m);
+        let opacity = alpha * v;
+        for (p, m) in px.iter().zip(heat_colour(v)) {
+            let blended = (1.0 - opacity) * f64::from(*p) + opacity * m;
             data.push(blended.round().clamp(0.0, 255.0) as u8);
         }
     }
@@ -613,5 +627,33 @@ mod tests {
         };
         let o = overlay(&photo, &m, OVERLAY_ALPHA);
         assert_eq!((o.height, o.width, o.data.len()), (5, 3, 45));
+    }
+
+    #[test]
+    fn overlay_leaves_cold_pixels_alone_and_reddens_hot_ones() {
+        let photo = RgbImage {
+            height: 1,
+            width: 2,
+            data: vec![90; 6],
+        };
+        let m = Map {
+            height: 1,
+            width: 2,
+            values: vec![0.0, 3.0],
+        };
+        let o = overlay(&photo, &m, OVERLAY_ALPHA);
+        assert_eq!(&o.data[..3], &[90, 90, 90], "zero heat keeps the photo");
+        let [r, g, b] = [o.data[3], o.data[4], o.data[5]];
+        assert!(
+            r > 90 && g > 90 && b < r,
+            "the hottest pixel turns yellow: {r} {g} {b}"
+        );
+        // The ramp climbs in red first, then green, then a little blue.
+        let (lo, hi) = (heat_colour(0.2), heat_colour(0.9));
+        assert!(lo[0] < hi[0] && lo[1] < hi[1] && lo[2] <= hi[2]);
+        let top = heat_colour(1.0);
+        for (got, want) in top.iter().zip([255.0, 255.0, 60.0]) {
+            assert!((got - want).abs() < 1e-9, "heat 1 is {top:?}");
+        }
     }
 }
