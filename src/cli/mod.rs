@@ -11,6 +11,7 @@ mod features;
 mod fetch;
 mod gpu_check;
 mod gradcam;
+mod info;
 mod predict;
 mod summary;
 mod train;
@@ -63,6 +64,9 @@ enum Command {
     GpuCheck(gpu_check::Args),
     /// Pictures of what the network sees: activation maps, filters, Grad-CAM, saliency.
     Visualize(visualize::Args),
+    /// What keel detected on this machine (CPU, caches, cores, instruction sets) and what it
+    /// chose from it (kernels, block sizes, tuning).
+    Info(info::Args),
 }
 
 /// Run the command line; errors are printed as one message and give exit code 1.
@@ -119,6 +123,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::GpuCheck(a) => gpu_check::run(a),
         Command::Visualize(a) => visualize::run(a),
+        Command::Info(a) => info::run(a),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod conv;
 mod fast;
 pub mod gemm;
 pub mod isa;
+pub mod machine;
 pub mod peak;
 pub(crate) mod pool2x2;
 pub(crate) mod reference;

@@ -7,6 +7,8 @@
 //! default. See
 //! `docs/cpu-kernels.md` for what each rung buys on this machine.
 
+pub mod bf16;
+pub mod blocking;
 mod driver;
 mod micro;
 #[cfg(target_arch = "aarch64")]

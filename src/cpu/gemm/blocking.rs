@@ -1,0 +1,1 @@
+//! Cache blocking (MC, KC, NC) derived from the machine. (Stub: being written.)
