@@ -100,7 +100,8 @@ struct GemmArgs {
     n: usize,
     /// Columns of A, rows of B (the sum's length).
     k: usize,
-    /// Rung of the ladder: naive, blocked, packed, avx2, avx512, neon (default: the fastest here).
+    /// Rung of the ladder: naive, blocked, packed, avx2, avx512, neon, or avx512bf16 (bf16
+    /// operands, f32 sums) (default: the fastest f32 rung here).
     #[arg(long)]
     kernel: Option<String>,
     /// Timed repetitions after one warm-up (default: REPS from the environment, else 5).
@@ -182,7 +183,9 @@ fn bench_gemm(a: GemmArgs) -> anyhow::Result<()> {
     let kernel = match &a.kernel {
         None => Kernel::best(),
         Some(s) => Kernel::parse(s).with_context(|| {
-            format!("unknown --kernel {s}: use naive, blocked, packed, avx2, avx512 or neon")
+            format!(
+                "unknown --kernel {s}: use naive, blocked, packed, avx2, avx512, neon or avx512bf16"
+            )
         })?,
     };
     if !kernel.available() {
@@ -212,8 +215,16 @@ fn bench_gemm(a: GemmArgs) -> anyhow::Result<()> {
     for _ in 0..256 {
         let (i, j) = (rng.below(m as u64) as usize, rng.below(n as u64) as usize);
         let (mut s, mut abs) = (0f64, 0f64);
+        // The bf16 rung is held to the product of its rounded operands.
+        let op = |v: f32| {
+            if kernel.is_bf16() {
+                gemm::bf16::bf16_to_f32(gemm::bf16::round_bf16(v)) as f64
+            } else {
+                v as f64
+            }
+        };
         for p in 0..k {
-            let t = am[i * k + p] as f64 * bm[p * n + j] as f64;
+            let t = op(am[i * k + p]) * op(bm[p * n + j]);
             s += t;
             abs += t.abs();
         }
@@ -287,7 +298,7 @@ fn bench_conv(a: ConvArgs) -> anyhow::Result<()> {
     let spec = Conv2dSpec::same_relu();
     let g = spec.geometry(x.shape(), kernel.shape(), Some(bias.shape()))?;
     let forced = a.algo.as_deref().map(parse_algo).transpose()?;
-    let algo = ConvAlgo::choose(forced, &g);
+    let algo = ConvAlgo::choose_forward(forced, &g);
     let params = LayerParams::new(kernel.clone(), Some(bias.clone()));
     let pass = Pass::parse(&a.pass)?;
     // The backward passes need the forward output (the ReLU's mask) and an output gradient.

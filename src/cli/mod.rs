@@ -15,6 +15,7 @@ mod info;
 mod predict;
 mod summary;
 mod train;
+mod tune;
 mod visualize;
 
 use std::process::ExitCode;
@@ -67,6 +68,9 @@ enum Command {
     /// What keel detected on this machine (CPU, caches, cores, instruction sets) and what it
     /// chose from it (kernels, block sizes, tuning).
     Info(info::Args),
+    /// Measure block sizes and each VGG16 layer's convolution algorithm on this machine, and
+    /// store the fastest for this CPU model in $KEEL_HOME/tune (used from then on).
+    Tune(tune::Args),
 }
 
 /// Run the command line; errors are printed as one message and give exit code 1.
@@ -104,6 +108,7 @@ impl Command {
             Command::Features(a) => a.backend.threads,
             Command::Visualize(a) => a.threads(),
             Command::Bench(a) => a.threads,
+            Command::Tune(a) => a.threads,
             _ => None,
         }
     }
@@ -124,6 +129,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::GpuCheck(a) => gpu_check::run(a),
         Command::Visualize(a) => visualize::run(a),
         Command::Info(a) => info::run(a),
+        Command::Tune(a) => tune::run(a),
     }
 }
 

@@ -61,10 +61,11 @@ impl Cpu {
         self.algo
     }
 
-    /// The algorithm for a layer: the forced one where it applies, else keel's choice.
+    /// The algorithm for a forward layer: the forced one where it applies, else the tuned one
+    /// (`keel tune`), else keel's rule.
     fn pick(&self, x: &Tensor, w: &LayerParams, spec: &Conv2dSpec) -> Result<ConvAlgo> {
         let g = spec.geometry(x.shape(), w.kernel().shape(), w.bias().map(Tensor::shape))?;
-        Ok(ConvAlgo::choose(self.algo, &g))
+        Ok(ConvAlgo::choose_forward(self.algo, &g))
     }
 }
 

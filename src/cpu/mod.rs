@@ -17,6 +17,7 @@ pub mod machine;
 pub mod peak;
 pub(crate) mod pool2x2;
 pub(crate) mod reference;
+pub mod tune;
 
 pub use fast::Cpu;
 pub use reference::*;

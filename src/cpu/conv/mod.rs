@@ -81,6 +81,17 @@ impl ConvAlgo {
         }
     }
 
+    /// For a forward convolution: `forced` where it can run `g`, else what `keel tune`
+    /// measured fastest for this geometry on this CPU model, else keel's rule ([`Self::auto`]).
+    pub fn choose_forward(forced: Option<ConvAlgo>, g: &ConvGeometry) -> ConvAlgo {
+        match forced {
+            Some(a) if a.supports(g) => a,
+            _ => crate::cpu::tune::current()
+                .and_then(|t| t.conv_algo(g))
+                .unwrap_or_else(|| ConvAlgo::auto(g)),
+        }
+    }
+
     /// keel's choice for a layer: direct when there are too few input channels to fill the
     /// GEMM's depth, F(4x4) Winograd for 3x3 stride-1 layers with enough tiles to keep its
     /// GEMMs fed, implicit GEMM otherwise (small images, where it is faster and keeps no

@@ -1,1 +1,439 @@
-//! Cache blocking (MC, KC, NC) derived from the machine. (Stub: being written.)
+//! Cache blocking (MC, KC, NC) worked out from the machine's caches and FMA rate.
+//!
+//! Constants tuned by hand on one CPU were wrong on the next, so the block sizes come from an
+//! analytical model, in the spirit of Low, Igual, Smith and Quintana-Ortí, "Analytical
+//! modeling is enough for high-performance BLIS" (ACM TOMS 43(2), 2016), adapted to keel's
+//! loop nest (`driver.rs`) and stated here in full. `keel tune` then measures around it.
+//!
+//! ```text
+//! for jc step NC          B block KC x NC, packed          stays in L3 across the ic loop
+//!   for pc step KC
+//!     for ic step MC      A block MC x KC, read in place   stays in L2 across the jr loop
+//!       for jr step NR    B micro-panel KC x NR            stays in L1 (or L2) across the ir loop
+//!         for ir step MR  A micro-panel MR x KC streams past it
+//!           micro-kernel  C tile MR x NR in registers
+//! ```
+//!
+//! Notation: `e` bytes per element (4 for f32, 2 for bf16), `MR x NR` the register tile, and
+//! for cache level i: `S_i` its bytes per thread (an instance's size over the logical CPUs
+//! sharing it, since keel runs a thread on each), `W_i` its ways, `w_i = S_i / W_i` the bytes
+//! of one way. Ways are the unit, as in Low et al.: under LRU, data that has whole ways of the
+//! sets it maps to is not evicted by data streaming through the other ways.
+//!
+//! **KC: where the B micro-panel lives.** That depends on how fast the kernel consumes it.
+//!
+//! - At full rate (two or more FMA pipes of the kernel's vector width: Intel Xeon's AVX-512,
+//!   AVX2 on every core since Haswell and Zen 2), it must come from L1. Two of L1's ways are
+//!   kept for what streams through (C's tile, the first lines of the next micro-panels); the
+//!   other `W1 - 2` are split between B's micro-panel and A's, both KC deep, in the ratio
+//!   `NR : MR`, B's share rounded down to whole ways:
+//!
+//!   ```text
+//!   ways_B = floor((W1 - 2) * NR / (MR + NR))        KC = ways_B * w1 / (NR * e)
+//!   ```
+//!
+//! - At half rate (one pipe: Zen 4 runs each 512-bit FMA as two 256-bit halves), the kernel
+//!   needs B's bytes half as fast and L2 keeps up. This is the measured fact the model is
+//!   calibrated on: on Zen 4, KC = 512 (a 64 KiB micro-panel, twice its L1) ran as fast as any
+//!   KC from 384 up, and faster than L1-sized ones. L1 then no longer bounds KC; L2 does, where
+//!   B's micro-panel and the next one (which the prefetcher is already bringing in) get one
+//!   way, the smallest whole-way reservation, and the other ways go to A:
+//!
+//!   ```text
+//!   KC = w2 / (2 * NR * e)
+//!   ```
+//!
+//!   The deeper KC, the fewer times each C tile is read and written.
+//!
+//! KC is then rounded down to a multiple of 8 and clamped to [64, 1024].
+//!
+//! **MC: the A block in L2.** A's `MC x KC` block is reused by every B micro-panel of the jr
+//! loop. Of L2's `W2` ways, B's micro-panels take `ceil(2 KC NR e / w2)` (the current one and
+//! the next: they pass through L2 whichever level the kernel reads them from) and C's tiles one;
+//! A gets half of the rest:
+//!
+//! ```text
+//! ways_R = ceil(2 * KC * NR * e / w2) + 1        MC = (W2 - ways_R) * w2 / 2 / (KC * e)
+//! ```
+//!
+//! The half is the price of reading A in place instead of packing it: its rows are `KC * e`
+//! bytes each, `lda` apart, and do not spread evenly over L2's sets as a packed block does. At
+//! VGG's K = 4608 with AVX2's 1 KiB rows, rows 18 KiB apart fall on only half the sets of a
+//! 128 KiB way, so those sets hold twice the average share of the block. MC is rounded down to
+//! a multiple of MR and clamped to [MR, 1024].
+//!
+//! **NC: the B block in L3.** Each thread packs its own `KC x NC` block of B, reused by all its
+//! row blocks; it gets half of the thread's share of L3, the other half being for A's rows and
+//! C on their way through: `NC = S3 / 2 / (KC * e)`, a multiple of NR in [NR, 8192].
+//!
+//! **What it gives** (f32 unless said; `MC / KC / NC`):
+//!
+//! | machine | avx512 12x32 | avx2 6x16 | bf16 12x32 (e = 2) |
+//! |---|---|---|---|
+//! | Zen 4 (a) | 192 / 512 / 4096 | 384 / 256 / 8192 | 192 / 1024 / 4096 |
+//! | Zen 4, hand-tuned | 144 / 512 / 4096 | 120 / 256 / 4096 | |
+//! | Emerald Rapids (b) | 1020 / 224 / 2912 | 510 / 448 / 1456 | 1020 / 448 / 2912 |
+//!
+//! (a) The EPYC 9R14 VM the constants were tuned on: L1d 32 KiB 8-way, L2 1 MiB 8-way, L3
+//! 32 MiB over 2 threads, one 512-bit FMA pipe. (b) A thread per core: L1d 48 KiB 12-way, L2
+//! 2 MiB 16-way, L3 5 MiB a core, two 512-bit FMA pipes.
+//!
+//! KC reproduces both hand-tuned values exactly, and NC the AVX-512 one. MC does not, and no
+//! capacity model can reproduce both: the tuned A blocks fill 288 KiB (AVX-512) and 120 KiB
+//! (AVX2) of the same L2, 2.4 times apart, where a rule that leaves A the same share of L2
+//! for both kernels (this one does: B's micro-panels take one way for each) makes them equal.
+//! The tuned values are the small end of a flat region, not a capacity bound:
+//! `docs/cpu-kernels.md` records MC from 96 to 288 (with KC >= 384) within that machine's
+//! noise, except MC = 96 on one shape (more row blocks, so B is re-read more often), and the
+//! model's 192 is inside that range. AVX2's 120 was never swept; the model's 384 is the size
+//! the A block may have, not a measured optimum. AVX2's NC of 8192 against 4096 only matters
+//! where N > 4096, which no VGG convolution, forward or backward, has (N is a channel count).
+//! On Emerald Rapids the B micro-panel takes 28 KiB, 7 of L1's 12 ways, and A's micro-panel
+//! 10.5 KiB of the 3 ways after it, leaving 2 for what streams through.
+//! With both hyperthreads of a core busy, each thread has half of every level and KC halves.
+//!
+//! Measured afterwards on the Zen 4 VM (keel's GEMM with forced block sizes on VGG16's shapes
+//! and 1024^3, best of 10 to 20 interleaved rounds, one thread, the other core busy): MC of
+//! 144, 192 and 384 at KC 512 were within 2% of each other for AVX-512, as were MC 120 and 384
+//! for AVX2, and an L1-sized KC of 128 was slower for AVX-512 (up to 20%). But AVX2 also ran
+//! up to 13% faster (never measurably slower) at KC 512 than at the 256 that both the hand
+//! tuning and this model give: on Zen 4 even the full-rate AVX2 kernel streams B from L2 well,
+//! so the full-rate rule is conservative there at least. Whether it holds on Emerald Rapids is
+//! for `keel tune` (which tries twice the model's KC) to say.
+
+use serde::{Deserialize, Serialize};
+
+use super::micro::{Micro, Portable};
+#[cfg(target_arch = "aarch64")]
+use super::micro_neon::Neon;
+#[cfg(target_arch = "x86_64")]
+use super::micro_x86::{Avx2, Avx512};
+use crate::cpu::isa::Isa;
+use crate::cpu::machine::{Cache, Machine};
+
+/// Rows of A per block (MC), depth per block (KC), columns of B per packed block (NC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Blocking {
+    pub mc: usize,
+    pub kc: usize,
+    pub nc: usize,
+}
+
+impl Blocking {
+    /// Whether the driver can run a kernel with an `mr x nr` tile on these block sizes: MC and
+    /// NC whole tiles, nothing zero, and bounded so that a damaged tuning file cannot ask for
+    /// gigabytes of packing buffer (KC x NC of B, MC x KC of A, 256 MiB of f32 each at most).
+    pub fn valid_for(&self, mr: usize, nr: usize) -> bool {
+        const MAX_ELEMS: usize = 1 << 26;
+        mr > 0
+            && nr > 0
+            && self.mc >= mr
+            && self.mc.is_multiple_of(mr)
+            && self.kc > 0
+            && self.nc >= nr
+            && self.nc.is_multiple_of(nr)
+            && self.kc.checked_mul(self.nc).is_some_and(|n| n <= MAX_ELEMS)
+            && self.mc.checked_mul(self.kc).is_some_and(|n| n <= MAX_ELEMS)
+    }
+}
+
+/// One cache level as one thread gets it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Level {
+    /// Bytes: an instance's size over the logical CPUs sharing it.
+    pub size: usize,
+    /// The instance's associativity (a share of a shared cache is modelled as a smaller cache
+    /// with the same ways).
+    pub ways: usize,
+}
+
+impl Level {
+    /// A thread's share of `c`, with a keel thread on every logical CPU sharing it.
+    pub fn share_of(c: &Cache) -> Level {
+        Level {
+            size: c.size / c.shared_by.max(1),
+            ways: c.ways.max(1),
+        }
+    }
+
+    /// Bytes of one way, at least one.
+    fn way(&self) -> usize {
+        (self.size / self.ways.max(1)).max(1)
+    }
+}
+
+/// The machine as the model sees it, for one kernel: per-thread caches and the FMA rate at
+/// the kernel's vector width. Tests build it directly to model machines they do not run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub l1: Level,
+    pub l2: Level,
+    pub l3: Level,
+    /// Full-width FMAs per cycle at the kernel's width: 1 streams B from L2, 2 or more holds
+    /// it in L1.
+    pub fma_pipes: usize,
+}
+
+impl Geometry {
+    /// `m`'s caches and the FMA rate of `isa`'s width. Widths the pipe table does not cover
+    /// (128-bit, or a level `m` cannot run) count as full rate.
+    pub fn of(m: &Machine, isa: Isa) -> Geometry {
+        let pipes = match isa {
+            Isa::Avx512 => m.fma512_pipes,
+            Isa::Avx2 => m.fma256_pipes,
+            Isa::Portable | Isa::Neon => 0,
+        };
+        Geometry {
+            l1: Level::share_of(&m.l1d),
+            l2: Level::share_of(&m.l2),
+            l3: Level::share_of(&m.l3),
+            fma_pipes: if pipes == 0 { 2 } else { pipes },
+        }
+    }
+
+    /// The cache level the B micro-panel is read from: 1 at full FMA rate, 2 at half.
+    pub fn b_panel_level(&self) -> usize {
+        if self.fma_pipes >= 2 { 1 } else { 2 }
+    }
+}
+
+/// The block sizes of an `mr x nr` kernel of `isa` over `elem_bytes`-byte elements on `m`
+/// ([`solve`] on [`Geometry::of`]).
+pub fn model(m: &Machine, isa: Isa, mr: usize, nr: usize, elem_bytes: usize) -> Blocking {
+    solve(&Geometry::of(m, isa), mr, nr, elem_bytes)
+}
+
+/// The model of the module documentation, on any geometry: every result is a nonzero multiple
+/// of what the driver needs (MC of `mr`, KC of 8, NC of `nr`), however odd the caches.
+pub fn solve(g: &Geometry, mr: usize, nr: usize, elem_bytes: usize) -> Blocking {
+    let (mr, nr, e) = (mr.max(1), nr.max(1), elem_bytes.max(1));
+    let (w1, w2) = (g.l1.way(), g.l2.way());
+
+    let kc = if g.b_panel_level() == 1 {
+        let ways_b = (g.l1.ways.saturating_sub(2) * nr / (mr + nr)).max(1);
+        ways_b * w1 / (nr * e)
+    } else {
+        w2 / (2 * nr * e)
+    };
+    let kc = (kc / 8 * 8).clamp(64, 1024);
+
+    let ways_reserved = (2 * kc * nr * e).div_ceil(w2) + 1;
+    let a_bytes = g.l2.ways.saturating_sub(ways_reserved).max(1) * w2 / 2;
+    let mc = (a_bytes / (kc * e) / mr * mr).clamp(mr, (1024 / mr).max(1) * mr);
+
+    let nc = (g.l3.size / 2 / (kc * e) / nr * nr).clamp(nr, (8192 / nr).max(1) * nr);
+
+    Blocking { mc, kc, nc }
+}
+
+/// `(MR, NR)` of the packed kernel of `isa`: what to hand [`model`]. Another architecture's
+/// level answers with the tile its kernel has there.
+pub fn tile(isa: Isa) -> (usize, usize) {
+    match isa {
+        Isa::Portable => (Portable::MR, Portable::NR),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => (Avx2::MR, Avx2::NR),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => (Avx512::MR, Avx512::NR),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 => (6, 16),
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx512 => (12, 32),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => (Neon::MR, Neon::NR),
+        #[cfg(not(target_arch = "aarch64"))]
+        Isa::Neon => (6, 16),
+    }
+}
+
+/// The model's block sizes for the kernel of `isa` on this machine, over f32.
+pub fn for_isa(isa: Isa) -> Blocking {
+    let (mr, nr) = tile(isa);
+    model(crate::cpu::machine::get(), isa, mr, nr, 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::machine::Source;
+
+    const KIB: usize = 1 << 10;
+    const MIB: usize = 1 << 20;
+
+    fn level(size: usize, ways: usize) -> Level {
+        Level { size, ways }
+    }
+
+    /// The EPYC 9R14 VM the hand-tuned constants were measured on: sysfs's numbers, L3 shared
+    /// by its 2 threads; one 512-bit FMA pipe, two 256-bit ones.
+    fn zen4(fma_pipes: usize) -> Geometry {
+        Geometry {
+            l1: level(32 * KIB, 8),
+            l2: level(MIB, 8),
+            l3: level(16 * MIB, 16),
+            fma_pipes,
+        }
+    }
+
+    /// An Emerald Rapids core (Xeon Platinum 8592+: 320 MiB L3 over 64 cores), one thread on
+    /// it, two 512-bit FMA pipes.
+    fn emerald_rapids() -> Geometry {
+        Geometry {
+            l1: level(48 * KIB, 12),
+            l2: level(2 * MIB, 16),
+            l3: level(5 * MIB, 15),
+            fma_pipes: 2,
+        }
+    }
+
+    fn b(mc: usize, kc: usize, nc: usize) -> Blocking {
+        Blocking { mc, kc, nc }
+    }
+
+    #[test]
+    fn zen4_reproduces_the_hand_tuned_kc_and_documents_mc() {
+        // AVX-512 at half rate: B's micro-panel from L2. Hand-tuned: 144 / 512 / 4096.
+        assert_eq!(solve(&zen4(1), 12, 32, 4), b(192, 512, 4096));
+        // AVX2 at full rate: B's micro-panel in 4 of L1's 8 ways. Hand-tuned: 120 / 256 / 4096.
+        assert_eq!(solve(&zen4(2), 6, 16, 4), b(384, 256, 8192));
+        // The portable 4 x 16 tile (hand-tuned KC 256 too).
+        assert_eq!(solve(&zen4(2), 4, 16, 4).kc, 256);
+        // Had Zen 4 two 512-bit pipes, B would have to fit L1: 4 ways, 16 KiB.
+        assert_eq!(solve(&zen4(2), 12, 32, 4).kc, 128);
+    }
+
+    #[test]
+    fn emerald_rapids_holds_the_b_micro_panel_in_l1() {
+        let g = emerald_rapids();
+        let blk = solve(&g, 12, 32, 4);
+        assert_eq!(blk, b(1020, 224, 2912));
+        let (b_panel, a_panel) = (blk.kc * 32 * 4, blk.kc * 12 * 4);
+        // 28 KiB of B and 10.5 KiB of A in the 10 of 12 ways not kept for streaming.
+        assert!(b_panel <= 7 * 4 * KIB, "{b_panel}");
+        assert!(b_panel + a_panel <= g.l1.size * 10 / 12);
+        assert_eq!(solve(&g, 6, 16, 4), b(510, 448, 1456));
+        // Both hyperthreads busy: half of every level each, so half the depth.
+        let ht = Geometry {
+            l1: level(24 * KIB, 12),
+            l2: level(MIB, 16),
+            l3: level(5 * MIB / 2, 15),
+            fma_pipes: 2,
+        };
+        assert_eq!(solve(&ht, 12, 32, 4).kc, 112);
+    }
+
+    #[test]
+    fn bf16_doubles_the_depth_the_caches_allow() {
+        let emr = emerald_rapids();
+        assert_eq!(solve(&emr, 12, 32, 2).kc, 2 * solve(&emr, 12, 32, 4).kc);
+        assert_eq!(solve(&emr, 12, 32, 2), b(1020, 448, 2912));
+        // On Zen 4 (from L2) the doubled depth meets the clamp exactly.
+        assert_eq!(solve(&zen4(1), 12, 32, 2), b(192, 1024, 4096));
+    }
+
+    #[test]
+    fn absurd_caches_give_clamped_valid_blocks() {
+        let weird = [
+            Geometry {
+                l1: level(1, 1),
+                l2: level(1, 1),
+                l3: level(0, 1),
+                fma_pipes: 2,
+            },
+            Geometry {
+                l1: level(KIB, 0),
+                l2: level(4 * KIB, 2),
+                l3: level(64 * KIB, 0),
+                fma_pipes: 1,
+            },
+            Geometry {
+                l1: level(1 << 30, 1000),
+                l2: level(1 << 40, 1),
+                l3: level(1 << 45, 64),
+                fma_pipes: 4,
+            },
+            Geometry {
+                l1: level(48 * KIB, 12),
+                l2: level(2 * MIB, 16),
+                l3: level(5 * MIB, 15),
+                fma_pipes: 0,
+            },
+        ];
+        for g in weird {
+            for (mr, nr) in [(4, 16), (6, 16), (12, 32), (14, 32), (1, 1)] {
+                for e in [2, 4, 8] {
+                    let blk = solve(&g, mr, nr, e);
+                    assert!(blk.valid_for(mr, nr), "{g:?} {mr}x{nr}: {blk:?}");
+                    assert!(
+                        blk.kc.is_multiple_of(8) && (64..=1024).contains(&blk.kc),
+                        "{blk:?}"
+                    );
+                    assert!(blk.mc <= 1024 && blk.nc <= 8192, "{blk:?}");
+                }
+            }
+        }
+        assert_eq!(solve(&weird[0], 12, 32, 4), b(12, 64, 32));
+        assert_eq!(solve(&weird[2], 12, 32, 4), b(1020, 1024, 8192));
+        // Zero elements or tiles count as one rather than dividing by zero.
+        assert!(solve(&emerald_rapids(), 0, 0, 0).valid_for(1, 1));
+    }
+
+    #[test]
+    fn valid_for_rejects_what_the_driver_cannot_run() {
+        assert!(b(144, 512, 4096).valid_for(12, 32));
+        assert!(b(120, 100, 16).valid_for(6, 16));
+        assert!(!b(100, 512, 4096).valid_for(12, 32), "MC not whole tiles");
+        assert!(!b(144, 512, 4016).valid_for(12, 32), "NC not whole tiles");
+        assert!(!b(0, 512, 4096).valid_for(12, 32));
+        assert!(!b(144, 0, 4096).valid_for(12, 32));
+        assert!(!b(144, 512, 0).valid_for(12, 32));
+        assert!(
+            !b(144, 1 << 20, 1 << 20).valid_for(12, 32),
+            "terabytes of B"
+        );
+        assert!(!b(12 << 40, 1 << 30, 32).valid_for(12, 32), "overflow");
+    }
+
+    #[test]
+    fn tiles_match_the_kernels_and_this_machine_gets_valid_blocks() {
+        assert_eq!(tile(Isa::Portable), (4, 16));
+        assert_eq!(tile(Isa::Avx2), (6, 16));
+        assert_eq!(tile(Isa::Avx512), (12, 32));
+        assert_eq!(tile(Isa::Neon), (6, 16));
+        for isa in Isa::all_available() {
+            let (mr, nr) = tile(isa);
+            let blk = for_isa(isa);
+            assert!(blk.valid_for(mr, nr), "{isa}: {blk:?}");
+            assert_eq!(blk, model(crate::cpu::machine::get(), isa, mr, nr, 4));
+        }
+    }
+
+    #[test]
+    fn geometry_takes_each_threads_share_and_the_widths_rate() {
+        let mut m = crate::cpu::machine::get().clone();
+        let cache = |size, ways, shared_by| Cache {
+            size,
+            ways,
+            line: 64,
+            shared_by,
+            source: Source::Sysfs,
+        };
+        m.l1d = cache(48 * KIB, 12, 2);
+        m.l2 = cache(2 * MIB, 16, 2);
+        m.l3 = cache(320 * MIB, 15, 128);
+        m.fma512_pipes = 1;
+        m.fma256_pipes = 2;
+        let g = Geometry::of(&m, Isa::Avx512);
+        assert_eq!((g.l1, g.l2), (level(24 * KIB, 12), level(MIB, 16)));
+        assert_eq!(g.l3, level(5 * MIB / 2, 15));
+        assert_eq!(g.b_panel_level(), 2);
+        assert_eq!(Geometry::of(&m, Isa::Avx2).b_panel_level(), 1);
+        assert_eq!(Geometry::of(&m, Isa::Portable).fma_pipes, 2);
+        m.fma512_pipes = 0;
+        assert_eq!(
+            Geometry::of(&m, Isa::Avx512).fma_pipes,
+            2,
+            "no AVX-512: full rate"
+        );
+    }
+}

@@ -20,6 +20,7 @@ use std::cell::Cell;
 use rayon::prelude::*;
 
 use super::Epilogue;
+use super::blocking::Blocking;
 use super::micro::Micro;
 use super::pack::{ASource, PackedB, pack_b};
 use crate::tensor::AlignedVec;
@@ -60,9 +61,12 @@ thread_local! {
     static B_BUF: Cell<AlignedVec> = Cell::new(AlignedVec::zeros(0));
 }
 
-/// `C = A * B` (then the epilogue) with micro-kernel `K`. `c` is row-major `m x n` with leading
-/// dimension `ldc`. With `parallel`, the tasks run on the rayon pool; without, on this thread
-/// (for callers that already run one product per core, like Winograd).
+/// `C = A * B` (then the epilogue) with micro-kernel `K` and block sizes `blk`. `c` is
+/// row-major `m x n` with leading dimension `ldc`. With `parallel`, the tasks run on the rayon
+/// pool; without, on this thread (for callers that already run one product per core, like
+/// Winograd). The block sizes change only speed, never a bit of C: each element is one
+/// multiply-add chain in k order whatever `blk.kc` is (see [`Micro::tile`]).
+#[allow(clippy::too_many_arguments)]
 pub fn gemm<K: Micro>(
     a: &dyn ASource,
     b: BSource,
@@ -71,13 +75,14 @@ pub fn gemm<K: Micro>(
     ldc: usize,
     ep: Epilogue,
     parallel: bool,
+    blk: Blocking,
 ) {
     assert!(K::ISA.available(), "this CPU cannot run {} kernels", K::ISA);
     let (m, k) = (a.rows(), a.cols());
     assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "C is too small");
     if let BSource::Packed(p) = b {
         assert!(
-            p.k == k && p.n == n && p.nr == K::NR && p.kc == K::KC,
+            p.k == k && p.n == n && p.nr == K::NR && p.kc == blk.kc,
             "B was packed for another shape or kernel"
         );
     }
@@ -107,7 +112,7 @@ pub fn gemm<K: Micro>(
     };
     let cp = CPtr(c.as_mut_ptr());
     if threads == 1 {
-        run::<K>(a, b, n, cp, ldc, ep);
+        run::<K>(a, b, n, cp, ldc, ep, blk);
         return;
     }
     // One rayon task per thread, each running the whole loop nest on its own rectangle of C
@@ -116,7 +121,7 @@ pub fn gemm<K: Micro>(
     // took milliseconds, and a 6 ms product on 2 threads ran as slowly as on one.)
     let panels = n.div_ceil(K::NR);
     if let BSource::Matrix { data, ld } = b
-        && m <= K::MC * threads
+        && m <= blk.mc * threads
         && panels > 1
     {
         // Small M: split the columns, so that each thread reads only its share of B, here
@@ -139,7 +144,7 @@ pub fn gemm<K: Micro>(
             // SAFETY: column j0 < n is inside C's first row; this task writes only columns
             // j0..j0+per of C's rows.
             let c = unsafe { cp.add(j0) };
-            run::<K>(a, b, per.min(n - j0), c, ldc, ep);
+            run::<K>(a, b, per.min(n - j0), c, ldc, ep, blk);
         });
     } else {
         // Otherwise split the rows, in whole micro-panels, as evenly as they go.
@@ -156,7 +161,7 @@ pub fn gemm<K: Micro>(
             };
             // SAFETY: row i0 < m is inside C; this task writes only rows i0..i0+per.
             let c = unsafe { cp.add(i0 * ldc) };
-            run::<K>(&rows, b, n, c, ldc, ep);
+            run::<K>(&rows, b, n, c, ldc, ep, blk);
         });
     }
 }
@@ -191,20 +196,28 @@ impl ASource for RowRange<'_> {
 }
 
 /// The loop nest for all of A's rows and columns `0..n` of C at `c`, on this thread.
-fn run<K: Micro>(a: &dyn ASource, b: BSource, n: usize, cp: CPtr, ldc: usize, ep: Epilogue) {
+fn run<K: Micro>(
+    a: &dyn ASource,
+    b: BSource,
+    n: usize,
+    cp: CPtr,
+    ldc: usize,
+    ep: Epilogue,
+    blk: Blocking,
+) {
     let (m, k) = (a.rows(), a.cols());
     // Row blocks of about MC and equal sizes.
     let mc = m
-        .div_ceil(m.div_ceil(K::MC))
+        .div_ceil(m.div_ceil(blk.mc))
         .next_multiple_of(K::MR)
         .max(K::MR);
     let row_blocks = m.div_ceil(mc);
 
-    for jc in (0..n).step_by(K::NC) {
-        let nc = K::NC.min(n - jc);
+    for jc in (0..n).step_by(blk.nc) {
+        let nc = blk.nc.min(n - jc);
         let panels = nc.div_ceil(K::NR);
-        for pc in (0..k).step_by(K::KC) {
-            let kc = K::KC.min(k - pc);
+        for pc in (0..k).step_by(blk.kc) {
+            let kc = blk.kc.min(k - pc);
             let last = pc + kc == k;
             // This thread's packing buffers are taken out of their cells and put back
             // after, so they are reused from call to call.

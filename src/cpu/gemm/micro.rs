@@ -12,14 +12,11 @@ use crate::cpu::isa::Isa;
 pub trait Micro: Sync {
     const MR: usize;
     const NR: usize;
-    /// Cache blocking for this kernel: rows of A per packed block (L2), depth per block (the B
-    /// micro-panel `KC x NR` stays in L1), columns of B per packed block (L3).
-    const MC: usize;
-    const KC: usize;
-    const NC: usize;
     const ISA: Isa;
 
-    /// `C[0..MR, 0..NR] (+)= A * B_panel`, then `+ bias` and ReLU if asked. A is a packed
+    /// `C[0..MR, 0..NR] (+)= A * B_panel`, then `+ bias` and ReLU if asked. With `accumulate`
+    /// the accumulators start from C, so each element is one multiply-add chain in k order
+    /// across K blocks: the block sizes (and so the tuner) never change a result's bits. A is a packed
     /// panel (`lda == 0`, element `(r, p)` at `p * MR + r`) or `MR` rows of a row-major matrix
     /// `lda` apart (element `(r, p)` at `r * lda + p`), which skips packing when N is narrow.
     ///
@@ -73,9 +70,6 @@ pub struct Portable;
 impl Micro for Portable {
     const MR: usize = 4;
     const NR: usize = 16;
-    const MC: usize = 128;
-    const KC: usize = 256;
-    const NC: usize = 4096;
     const ISA: Isa = Isa::Portable;
 
     unsafe fn tile(
@@ -91,7 +85,16 @@ impl Micro for Portable {
     ) {
         // SAFETY: the caller guarantees the sizes documented on `Micro::tile`.
         let b = unsafe { std::slice::from_raw_parts(b, kc * 16) };
+        // With `accumulate`, the sum continues from C's values: one chain per element in k
+        // order, so how K is cut into blocks never changes a bit of the result.
         let mut acc = [[0f32; 16]; 4];
+        if accumulate {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: row r < MR of the caller's tile holds NR readable floats.
+                let row = unsafe { std::slice::from_raw_parts(c.add(r * ldc), 16) };
+                acc.copy_from_slice(row);
+            }
+        }
         for (p, bp) in b.chunks_exact(16).enumerate() {
             for (r, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: (r, p) is inside A in the layout `lda` says.
@@ -106,9 +109,6 @@ impl Micro for Portable {
             let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), 16) };
             for j in 0..16 {
                 let mut v = acc[j];
-                if accumulate {
-                    v += row[j];
-                }
                 if !bias.is_null() {
                     // SAFETY: a non-null bias points to NR floats.
                     v += unsafe { *bias.add(j) };

@@ -13,9 +13,6 @@ pub struct Neon;
 impl Micro for Neon {
     const MR: usize = 6;
     const NR: usize = 16;
-    const MC: usize = 120;
-    const KC: usize = 256;
-    const NC: usize = 4096;
     const ISA: Isa = Isa::Neon;
 
     unsafe fn tile(
@@ -51,7 +48,16 @@ unsafe fn tile_neon(
     // vouched for: A's MR rows of kc values (packed: `p * MR + r`; in place: `r * lda + p`),
     // B's kc rows of 16, C's MR rows of 16 at stride ldc, and 16 bias values.
     unsafe {
+        // With `accumulate`, the sum continues from C's values: one FMA chain per element in
+        // k order, so how K is cut into blocks never changes a bit of the result.
         let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
+        if accumulate {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                for (q, v) in acc.iter_mut().enumerate() {
+                    *v = vld1q_f32(c.add(r * ldc + 4 * q));
+                }
+            }
+        }
         for p in 0..kc {
             let bp = b.add(p * 16);
             let bv = [
@@ -76,9 +82,6 @@ unsafe fn tile_neon(
             for (q, &v) in acc.iter().enumerate() {
                 let dst = c.add(r * ldc + 4 * q);
                 let mut v = v;
-                if accumulate {
-                    v = vaddq_f32(v, vld1q_f32(dst));
-                }
                 if !bias.is_null() {
                     v = vaddq_f32(v, vld1q_f32(bias.add(4 * q)));
                 }

@@ -37,9 +37,6 @@ pub struct Avx2;
 impl Micro for Avx2 {
     const MR: usize = 6;
     const NR: usize = 16;
-    const MC: usize = 120;
-    const KC: usize = 256;
-    const NC: usize = 4096;
     const ISA: Isa = Isa::Avx2;
 
     unsafe fn tile(
@@ -78,7 +75,17 @@ unsafe fn tile_avx2<const STRIDED: bool>(
     relu: bool,
 ) {
     const MR: usize = 6;
+    // With `accumulate`, the sum continues from C's values: one FMA chain per element in k
+    // order, so how K is cut into blocks never changes a bit of the result.
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    if accumulate {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (h, v) in acc.iter_mut().enumerate() {
+                // SAFETY: row r < MR of C holds NR = 16 readable floats.
+                *v = unsafe { _mm256_loadu_ps(c.add(r * ldc + h * 8)) };
+            }
+        }
+    }
     // Row starts computed once: the loop then addresses each A value as base + p.
     // SAFETY: rows r < MR of A start inside the caller's A operand.
     let rows: [*const f32; MR] =
@@ -106,9 +113,6 @@ unsafe fn tile_avx2<const STRIDED: bool>(
             unsafe {
                 let dst = c.add(r * ldc + h * 8);
                 let mut v = v;
-                if accumulate {
-                    v = _mm256_add_ps(v, _mm256_loadu_ps(dst));
-                }
                 if !bias.is_null() {
                     v = _mm256_add_ps(v, _mm256_loadu_ps(bias.add(h * 8)));
                 }
@@ -127,9 +131,6 @@ pub struct Avx512;
 impl Micro for Avx512 {
     const MR: usize = 12;
     const NR: usize = 32;
-    const MC: usize = 144;
-    const KC: usize = 512;
-    const NC: usize = 4096;
     const ISA: Isa = Isa::Avx512;
 
     unsafe fn tile(
@@ -195,7 +196,17 @@ unsafe fn tile_avx512<const STRIDED: bool, const ROWS: usize>(
 ) {
     // The packed layout's row count; only the first ROWS rows are computed.
     const MR: usize = 12;
+    // With `accumulate`, the sum continues from C's values: one FMA chain per element in k
+    // order, so how K is cut into blocks never changes a bit of the result.
     let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+    if accumulate {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (h, v) in acc.iter_mut().enumerate() {
+                // SAFETY: row r < ROWS of C holds NR = 32 readable floats.
+                *v = unsafe { _mm512_loadu_ps(c.add(r * ldc + h * 16)) };
+            }
+        }
+    }
     // Row starts computed once: the loop then addresses each A value as base + p.
     // SAFETY: rows r < ROWS <= MR of A start inside the caller's A operand.
     let rows: [*const f32; ROWS] =
@@ -223,9 +234,6 @@ unsafe fn tile_avx512<const STRIDED: bool, const ROWS: usize>(
             unsafe {
                 let dst = c.add(r * ldc + h * 16);
                 let mut v = v;
-                if accumulate {
-                    v = _mm512_add_ps(v, _mm512_loadu_ps(dst));
-                }
                 if !bias.is_null() {
                     v = _mm512_add_ps(v, _mm512_loadu_ps(bias.add(h * 16)));
                 }

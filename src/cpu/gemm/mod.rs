@@ -18,12 +18,13 @@ mod micro_x86;
 mod naive;
 mod pack;
 
+pub use blocking::Blocking;
 pub use driver::BSource;
 pub use naive::{gemm_blocked, gemm_naive};
 pub use pack::{ASource, MatrixA, PackedB, TransposedA, pack_b};
 
 use crate::cpu::isa::Isa;
-use micro::{Micro, Portable};
+use micro::Portable;
 #[cfg(target_arch = "aarch64")]
 use micro_neon::Neon;
 #[cfg(target_arch = "x86_64")]
@@ -80,16 +81,19 @@ pub enum Kernel {
     Avx2,
     Avx512,
     Neon,
+    /// bf16 operands, f32 sums (`vdpbf16ps`): another precision, not just another speed.
+    Avx512Bf16,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 6] = [
+    pub const ALL: [Kernel; 7] = [
         Kernel::Naive,
         Kernel::Blocked,
         Kernel::Packed,
         Kernel::Avx2,
         Kernel::Avx512,
         Kernel::Neon,
+        Kernel::Avx512Bf16,
     ];
 
     pub fn name(self) -> &'static str {
@@ -100,6 +104,7 @@ impl Kernel {
             Kernel::Avx2 => "avx2",
             Kernel::Avx512 => "avx512",
             Kernel::Neon => "neon",
+            Kernel::Avx512Bf16 => "avx512bf16",
         }
     }
 
@@ -111,14 +116,22 @@ impl Kernel {
     pub fn isa(self) -> Isa {
         match self {
             Kernel::Avx2 => Isa::Avx2,
-            Kernel::Avx512 => Isa::Avx512,
+            Kernel::Avx512 | Kernel::Avx512Bf16 => Isa::Avx512,
             Kernel::Neon => Isa::Neon,
             _ => Isa::Portable,
         }
     }
 
     pub fn available(self) -> bool {
-        self.isa().available()
+        match self {
+            Kernel::Avx512Bf16 => bf16::available(),
+            _ => self.isa().available(),
+        }
+    }
+
+    /// Whether the rung rounds its operands to bf16 (its results differ from f32's by design).
+    pub fn is_bf16(self) -> bool {
+        self == Kernel::Avx512Bf16
     }
 
     /// The packed kernel for an instruction set.
@@ -187,6 +200,7 @@ pub fn gemm_with(
     match kernel {
         Kernel::Naive => gemm_naive(m, n, k, a, lda, b, ldb, c, ldc, ep),
         Kernel::Blocked => gemm_blocked(m, n, k, a, lda, b, ldb, c, ldc, ep),
+        Kernel::Avx512Bf16 => bf16::gemm_bf16(m, n, k, a, lda, b, ldb, c, ldc, ep, parallel),
         _ => {
             let a = MatrixA {
                 data: a,
@@ -229,40 +243,95 @@ pub fn gemm_source(
     ep: Epilogue,
     parallel: bool,
 ) {
+    gemm_source_blocked(isa, blocking_for(isa), a, b, n, c, ldc, ep, parallel);
+}
+
+/// [`gemm_source`] with explicit block sizes (what `keel tune` tries). They change the speed
+/// only: C is bit-identical whatever `blk` is.
+///
+/// # Panics
+/// If `isa` is not available on this CPU, or B was packed with another `kc`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_source_blocked(
+    isa: Isa,
+    blk: Blocking,
+    a: &dyn ASource,
+    b: BSource,
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+    ep: Epilogue,
+    parallel: bool,
+) {
     assert!(isa.available(), "this CPU cannot run {isa} kernels");
     match isa {
-        Isa::Portable => driver::gemm::<Portable>(a, b, n, c, ldc, ep, parallel),
+        Isa::Portable => driver::gemm::<Portable>(a, b, n, c, ldc, ep, parallel, blk),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => driver::gemm::<Avx2>(a, b, n, c, ldc, ep, parallel),
+        Isa::Avx2 => driver::gemm::<Avx2>(a, b, n, c, ldc, ep, parallel, blk),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => driver::gemm::<Avx512>(a, b, n, c, ldc, ep, parallel),
+        Isa::Avx512 => driver::gemm::<Avx512>(a, b, n, c, ldc, ep, parallel, blk),
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => driver::gemm::<Neon>(a, b, n, c, ldc, ep, parallel),
+        Isa::Neon => driver::gemm::<Neon>(a, b, n, c, ldc, ep, parallel, blk),
         #[allow(unreachable_patterns)]
         _ => unreachable!("available() is false for another architecture's ISAs"),
     }
 }
 
 /// Pack row-major `b` (`k x n`, leading dimension `ldb`) once, for repeated products with the
-/// kernel of `isa`.
+/// kernel of `isa` (with its block sizes on this machine, [`blocking_for`]).
 pub fn pack_b_for(isa: Isa, b: &[f32], ldb: usize, k: usize, n: usize) -> PackedB {
-    let (kc, nr) = blocking(isa);
-    PackedB::new(b, ldb, k, n, kc, nr)
+    let (_, nr) = blocking::tile(isa);
+    PackedB::new(b, ldb, k, n, blocking_for(isa).kc, nr)
 }
 
-/// `(KC, NR)` of the kernel of `isa`: what a [`PackedB`] must be packed with.
-fn blocking(isa: Isa) -> (usize, usize) {
-    match isa {
-        Isa::Portable => (Portable::KC, Portable::NR),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => (Avx2::KC, Avx2::NR),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (Avx512::KC, Avx512::NR),
-        #[cfg(target_arch = "aarch64")]
-        Isa::Neon => (Neon::KC, Neon::NR),
-        #[allow(unreachable_patterns)]
-        _ => (Portable::KC, Portable::NR),
-    }
+/// Where the block sizes in use came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockingSource {
+    /// Measured on this CPU model by `keel tune`.
+    Tuned,
+    /// The analytical model of [`blocking::model`], from the caches read at start-up.
+    Model,
+}
+
+/// The block sizes the kernel of `isa` uses on this machine, and where they came from: the
+/// ones `keel tune` measured fastest on this CPU model, when it has been run, else the cache
+/// model's. Worked out once per process, so weights packed early stay valid.
+pub fn blocking_choice(isa: Isa) -> (Blocking, BlockingSource) {
+    use std::sync::OnceLock;
+    static CHOSEN: OnceLock<Vec<(Isa, Blocking, BlockingSource)>> = OnceLock::new();
+    let chosen = CHOSEN.get_or_init(|| {
+        let tuned = crate::cpu::tune::current();
+        Isa::ladder()
+            .iter()
+            .map(|&isa| {
+                let (mr, nr) = blocking::tile(isa);
+                match tuned.and_then(|t| t.blocking(isa)) {
+                    Some(b) if b.valid_for(mr, nr) => (isa, b, BlockingSource::Tuned),
+                    _ => (
+                        isa,
+                        blocking::model(crate::cpu::machine::get(), isa, mr, nr, 4),
+                        BlockingSource::Model,
+                    ),
+                }
+            })
+            .collect()
+    });
+    chosen
+        .iter()
+        .find(|(i, ..)| *i == isa)
+        .map(|&(_, b, s)| (b, s))
+        .unwrap_or_else(|| {
+            let (mr, nr) = blocking::tile(isa);
+            (
+                blocking::model(crate::cpu::machine::get(), isa, mr, nr, 4),
+                BlockingSource::Model,
+            )
+        })
+}
+
+/// The block sizes the kernel of `isa` uses on this machine ([`blocking_choice`]).
+pub fn blocking_for(isa: Isa) -> Blocking {
+    blocking_choice(isa).0
 }
 
 #[cfg(test)]

@@ -110,7 +110,11 @@ fn epilogues(bias: &[f32]) -> [Epilogue<'_>; 3] {
 
 #[test]
 fn every_available_kernel_matches_the_reference() {
-    let kernels: Vec<Kernel> = Kernel::ALL.into_iter().filter(|k| k.available()).collect();
+    // The bf16 rung answers to its own reference (bf16.rs's tests): it rounds its operands.
+    let kernels: Vec<Kernel> = Kernel::ALL
+        .into_iter()
+        .filter(|k| k.available() && !k.is_bf16())
+        .collect();
     assert!(kernels.contains(&Kernel::Packed));
     for (s, &(m, n, k)) in SIZES.iter().enumerate() {
         for pad in [0, 3] {
@@ -223,7 +227,10 @@ fn accumulate_adds_to_c_on_every_kernel() {
     for (s, &(m, n, k)) in SIZES.iter().enumerate() {
         let case = Case::new(m, n, k, 2, 300 + s as u64);
         let (want, scale) = case.reference(Epilogue::NONE);
-        for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
+        for kernel in Kernel::ALL
+            .into_iter()
+            .filter(|k| k.available() && !k.is_bf16())
+        {
             for parallel in [false, true] {
                 let mut c = vec![f32::NAN; m * case.ldc];
                 for i in 0..m {
