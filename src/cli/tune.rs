@@ -83,8 +83,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         conv,
     };
     eprintln!("measured in {:.0} s", started.elapsed().as_secs_f64());
+    // The result on stdout either way, for scripts; the file only without --dry-run.
+    println!("{}", serde_json::to_string_pretty(&tuning)?);
     if a.dry_run {
-        println!("{}", serde_json::to_string_pretty(&tuning)?);
         eprintln!("--dry-run: nothing written");
         return Ok(());
     }
