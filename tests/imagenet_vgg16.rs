@@ -83,3 +83,42 @@ fn vgg16_imagenet_base_matches_keras_via_h5_and_safetensors() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The bf16 convolutions (`--precision bf16`, AVX512-BF16) against Keras's fp32 block5_pool:
+/// within `2e-2 * max|ref|` (bf16 keeps 8 bits of significand; the bar), and further
+/// from Keras than fp32 is (else the bf16 path is not running).
+#[test]
+fn vgg16_bf16_block5_pool_is_within_2e_2_of_keras() {
+    let Some(shared) = common::shared("weights/vgg16_imagenet_notop.h5") else {
+        return;
+    };
+    if !keel::cpu::gemm::bf16::available() {
+        common::skip("this CPU lacks AVX512-BF16 (or KEEL_ISA caps it below avx512)");
+        return;
+    }
+    let weights_dir = shared.join("weights");
+    let h5 = keel::io::load_weights(&weights_dir.join("vgg16_imagenet_notop.h5")).unwrap();
+    let paths: Vec<_> = IMAGES
+        .iter()
+        .map(|n| weights_dir.join(format!("ref/images/{n}.png")))
+        .collect();
+    let x = keel::io::batch::load_preprocessed(&paths, [224, 224], Default::default()).unwrap();
+    let model = Vgg::new(VggConfig::notop(Arch::Vgg16), h5).unwrap();
+    let bf16 = keel::cpu::Cpu::new().with_bf16().unwrap();
+    let fp32 = keel::cpu::Cpu::new();
+    let y16 = model.forward(&bf16, &x).unwrap();
+    let y32 = model.forward(&fp32, &x).unwrap();
+    for (i, name) in IMAGES.iter().enumerate() {
+        let want = npy::read(&weights_dir.join(format!("ref/block5_pool/{name}_block5_pool.npy")))
+            .unwrap();
+        let got = y16.index0(i).unwrap().reshape([1, 7, 7, 512]).unwrap();
+        let rel = common::assert_close(&format!("bf16 {name}"), &got, &want, 2e-2);
+        let got32 = y32.index0(i).unwrap().reshape([1, 7, 7, 512]).unwrap();
+        let rel32 = common::assert_close(&format!("fp32 {name}"), &got32, &want, TOL);
+        eprintln!("bf16 {name}: max|diff|/max|ref| = {rel:.2e} (fp32 {rel32:.2e})");
+        assert!(
+            rel > rel32,
+            "{name}: bf16 is as close as fp32: is it running?"
+        );
+    }
+}

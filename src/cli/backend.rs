@@ -28,10 +28,10 @@ pub struct BackendArgs {
     /// Worker threads for the kernels [default: KEEL_THREADS, else all cores].
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Arithmetic of the GPU's convolutions: fp32, tf32 (tensor cores, inputs rounded to a
-    /// 10-bit mantissa) or bf16 (tensor cores, bf16 weights and operands); accumulation is
-    /// fp32 in all three. The CPU computes in fp32. See docs/cuda-conv.md for the error each
-    /// adds.
+    /// Arithmetic of the convolutions: fp32, tf32 (GPU tensor cores, inputs rounded to a
+    /// 10-bit mantissa) or bf16 (bf16 weights and operands: GPU tensor cores, or AVX512-BF16 on
+    /// the CPU); accumulation is fp32 in all three. See docs/cuda-conv.md and
+    /// docs/cpu-kernels.md for the error each adds.
     #[arg(long, value_name = "P", default_value = "fp32")]
     pub precision: String,
 }
@@ -49,21 +49,29 @@ impl BackendArgs {
             return cuda_backend(ordinal, &self.precision)
                 .with_context(|| format!("--device {device}"));
         }
-        if self.precision != "fp32" {
-            bail!(
-                "--precision {} runs on a GPU (--device cuda); the CPU kernels compute in fp32",
-                self.precision
-            );
-        }
+        let bf16 = match self.precision.as_str() {
+            "fp32" => false,
+            "bf16" => true,
+            "tf32" => bail!(
+                "--precision tf32 is the GPU's tensor-core format (--device cuda); the CPU \
+                 computes in fp32, or in bf16 with --precision bf16"
+            ),
+            other => bail!("unknown --precision {other}: use fp32, tf32 or bf16"),
+        };
         if self.isa.as_deref() == Some("reference") {
-            if self.algo.is_some() {
-                bail!("--algo applies to the fast kernels, not to --isa reference");
+            if self.algo.is_some() || bf16 {
+                bail!(
+                    "--algo and --precision bf16 apply to the fast kernels, not to --isa reference"
+                );
             }
             return Ok(Arc::new(CpuReference));
         }
         let mut cpu = Cpu::with_isa(parse_isa(self.isa.as_deref())?)?;
         if let Some(a) = &self.algo {
             cpu = cpu.with_algo(parse_algo(a)?);
+        }
+        if bf16 {
+            cpu = cpu.with_bf16()?;
         }
         Ok(Arc::new(cpu))
     }

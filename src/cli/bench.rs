@@ -87,6 +87,9 @@ struct VggArgs {
     /// Instruction set: portable, avx2, avx512, neon, or reference for the reference kernels.
     #[arg(long)]
     isa: Option<String>,
+    /// fp32, or bf16 (the convolutions' products in bf16 with AVX512-BF16, sums in fp32).
+    #[arg(long, default_value = "fp32")]
+    precision: String,
     /// Timed repetitions after one warm-up (default: REPS from the environment, else 5).
     #[arg(long)]
     reps: Option<usize>,
@@ -432,6 +435,7 @@ fn bench_vgg16(a: VggArgs) -> anyhow::Result<()> {
     let backend = BackendArgs {
         isa: a.isa.clone(),
         algo: a.algo.clone(),
+        precision: a.precision.clone(),
         ..BackendArgs::default()
     }
     .build()?;
@@ -460,9 +464,12 @@ fn bench_vgg16(a: VggArgs) -> anyhow::Result<()> {
     }
     let flops: u64 = model.layer_specs().map(|l| l.flops()).sum::<u64>() * a.batch as u64;
     eprintln!(
-        "vgg16 conv base {h}x{w} batch {} on {} ({} threads), {:.2} GFLOP per pass",
+        "vgg16 conv base {h}x{w} batch {} on {}{} ({} threads), {:.2} GFLOP per pass",
         a.batch,
         backend.name(),
+        backend
+            .reduced_precision()
+            .map_or(String::new(), |p| format!(" in {p}")),
         rayon::current_num_threads(),
         flops as f64 / 1e9
     );

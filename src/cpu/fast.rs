@@ -5,7 +5,7 @@
 //! and small, and runs the reference kernels. f64 tensors (gradient checks) go to the
 //! reference kernels too.
 
-use super::conv::{ConvAlgo, conv2d_backward_with, conv2d_pool_with, conv2d_with};
+use super::conv::{ConvAlgo, conv2d_backward_with, conv2d_bf16, conv2d_pool_with, conv2d_with};
 use super::gemm::{self, Epilogue, Kernel};
 use super::isa::Isa;
 use super::pool2x2::{is_2x2_stride2, max_pool_2x2, max_pool_2x2_backward};
@@ -22,6 +22,9 @@ pub struct Cpu {
     isa: Isa,
     /// Forces one convolution algorithm where it applies (benchmarks); None picks per layer.
     algo: Option<ConvAlgo>,
+    /// Forward convolutions in bf16 (`--precision bf16`); their backward passes, the dense
+    /// layers and everything else stay f32.
+    bf16: bool,
 }
 
 impl Default for Cpu {
@@ -36,6 +39,7 @@ impl Cpu {
         Cpu {
             isa: Isa::best(),
             algo: None,
+            bf16: false,
         }
     }
 
@@ -44,7 +48,26 @@ impl Cpu {
         if !isa.available() {
             return Err(Error::Invalid(format!("this CPU cannot run {isa} kernels")));
         }
-        Ok(Cpu { isa, algo: None })
+        Ok(Cpu {
+            isa,
+            algo: None,
+            bf16: false,
+        })
+    }
+
+    /// Forward convolutions with bf16 operands and f32 sums (AVX512-BF16's `vdpbf16ps`); an
+    /// error on a CPU without it, or with KEEL_ISA below avx512.
+    pub fn with_bf16(mut self) -> Result<Cpu> {
+        if !super::gemm::bf16::available() {
+            return Err(Error::Invalid(
+                "--precision bf16 on the CPU needs AVX512-BF16 (AMD Zen 4 and later, Intel Cooper \
+                 Lake and Sapphire Rapids and later), which this CPU lacks or KEEL_ISA caps"
+                    .into(),
+            ));
+        }
+        self.isa = Isa::Avx512;
+        self.bf16 = true;
+        Ok(self)
     }
 
     /// Use `algo` for every convolution it supports (others still pick their own).
@@ -132,6 +155,10 @@ impl Backend for Cpu {
         Device::Cpu
     }
 
+    fn reduced_precision(&self) -> Option<&'static str> {
+        self.bf16.then_some("bf16")
+    }
+
     fn upload(&self, x: Tensor) -> Result<Tensor> {
         host(x, self.name())
     }
@@ -143,6 +170,9 @@ impl Backend for Cpu {
     fn conv2d(&self, x: &Tensor, w: &LayerParams, spec: &Conv2dSpec) -> Result<Tensor> {
         if is_f64(x) {
             return CpuReference.conv2d(x, w, spec);
+        }
+        if self.bf16 {
+            return conv2d_bf16(self.pick(x, w, spec)?, x, w, spec, false);
         }
         conv2d_with(self.pick(x, w, spec)?, self.isa, x, w, spec)
     }
@@ -158,6 +188,13 @@ impl Backend for Cpu {
             return CpuReference.conv2d_pool(x, w, spec, pool);
         }
         let algo = self.pick(x, w, spec)?;
+        if self.bf16 && is_2x2_stride2(pool) {
+            return conv2d_bf16(algo, x, w, spec, true);
+        }
+        if self.bf16 {
+            let y = conv2d_bf16(algo, x, w, spec, false)?;
+            return self.max_pool2d(&y, pool);
+        }
         if is_2x2_stride2(pool) {
             // Winograd pools in its output transform; the others convolve, then pool.
             return conv2d_pool_with(algo, self.isa, x, w, spec);

@@ -12,6 +12,7 @@
 //! gradient is the packed GEMM over the transposed im2col.
 
 mod backward;
+mod bf16;
 mod direct;
 mod im2col;
 mod winograd;
@@ -19,6 +20,7 @@ mod winograd;
 use std::sync::OnceLock;
 
 pub use backward::conv2d_backward_with;
+pub use bf16::conv2d_bf16;
 pub use direct::conv_direct;
 pub use im2col::{Im2col, Im2colT};
 pub use winograd::{Variant, WinogradWeights, conv_winograd, kernel_grad_winograd};
@@ -125,6 +127,8 @@ pub struct ConvPlan {
     winograd2: OnceLock<WinogradWeights>,
     winograd4: OnceLock<WinogradWeights>,
     flipped: OnceLock<LayerParams>,
+    /// The same for the bf16 kernels (`--precision bf16`).
+    bf16: bf16::Bf16Plan,
 }
 
 impl ConvPlan {
@@ -145,6 +149,7 @@ impl ConvPlan {
             .map(WinogradWeights::bytes)
             .sum::<usize>()
             + flipped
+            + self.bf16.bytes()
     }
 }
 

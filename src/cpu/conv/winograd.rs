@@ -18,6 +18,7 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::gemm::bf16::{PackedBBf16, gemm_bf16_packed};
 use crate::cpu::gemm::{self, BSource, Epilogue, MatrixA, PackedB};
 use crate::cpu::isa::Isa;
 use crate::tensor::real::max_nan;
@@ -78,11 +79,35 @@ pub struct WinogradWeights {
     pub cin: usize,
     pub cout: usize,
     u: Vec<PackedB>,
+    /// The same `U_e` rounded to bf16 for the bf16 GEMM (`--precision bf16`), instead of `u`.
+    u_bf16: Vec<PackedBBf16>,
 }
 
 impl WinogradWeights {
     /// Transform a Keras `(3, 3, Cin, Cout)` kernel for the GEMM kernel of `isa`.
     pub fn new(variant: Variant, isa: Isa, kernel: &[f32], cin: usize, cout: usize) -> Self {
+        Self::transform(variant, isa, kernel, cin, cout, false)
+    }
+
+    /// [`WinogradWeights::new`] for the bf16 GEMM: the transform in f64, then each `U_e`
+    /// rounded to bf16 (half the memory of the f32 transform). Needs AVX512-BF16.
+    pub fn new_bf16(variant: Variant, kernel: &[f32], cin: usize, cout: usize) -> Self {
+        Self::transform(variant, Isa::Avx512, kernel, cin, cout, true)
+    }
+
+    /// Whether the GEMMs run in bf16.
+    pub fn is_bf16(&self) -> bool {
+        !self.u_bf16.is_empty()
+    }
+
+    fn transform(
+        variant: Variant,
+        isa: Isa,
+        kernel: &[f32],
+        cin: usize,
+        cout: usize,
+        bf16: bool,
+    ) -> Self {
         assert_eq!(kernel.len(), 9 * cin * cout, "a 3x3 kernel");
         let a = variant.a();
         let g = variant.g();
@@ -110,21 +135,28 @@ impl WinogradWeights {
                         *v = s as f32;
                     }
                 }
-                gemm::pack_b_for(isa, &ue, cout, cin, cout)
+                if bf16 {
+                    (None, Some(PackedBBf16::new(&ue, cout, cin, cout)))
+                } else {
+                    (Some(gemm::pack_b_for(isa, &ue, cout, cin, cout)), None)
+                }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let (u, u_bf16): (Vec<_>, Vec<_>) = u.into_iter().unzip();
         WinogradWeights {
             variant,
             isa,
             cin,
             cout,
-            u,
+            u: u.into_iter().flatten().collect(),
+            u_bf16: u_bf16.into_iter().flatten().collect(),
         }
     }
 
-    /// Bytes held (the a^2 / 9 times the kernel's size).
+    /// Bytes held (the a^2 / 9 times the kernel's size, half that in bf16).
     pub fn bytes(&self) -> usize {
-        self.u.iter().map(PackedB::bytes).sum()
+        self.u.iter().map(PackedB::bytes).sum::<usize>()
+            + self.u_bf16.iter().map(PackedBBf16::bytes).sum::<usize>()
     }
 }
 
@@ -186,6 +218,22 @@ pub fn conv_winograd(
         mm.par_chunks_mut(tiles * g.cout)
             .enumerate()
             .for_each(|(e, me)| {
+                if w.is_bf16() {
+                    let ve = &v[e * g.cin..];
+                    let ld = aa * g.cin;
+                    let ve = &ve[..(tiles - 1) * ld + g.cin];
+                    gemm_bf16_packed(
+                        tiles,
+                        ve,
+                        ld,
+                        &w.u_bf16[e],
+                        me,
+                        g.cout,
+                        Epilogue::NONE,
+                        false,
+                    );
+                    return;
+                }
                 let ve = MatrixA {
                     data: &v[e * g.cin..],
                     rows: tiles,
