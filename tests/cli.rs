@@ -147,18 +147,31 @@ fn features_match_keras_and_survive_conversion() {
                 .ends_with("rgb_48x40_img0.png")
         );
     }
-    // Tensor-core arithmetic is the GPU's; the CPU says so instead of computing in fp32
+    // TF32 is the GPU's tensor-core format; the CPU says so instead of computing in fp32
     // under another name.
     let g = dir.join("g.npy");
     let mut args = vec!["features", s(&imgs[0]), "--weights", s(&weights)];
-    args.extend(["--precision", "bf16", "-o", s(&g)]);
+    args.extend(["--precision", "tf32", "-o", s(&g)]);
     let out = keel(&args);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--precision bf16 runs on a GPU (--device cuda)"),
+        err.contains("--precision tf32 is the GPU's tensor-core format"),
         "{err}"
     );
+    assert!(!g.exists());
+    // bf16 runs on the CPU only with AVX512-BF16: capped below it, keel refuses and says why.
+    let mut args = vec!["features", s(&imgs[0]), "--weights", s(&weights)];
+    args.extend(["--precision", "bf16", "-o", s(&g)]);
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(&args)
+        .env("KEEL_HOME", std::env::temp_dir().join("keel-no-cache"))
+        .env("KEEL_ISA", "avx2")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs AVX512-BF16"), "{err}");
     assert!(!g.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
