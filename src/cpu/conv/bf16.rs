@@ -238,7 +238,8 @@ mod tests {
                 (ConvAlgo::Winograd2, 1e-2),
                 (ConvAlgo::Winograd4, 9e-2),
             ] {
-                // Force the algorithm past the bf16 policy: call the inner path directly.
+                // conv2d_bf16 applies the bf16 policy: past BF16_F4_MAX_CIN input channels
+                // (the last case), F(4x4) runs as F(2x2).
                 let got = conv2d_bf16(algo, &x, &params, &spec, false).unwrap();
                 assert_eq!(got.dims(), want.dims());
                 let mut worst = 0f32;

@@ -66,6 +66,7 @@
 use bytemuck::{Pod, Zeroable};
 use rayon::prelude::*;
 
+use super::driver::CPtr;
 use super::{Epilogue, check_operand};
 use crate::cpu::isa::Isa;
 
@@ -358,28 +359,6 @@ enum BSrc<'a> {
         first_panel: usize,
     },
 }
-
-/// C as a raw pointer, so that tasks can write disjoint tiles of it in parallel (the same
-/// device as `driver.rs`'s private `CPtr`, copied here).
-#[derive(Clone, Copy)]
-struct CPtr(*mut f32);
-
-impl CPtr {
-    /// The pointer `count` floats on.
-    ///
-    /// # Safety
-    /// The result must stay inside C.
-    unsafe fn add(self, count: usize) -> CPtr {
-        // SAFETY: forwarded to the caller.
-        CPtr(unsafe { self.0.add(count) })
-    }
-}
-
-// SAFETY: every task writes a disjoint set of C's elements (its row block times its column
-// chunk), and the product's caller holds the only `&mut` to C for the duration.
-unsafe impl Send for CPtr {}
-// SAFETY: as above; the pointer itself is only copied between threads.
-unsafe impl Sync for CPtr {}
 
 /// The product after the checks. The work splits as in `driver.rs`: one rayon task per thread,
 /// each running the whole loop nest on its own rectangle of C (rows, or columns when M is

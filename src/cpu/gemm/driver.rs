@@ -34,15 +34,16 @@ pub enum BSource<'a> {
     Packed(&'a PackedB),
 }
 
-/// C as a raw pointer, so that tasks can write disjoint tiles of it in parallel.
+/// C as a raw pointer, so that tasks can write disjoint tiles of it in parallel (the f32 and
+/// the bf16 drivers both).
 #[derive(Clone, Copy)]
-struct CPtr(*mut f32);
+pub(super) struct CPtr(pub(super) *mut f32);
 impl CPtr {
     /// The pointer `count` floats on.
     ///
     /// # Safety
     /// The result must stay inside C.
-    unsafe fn add(self, count: usize) -> CPtr {
+    pub(super) unsafe fn add(self, count: usize) -> CPtr {
         // SAFETY: forwarded to the caller.
         CPtr(unsafe { self.0.add(count) })
     }
