@@ -5,7 +5,10 @@
 //! and small, and runs the reference kernels. f64 tensors (gradient checks) go to the
 //! reference kernels too.
 
-use super::conv::{ConvAlgo, conv2d_backward_with, conv2d_bf16, conv2d_pool_with, conv2d_with};
+use super::conv::{
+    ConvAlgo, conv2d_backward_bf16, conv2d_backward_with, conv2d_bf16, conv2d_pool_with,
+    conv2d_with,
+};
 use super::gemm::{self, Epilogue, Kernel};
 use super::isa::Isa;
 use super::pool2x2::{is_2x2_stride2, max_pool_2x2, max_pool_2x2_backward};
@@ -22,8 +25,10 @@ pub struct Cpu {
     isa: Isa,
     /// Forces one convolution algorithm where it applies (benchmarks); None picks per layer.
     algo: Option<ConvAlgo>,
-    /// Forward convolutions in bf16 (`--precision bf16`); their backward passes, the dense
-    /// layers and everything else stay f32.
+    /// `--precision bf16`: every GEMM-shaped product (forward convolutions, the input
+    /// gradients of convolutions, dense layers forward and backward) rounds its operands to
+    /// bfloat16 and sums in f32. Weights, activations between layers, kernel gradients,
+    /// pooling, losses and optimizer steps stay f32.
     bf16: bool,
 }
 
@@ -55,8 +60,8 @@ impl Cpu {
         })
     }
 
-    /// Forward convolutions with bf16 operands and f32 sums (AVX512-BF16's `vdpbf16ps`); an
-    /// error on a CPU without it, or with KEEL_ISA below avx512.
+    /// The products in bf16 operands and f32 sums (AVX512-BF16's `vdpbf16ps`; see the field);
+    /// an error on a CPU without it, or with KEEL_ISA below avx512.
     pub fn with_bf16(mut self) -> Result<Cpu> {
         if !super::gemm::bf16::available() {
             return Err(Error::Invalid(
@@ -110,7 +115,8 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Result<Tensor> {
 }
 
 impl Cpu {
-    /// `C (m x n) = A (m x k) B (k x n)` on this backend's packed kernel.
+    /// `C (m x n) = A (m x k) B (k x n)` on this backend's packed kernel (bf16 operands under
+    /// `--precision bf16`).
     fn matmul(
         &self,
         a: &[f32],
@@ -121,7 +127,10 @@ impl Cpu {
         ep: Epilogue,
     ) -> Result<Tensor> {
         let mut c = Tensor::zeros([m, n])?;
-        if m > 0 && n > 0 {
+        if m > 0 && n > 0 && self.bf16 {
+            let ld = k.max(1);
+            gemm::bf16::gemm_bf16(m, n, k, a, ld, b, n, c.data_mut(), n, ep, true);
+        } else if m > 0 && n > 0 {
             gemm::gemm_with(
                 Kernel::for_isa(self.isa),
                 m,
@@ -250,6 +259,9 @@ impl Backend for Cpu {
     ) -> Result<LayerGrads> {
         if is_f64(x) {
             return CpuReference.conv2d_backward(x, y, dy, w, spec, wanted);
+        }
+        if self.bf16 {
+            return conv2d_backward_bf16(self.algo, x, y, dy, w, spec, wanted);
         }
         conv2d_backward_with(self.algo, self.isa, x, y, dy, w, spec, wanted)
     }

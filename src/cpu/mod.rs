@@ -9,6 +9,8 @@
 //! that faster kernels are tested against.
 
 pub mod alloc;
+#[cfg(test)]
+mod bf16_tests;
 pub mod conv;
 mod fast;
 pub mod gemm;

@@ -23,7 +23,9 @@
 
 use rayon::prelude::*;
 
-use super::{ConvAlgo, ConvPlan, Im2colT, Variant, conv2d_with, f32_host, kernel_grad_winograd};
+use super::{
+    ConvAlgo, ConvPlan, Im2colT, Variant, conv2d_bf16, conv2d_with, f32_host, kernel_grad_winograd,
+};
 use crate::cpu::gemm::{self, BSource, Epilogue};
 use crate::cpu::isa::Isa;
 use crate::cpu::{activation_backward, conv2d_input_grad};
@@ -49,12 +51,45 @@ pub fn conv2d_backward_with(
     spec: &Conv2dSpec,
     wanted: Wanted,
 ) -> Result<LayerGrads> {
+    backward(forced, isa, false, x, y, dy, w, spec, wanted)
+}
+
+/// [`conv2d_backward_with`] for `--precision bf16`: the input gradient, a forward convolution
+/// of `dz` with the flipped kernel, runs on the bf16 kernels like the forward pass
+/// ([`conv2d_bf16`]: operands rounded to bfloat16, f32 sums). The kernel and bias gradients
+/// stay f32: they are sums over every pixel of the batch, and the update they feed is applied
+/// to f32 weights.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_bf16(
+    forced: Option<ConvAlgo>,
+    x: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    w: &LayerParams,
+    spec: &Conv2dSpec,
+    wanted: Wanted,
+) -> Result<LayerGrads> {
+    backward(forced, Isa::Avx512, true, x, y, dy, w, spec, wanted)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    forced: Option<ConvAlgo>,
+    isa: Isa,
+    bf16: bool,
+    x: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    w: &LayerParams,
+    spec: &Conv2dSpec,
+    wanted: Wanted,
+) -> Result<LayerGrads> {
     let g = spec.geometry(x.shape(), w.kernel().shape(), None)?;
     check_grad_shape("conv2d", dy.shape(), &g.output_shape())?;
     f32_host(&[x, y, dy, w.kernel()])?;
     let dz = activation_backward::<f32>(y, dy, spec.activation)?;
     let input = if wanted.input {
-        Some(input_grad(forced, isa, &dz, w, &g)?)
+        Some(input_grad(forced, isa, bf16, &dz, w, &g)?)
     } else {
         None
     };
@@ -109,6 +144,7 @@ pub fn flip_kernel(k: &[f32], g: &ConvGeometry) -> Result<LayerParams> {
 fn input_grad(
     forced: Option<ConvAlgo>,
     isa: Isa,
+    bf16: bool,
     dz: &Tensor,
     w: &LayerParams,
     g: &ConvGeometry,
@@ -136,7 +172,12 @@ fn input_grad(
         }
     };
     let gt = spec.geometry(dz.shape(), flipped.kernel().shape(), None)?;
-    conv2d_with(ConvAlgo::choose(forced, &gt), isa, dz, flipped, &spec)
+    let algo = ConvAlgo::choose(forced, &gt);
+    if bf16 {
+        conv2d_bf16(algo, dz, flipped, &spec, false)
+    } else {
+        conv2d_with(algo, isa, dz, flipped, &spec)
+    }
 }
 
 /// `dk` and `db`: by Winograd where the forward pass would use it (`algo`), else the GEMM over

@@ -19,7 +19,7 @@ mod winograd;
 
 use std::sync::OnceLock;
 
-pub use backward::conv2d_backward_with;
+pub use backward::{conv2d_backward_bf16, conv2d_backward_with};
 pub use bf16::conv2d_bf16;
 pub use direct::conv_direct;
 pub use im2col::{Im2col, Im2colT};
