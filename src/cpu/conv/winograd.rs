@@ -168,6 +168,15 @@ const BLOCK_FLOATS: usize = 2 << 20;
 /// 512 channels (see [`kernel_grad_winograd`]).
 const WGRAD_BLOCK_FLOATS: usize = 16 << 20;
 
+/// Floats from `M_e` to `M_{e+1}` in the GEMMs' output: `tiles * cout` and one cache line
+/// more, or two where one would leave the stride a multiple of 4 KB. The output transform
+/// reads a tile's `a^2` values from `a^2` blocks at once; blocks a multiple of 4 KB apart
+/// would all fall in the same L1 set (8 to 12 ways for 16 or 36 streams) and evict each other.
+fn e_stride(tiles: usize, cout: usize) -> usize {
+    let s = tiles * cout + 16;
+    if (s * 4) % 4096 == 0 { s + 16 } else { s }
+}
+
 /// `out = act(conv3x3(x) + bias)`; `g` must be a 3x3 stride-1 geometry matching `w`. With
 /// `pool`, `out` is instead that output max-pooled 2x2 with stride 2 (odd sizes floored, as
 /// Keras's `MaxPooling2D`), computed in the output transform: a tile's `m x m` outputs hold
@@ -197,13 +206,15 @@ pub fn conv_winograd(
     let target_tiles = (BLOCK_FLOATS / per_tile).max(64);
     let rows_per_block = target_tiles.div_ceil(tw).clamp(1, tile_rows);
     let mut vbuf = vec![0f32; rows_per_block * tw * aa * g.cin];
-    let mut mbuf = vec![0f32; rows_per_block * tw * aa * g.cout];
+    // The longest `e_stride` of any block: `tiles * cout` plus at most two lines.
+    let mut mbuf = vec![0f32; aa * (rows_per_block * tw * g.cout + 32)];
     let mut out_rest = out;
     for r0 in (0..tile_rows).step_by(rows_per_block) {
         let r1 = (r0 + rows_per_block).min(tile_rows);
         let tiles = (r1 - r0) * tw;
         let v = &mut vbuf[..tiles * aa * g.cin];
-        let mm = &mut mbuf[..tiles * aa * g.cout];
+        let es = e_stride(tiles, g.cout);
+        let mm = &mut mbuf[..aa * es];
 
         // 1. Input transform.
         v.par_chunks_mut(aa * g.cin)
@@ -215,42 +226,40 @@ pub fn conv_winograd(
             });
 
         // 2. One GEMM per tile element e: M_e = V_e * U_e.
-        mm.par_chunks_mut(tiles * g.cout)
-            .enumerate()
-            .for_each(|(e, me)| {
-                if w.is_bf16() {
-                    let ve = &v[e * g.cin..];
-                    let ld = aa * g.cin;
-                    let ve = &ve[..(tiles - 1) * ld + g.cin];
-                    gemm_bf16_packed(
-                        tiles,
-                        ve,
-                        ld,
-                        &w.u_bf16[e],
-                        me,
-                        g.cout,
-                        Epilogue::NONE,
-                        false,
-                    );
-                    return;
-                }
-                let ve = MatrixA {
-                    data: &v[e * g.cin..],
-                    rows: tiles,
-                    cols: g.cin,
-                    ld: aa * g.cin,
-                };
-                gemm::gemm_source(
-                    w.isa,
-                    &ve,
-                    BSource::Packed(&w.u[e]),
-                    g.cout,
+        mm.par_chunks_mut(es).enumerate().for_each(|(e, me)| {
+            if w.is_bf16() {
+                let ve = &v[e * g.cin..];
+                let ld = aa * g.cin;
+                let ve = &ve[..(tiles - 1) * ld + g.cin];
+                gemm_bf16_packed(
+                    tiles,
+                    ve,
+                    ld,
+                    &w.u_bf16[e],
                     me,
                     g.cout,
                     Epilogue::NONE,
                     false,
                 );
-            });
+                return;
+            }
+            let ve = MatrixA {
+                data: &v[e * g.cin..],
+                rows: tiles,
+                cols: g.cin,
+                ld: aa * g.cin,
+            };
+            gemm::gemm_source(
+                w.isa,
+                &ve,
+                BSource::Packed(&w.u[e]),
+                g.cout,
+                me,
+                g.cout,
+                Epilogue::NONE,
+                false,
+            );
+        });
 
         // 3. Output transform, one tile row (m output rows, fewer at the bottom) per task.
         // With `pool`, a tile row covers m / 2 pooled rows (fewer at the bottom, maybe none).
@@ -278,7 +287,7 @@ pub fn conv_winograd(
                         w.isa,
                         pool,
                         mm,
-                        tiles,
+                        es,
                         t,
                         g,
                         rows_out,
@@ -673,14 +682,14 @@ fn input_tile<const A: usize>(
     }
 }
 
-/// Transform tile `t` of `mm` (`mm[e][t][co]`, `tiles` tiles per e) back to `M x M` outputs
+/// Transform tile `t` of `mm` (`mm[e * e_stride + t * cout + co]`) back to `M x M` outputs
 /// with bias and ReLU, into `chunk` (output rows of one tile row, `rows_out` of them); with
 /// `pool`, the 2x2 maxima of those outputs (`rows_out` pooled rows).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn output_tile<const A: usize, const M: usize>(
     mm: &[f32],
-    tiles: usize,
+    e_stride: usize,
     t: usize,
     g: &ConvGeometry,
     rows_out: usize,
@@ -701,7 +710,7 @@ fn output_tile<const A: usize, const M: usize>(
         for (i, drow) in d.iter_mut().enumerate() {
             for (j, dv) in drow.iter_mut().enumerate() {
                 let e = i * A + j;
-                load_lanes(dv, &mm[(e * tiles + t) * cout + c0..], lanes);
+                load_lanes(dv, &mm[e * e_stride + t * cout + c0..], lanes);
             }
         }
         let mut y = [[[0f32; LANES]; M]; M];
@@ -767,7 +776,7 @@ fn output_generic(
     variant: Variant,
     pool: bool,
     mm: &[f32],
-    tiles: usize,
+    e_stride: usize,
     t: usize,
     g: &ConvGeometry,
     rows_out: usize,
@@ -779,7 +788,7 @@ fn output_generic(
     match variant {
         Variant::F2 => output_tile::<4, 2>(
             mm,
-            tiles,
+            e_stride,
             t,
             g,
             rows_out,
@@ -792,7 +801,7 @@ fn output_generic(
         ),
         Variant::F4 => output_tile::<6, 4>(
             mm,
-            tiles,
+            e_stride,
             t,
             g,
             rows_out,
@@ -828,7 +837,7 @@ unsafe fn output_avx2(
     variant: Variant,
     pool: bool,
     mm: &[f32],
-    tiles: usize,
+    e_stride: usize,
     t: usize,
     g: &ConvGeometry,
     rows_out: usize,
@@ -838,7 +847,7 @@ unsafe fn output_avx2(
     chunk: &mut [f32],
 ) {
     output_generic(
-        variant, pool, mm, tiles, t, g, rows_out, ox0, bias, relu, chunk,
+        variant, pool, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
     )
 }
 
@@ -903,7 +912,7 @@ fn dispatch_output(
     isa: Isa,
     pool: bool,
     mm: &[f32],
-    tiles: usize,
+    e_stride: usize,
     t: usize,
     g: &ConvGeometry,
     rows_out: usize,
@@ -917,12 +926,12 @@ fn dispatch_output(
         // SAFETY: AVX2 and FMA are available (checked just above).
         return unsafe {
             output_avx2(
-                variant, pool, mm, tiles, t, g, rows_out, ox0, bias, relu, chunk,
+                variant, pool, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
             )
         };
     }
     let _ = isa;
     output_generic(
-        variant, pool, mm, tiles, t, g, rows_out, ox0, bias, relu, chunk,
+        variant, pool, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
     )
 }
