@@ -242,16 +242,12 @@ fn conv(
             gemm::gemm_source(isa, &a, b, g.cout, out.data_mut(), g.cout, ep, true);
         }
         ConvAlgo::Winograd2 | ConvAlgo::Winograd4 => {
-            let variant = if algo == ConvAlgo::Winograd2 {
-                Variant::F2
+            let (variant, cell) = if algo == ConvAlgo::Winograd2 {
+                (Variant::F2, plan.map(|p| &p.winograd2))
             } else {
-                Variant::F4
+                (Variant::F4, plan.map(|p| &p.winograd4))
             };
             let make = || WinogradWeights::new(variant, isa, kd, g.cin, g.cout);
-            let cell = plan.map(|p| match variant {
-                Variant::F2 => &p.winograd2,
-                Variant::F4 => &p.winograd4,
-            });
             let owned;
             let w = match cell {
                 Some(c) => {

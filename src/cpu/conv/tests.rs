@@ -317,3 +317,52 @@ fn the_flipped_kernel_follows_the_weights() {
         );
     }
 }
+
+/// `Variant::F4Bf16` (F(4x4) on the points 0, ±1, 1/2, -2) is exact arithmetic like F4: in
+/// f32, forward and kernel gradient, within F(4x4)'s tolerance of the reference on every 3x3
+/// stride-1 case. The bf16 path uses it; this checks its matrices apart from bf16's rounding.
+#[test]
+fn f4_on_the_bf16_points_matches_the_reference_in_f32() {
+    let mut rng = Rng::new(31);
+    let mut checked = 0;
+    for (c, &(n, h, w, cin, cout, k, s, padding)) in CASES.iter().enumerate() {
+        if k != 3 || s != 1 {
+            continue;
+        }
+        let x = random(&[n, h, w, cin], &mut rng);
+        let kernel = random(&[3, 3, cin, cout], &mut rng);
+        let bias = random(&[cout], &mut rng);
+        let spec = Conv2dSpec {
+            stride: [1, 1],
+            padding,
+            activation: Activation::Linear,
+        };
+        let g = spec
+            .geometry(x.shape(), kernel.shape(), Some(bias.shape()))
+            .unwrap();
+        let want = conv2d_reference(&x, &kernel, Some(&bias), &spec).unwrap();
+        let dy = random(want.dims(), &mut rng);
+        let want_dk = conv2d_backward_reference(&x, &want, &dy, &kernel, &spec, Wanted::PARAMS)
+            .unwrap()
+            .kernel
+            .unwrap();
+        for isa in Isa::all_available() {
+            let ww = WinogradWeights::new(Variant::F4Bf16, isa, kernel.data(), cin, cout);
+            let mut got = vec![0f32; want.numel()];
+            conv_winograd(&ww, x.data(), Some(bias.data()), false, &g, false, &mut got);
+            let mut dk = vec![0f32; want_dk.numel()];
+            kernel_grad_winograd(Variant::F4Bf16, isa, x.data(), dy.data(), &g, &mut dk);
+            for (what, got, want) in [("forward", &got[..], &want), ("dk", &dk[..], &want_dk)] {
+                let scale = want.max_abs().max(1e-6);
+                for (a, b) in got.iter().zip(want.data()) {
+                    assert!(
+                        a.is_finite() && (a - b).abs() <= tolerance(ConvAlgo::Winograd4) * scale,
+                        "case {c} {isa} {what}: {a} vs {b} (scale {scale})"
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+}

@@ -34,6 +34,14 @@ pub enum Variant {
     F2,
     /// F(4x4, 3x3): 6x6 input tiles, 36 GEMMs.
     F4,
+    /// F(4x4, 3x3) on the interpolation points 0, 1, -1, 1/2, -2 (and infinity) instead of
+    /// F4's 0, 1, -1, 2, -2: the same multiplies, transforms with other constants. Rounding
+    /// V and U to bf16 moves the output about 1.6x less (RMS; 2.9x less worst case) with
+    /// these points: of the pairs tried from {±1/4, ±1/3, ±1/2, ±2/3, ±3/2, ±2, ±3, ±4},
+    /// {1/2, -2} and its mirror {-1/2, 2} were best, the symmetric {±1/2} no better than
+    /// {±2} (simulated on ReLU-like inputs, 128-256 channels; the matrices and the search in
+    /// docs/cpu-kernels.md). The bf16 path's F(4x4) (`--precision bf16`).
+    F4Bf16,
 }
 
 impl Variant {
@@ -41,7 +49,7 @@ impl Variant {
     pub fn m(self) -> usize {
         match self {
             Variant::F2 => 2,
-            Variant::F4 => 4,
+            Variant::F4 | Variant::F4Bf16 => 4,
         }
     }
 
@@ -65,6 +73,15 @@ impl Variant {
                 [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
                 [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
                 [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+                [0.0, 0.0, 1.0],
+            ],
+            // Row j: (1, p, p^2) / prod_{l != j} (p - p_l) for the finite points p_j.
+            Variant::F4Bf16 => vec![
+                [1.0, 0.0, 0.0],
+                [1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0],
+                [-1.0 / 3.0, 1.0 / 3.0, -1.0 / 3.0],
+                [-16.0 / 15.0, -8.0 / 15.0, -4.0 / 15.0],
+                [1.0 / 15.0, -2.0 / 15.0, 4.0 / 15.0],
                 [0.0, 0.0, 1.0],
             ],
         }
@@ -174,7 +191,11 @@ const WGRAD_BLOCK_FLOATS: usize = 16 << 20;
 /// would all fall in the same L1 set (8 to 12 ways for 16 or 36 streams) and evict each other.
 fn e_stride(tiles: usize, cout: usize) -> usize {
     let s = tiles * cout + 16;
-    if (s * 4) % 4096 == 0 { s + 16 } else { s }
+    if (s * 4).is_multiple_of(4096) {
+        s + 16
+    } else {
+        s
+    }
 }
 
 /// `out = act(conv3x3(x) + bias)`; `g` must be a 3x3 stride-1 geometry matching `w`. With
@@ -434,6 +455,7 @@ fn grad_tile_generic(
     match variant {
         Variant::F2 => grad_tile::<2, 4>(dz, g, n, oy0, ox0, wt, |d, o| a2(d, o)),
         Variant::F4 => grad_tile::<4, 6>(dz, g, n, oy0, ox0, wt, |d, o| a4(d, o)),
+        Variant::F4Bf16 => grad_tile::<4, 6>(dz, g, n, oy0, ox0, wt, |d, o| a4b(d, o)),
     }
 }
 
@@ -508,6 +530,7 @@ fn filter_grad_row(
     match variant {
         Variant::F2 => run::<4>(msum, cin, cout, ci, out, |d, o| gt2(d, o)),
         Variant::F4 => run::<6>(msum, cin, cout, ci, out, |d, o| gt4(d, o)),
+        Variant::F4Bf16 => run::<6>(msum, cin, cout, ci, out, |d, o| gt4b(d, o)),
     }
 }
 
@@ -551,6 +574,28 @@ fn gt4(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
     o(0, 0.25 * d0 - s12 / 6.0 + s34 / 24.0);
     o(1, -d12 / 6.0 + d34 / 12.0);
     o(2, -s12 / 6.0 + s34 / 6.0 + d5);
+}
+
+/// `A d` for [`Variant::F4Bf16`] (the transpose of `at4b`).
+#[inline(always)]
+fn a4b(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
+    let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
+    o(0, d0);
+    o(1, d0 + d1 + d2 + d3);
+    o(2, d0 - d1 + d2 - d3);
+    o(3, d0 + 0.5 * d1 + 0.25 * d2 + 0.125 * d3);
+    o(4, d0 - 2.0 * d1 + 4.0 * d2 - 8.0 * d3);
+    o(5, d3);
+}
+
+/// `G^T d` for [`Variant::F4Bf16`] (G's rows in `Variant::g`).
+#[inline(always)]
+fn gt4b(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
+    let (d0, d1, d2, d3, d4, d5) = (d(0), d(1), d(2), d(3), d(4), d(5));
+    let (s12, d12) = (d1 + d2, d1 - d2);
+    o(0, d0 + d12 / 3.0 - (16.0 / 15.0) * d3 + d4 / 15.0);
+    o(1, s12 / 3.0 - (8.0 / 15.0) * d3 - (2.0 / 15.0) * d4);
+    o(2, d12 / 3.0 - (4.0 / 15.0) * d3 + (4.0 / 15.0) * d4 + d5);
 }
 
 // ---- transforms ----------------------------------------------------------------------------
@@ -603,6 +648,20 @@ fn bt4(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
     o(5, 4.0 * d1 - 5.0 * d3 + d5);
 }
 
+/// `B^T d` for [`Variant::F4Bf16`]: row j holds the coefficients of
+/// `prod_{l != j} (x - p_l)` over the finite points, and the last row those of
+/// `prod_l (x - p_l)`, lowest power first.
+#[inline(always)]
+fn bt4b(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
+    let (d0, d1, d2, d3, d4, d5) = (d(0), d(1), d(2), d(3), d(4), d(5));
+    o(0, d0 - 1.5 * d1 - 2.0 * d2 + 1.5 * d3 + d4);
+    o(1, -d1 + 0.5 * d2 + 2.5 * d3 + d4);
+    o(2, d1 - 2.5 * d2 + 0.5 * d3 + d4);
+    o(3, 2.0 * (d3 - d1) - d2 + d4);
+    o(4, 0.5 * (d1 - d3) - d2 + d4);
+    o(5, d1 - 1.5 * d2 - 2.0 * d3 + 1.5 * d4 + d5);
+}
+
 /// `A^T m` for F(2x2): rows (1 1 1 0), (0 1 -1 -1).
 #[inline(always)]
 fn at2(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
@@ -619,6 +678,18 @@ fn at4(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
     o(1, d1 - d2 + 2.0 * (d3 - d4));
     o(2, d1 + d2 + 4.0 * (d3 + d4));
     o(3, d1 - d2 + 8.0 * (d3 - d4) + d5);
+}
+
+/// `A^T m` for [`Variant::F4Bf16`]: rows (1 1 1 1 1 0), (0 1 -1 1/2 -2 0),
+/// (0 1 1 1/4 4 0), (0 1 -1 1/8 -8 1): the powers of the points.
+#[inline(always)]
+fn at4b(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
+    let (d0, d1, d2, d3, d4, d5) = (d(0), d(1), d(2), d(3), d(4), d(5));
+    let (s12, d12) = (d1 + d2, d1 - d2);
+    o(0, d0 + s12 + d3 + d4);
+    o(1, d12 + 0.5 * d3 - 2.0 * d4);
+    o(2, s12 + 0.25 * d3 + 4.0 * d4);
+    o(3, d12 + 0.125 * d3 - 8.0 * d4 + d5);
 }
 
 /// `T d T^T` for a 1-D transform `f` (rows, then columns), into `out`.
@@ -767,6 +838,7 @@ fn input_generic(
     match variant {
         Variant::F2 => input_tile::<4>(x, g, n, oy0, ox0, vt, |d, o| bt2(d, o)),
         Variant::F4 => input_tile::<6>(x, g, n, oy0, ox0, vt, |d, o| bt4(d, o)),
+        Variant::F4Bf16 => input_tile::<6>(x, g, n, oy0, ox0, vt, |d, o| bt4b(d, o)),
     }
 }
 
@@ -811,6 +883,19 @@ fn output_generic(
             pool,
             chunk,
             |d, o| at4(d, o),
+        ),
+        Variant::F4Bf16 => output_tile::<6, 4>(
+            mm,
+            e_stride,
+            t,
+            g,
+            rows_out,
+            ox0,
+            bias,
+            relu,
+            pool,
+            chunk,
+            |d, o| at4b(d, o),
         ),
     }
 }
