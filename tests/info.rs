@@ -89,6 +89,8 @@ fn json_reports_the_machine_and_valid_blocking_for_every_kernel() {
         assert!(nc >= nr && nc.is_multiple_of(nr), "{b}");
         assert!([1, 2].contains(&usize_at(b, "/b_panel_level")), "{b}");
     }
+    let amx = v["amx_bf16"].as_str().unwrap();
+    assert!(amx == "usable" || amx.starts_with("not usable: "), "{amx}");
     let best = v["best_kernel"].as_str().unwrap();
     let last = blocking.last().unwrap()["isa"].as_str().unwrap();
     assert!(
@@ -125,6 +127,8 @@ fn text_shows_the_same_machine_and_each_section() {
     ] {
         assert!(text.contains(needle), "'{needle}' missing from:\n{text}");
     }
+    let amx = format!("AMX-BF16   {}", v["amx_bf16"].as_str().unwrap());
+    assert!(text.contains(&amx), "'{amx}' missing from:\n{text}");
 }
 
 #[test]

@@ -103,8 +103,9 @@ struct GemmArgs {
     n: usize,
     /// Columns of A, rows of B (the sum's length).
     k: usize,
-    /// Rung of the ladder: naive, blocked, packed, avx2, avx512, neon, or avx512bf16 (bf16
-    /// operands, f32 sums) (default: the fastest f32 rung here).
+    /// Rung of the ladder: naive, blocked, packed, avx2, avx512, neon, or avx512bf16 or
+    /// amxbf16 (bf16 operands, f32 sums; amxbf16 on Intel's AMX tiles) (default: the fastest
+    /// f32 rung here).
     #[arg(long)]
     kernel: Option<String>,
     /// Timed repetitions after one warm-up (default: REPS from the environment, else 5).
@@ -187,11 +188,15 @@ fn bench_gemm(a: GemmArgs) -> anyhow::Result<()> {
         None => Kernel::best(),
         Some(s) => Kernel::parse(s).with_context(|| {
             format!(
-                "unknown --kernel {s}: use naive, blocked, packed, avx2, avx512, neon or avx512bf16"
+                "unknown --kernel {s}: use naive, blocked, packed, avx2, avx512, neon, avx512bf16 \
+                 or amxbf16"
             )
         })?,
     };
     if !kernel.available() {
+        if let (Kernel::AmxBf16, Err(why)) = (kernel, gemm::amx::status()) {
+            bail!("this machine cannot run the amxbf16 kernel: {why}");
+        }
         bail!(
             "this CPU cannot run the {kernel} kernel (it has {})",
             Isa::names(&Isa::all_available())

@@ -55,6 +55,8 @@ struct Report {
     kernel: String,
     /// The best kernel this CPU runs, whatever KEEL_ISA says.
     best_kernel: &'static str,
+    /// Whether the AMX-BF16 rung (`amxbf16`) runs here: "usable", or "not usable: " and why.
+    amx_bf16: String,
     /// KEEL_ISA as set (null when unset).
     keel_isa: Option<String>,
     /// Why KEEL_ISA cannot be used, when it cannot.
@@ -104,6 +106,10 @@ impl Report {
             machine: m,
             kernel,
             best_kernel: Kernel::best().name(),
+            amx_bf16: match crate::cpu::gemm::amx::status() {
+                Ok(()) => "usable".to_string(),
+                Err(why) => format!("not usable: {why}"),
+            },
             keel_isa,
             keel_isa_error,
             threads: rayon::current_num_threads(),
@@ -178,6 +184,7 @@ impl Report {
             "gemm       {} (best this CPU runs: {})",
             self.kernel, self.best_kernel
         ));
+        line(format!("AMX-BF16   {}", self.amx_bf16));
         match (&self.keel_isa, &self.keel_isa_error) {
             (None, _) => line("KEEL_ISA   not set".to_string()),
             (Some(v), None) => line(format!("KEEL_ISA   {v} (a cap)")),

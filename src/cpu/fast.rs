@@ -129,7 +129,8 @@ impl Cpu {
         let mut c = Tensor::zeros([m, n])?;
         if m > 0 && n > 0 && self.bf16 {
             let ld = k.max(1);
-            gemm::bf16::gemm_bf16(m, n, k, a, ld, b, n, c.data_mut(), n, ep, true);
+            let kernel = gemm::bf16_kernel();
+            gemm::gemm_with(kernel, m, n, k, a, ld, b, n, c.data_mut(), n, ep, true);
         } else if m > 0 && n > 0 {
             gemm::gemm_with(
                 Kernel::for_isa(self.isa),

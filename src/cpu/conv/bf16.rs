@@ -18,7 +18,8 @@
 use std::sync::OnceLock;
 
 use super::{ConvAlgo, ConvPlan, Im2col, Variant, WinogradWeights, conv_winograd};
-use crate::cpu::gemm::bf16::{PackedBBf16, gemm_bf16_packed};
+use crate::cpu::gemm::bf16::PackedBBf16;
+use crate::cpu::gemm::gemm_bf16_packed_best;
 use crate::cpu::gemm::{ASource, Epilogue};
 use crate::cpu::isa::Isa;
 use crate::cpu::pool2x2::max_pool_2x2;
@@ -139,7 +140,7 @@ pub fn conv2d_bf16(
                 let mc = block.min(rows - r0);
                 // Panels of one row: row-major im2col rows.
                 a.pack(r0, mc, 0, k, 1, &mut buf[..mc * k]);
-                gemm_bf16_packed(
+                gemm_bf16_packed_best(
                     mc,
                     &buf[..mc * k],
                     k,

@@ -18,7 +18,8 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::gemm::bf16::{PackedBBf16, gemm_bf16_packed};
+use crate::cpu::gemm::bf16::PackedBBf16;
+use crate::cpu::gemm::gemm_bf16_packed_best;
 use crate::cpu::gemm::{self, BSource, Epilogue, MatrixA, PackedB};
 use crate::cpu::isa::Isa;
 use crate::tensor::real::max_nan;
@@ -252,7 +253,7 @@ pub fn conv_winograd(
                 let ve = &v[e * g.cin..];
                 let ld = aa * g.cin;
                 let ve = &ve[..(tiles - 1) * ld + g.cin];
-                gemm_bf16_packed(
+                gemm_bf16_packed_best(
                     tiles,
                     ve,
                     ld,

@@ -154,7 +154,7 @@ pub fn gemm_bf16_reference(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_operands(
+pub(super) fn check_operands(
     m: usize,
     n: usize,
     k: usize,
@@ -281,10 +281,10 @@ pub fn gemm_bf16_packed(
 /// panel starts 64-byte aligned without `unsafe`.
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 #[repr(C, align(64))]
-struct Line([u32; 16]);
+pub(super) struct Line(pub(super) [u32; 16]);
 
 /// The first `len` pairs of `buf`, grown (zeroed) as needed.
-fn pairs_mut(buf: &mut Vec<Line>, len: usize) -> &mut [u32] {
+pub(super) fn pairs_mut(buf: &mut Vec<Line>, len: usize) -> &mut [u32] {
     let lines = len.div_ceil(16);
     if buf.len() < lines {
         buf.resize(lines, Line([0; 16]));
@@ -340,7 +340,7 @@ impl PackedBBf16 {
     }
 
     /// Panels `first..first+count` of the K block starting at `pc` (a multiple of [`KC`]).
-    fn panels(&self, pc: usize, first: usize, count: usize) -> &[u32] {
+    pub(super) fn panels(&self, pc: usize, first: usize, count: usize) -> &[u32] {
         let panels = self.n.div_ceil(NR);
         let kp = KC.min(self.k - pc).div_ceil(2);
         let start = pc / 2 * panels * NR + first * kp * NR;
@@ -350,7 +350,7 @@ impl PackedBBf16 {
 
 /// Where B comes from.
 #[derive(Clone, Copy)]
-enum BSrc<'a> {
+pub(super) enum BSrc<'a> {
     /// Row-major f32, rounded and packed block by block during the product.
     Matrix { data: &'a [f32], ld: usize },
     /// Packed beforehand; this product's column 0 is the start of panel `first_panel`.
@@ -467,7 +467,7 @@ fn run(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
     use std::cell::Cell;
 
@@ -488,7 +488,7 @@ mod x86 {
     /// cache lines, plus one so that the 12 rows, read in step by the micro-kernel, fall into
     /// different L1 sets (rows a multiple of 4 KB apart would share one set and evict each
     /// other).
-    pub(super) fn a_stride(kp: usize) -> usize {
+    pub(in crate::cpu::gemm) fn a_stride(kp: usize) -> usize {
         kp.next_multiple_of(16) + 16
     }
 
@@ -597,7 +597,7 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn pack_b(
+    pub(in crate::cpu::gemm) unsafe fn pack_b(
         b: &[f32],
         ldb: usize,
         n: usize,
@@ -639,7 +639,13 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn pack_a(a: &[f32], lda: usize, rows: usize, kc: usize, dst: &mut [u32]) {
+    pub(in crate::cpu::gemm) unsafe fn pack_a(
+        a: &[f32],
+        lda: usize,
+        rows: usize,
+        kc: usize,
+        dst: &mut [u32],
+    ) {
         let ks = a_stride(kc.div_ceil(2));
         assert_eq!(dst.len(), rows.div_ceil(MR) * MR * ks);
         for (row, out) in dst.chunks_exact_mut(ks).enumerate() {

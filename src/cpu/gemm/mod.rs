@@ -3,10 +3,11 @@
 //! The kernels form a ladder, each rung selectable by name (`keel bench gemm --kernel`):
 //! `naive` (triple loop), `blocked` (cache tiling, compiler-vectorized), `packed` (BLIS packing
 //! and a portable register-tile kernel), `avx2` and `avx512` (the same loops around
-//! hand-written SIMD micro-kernels), and `neon` on aarch64. The fastest the CPU supports is the
-//! default. See
+//! hand-written SIMD micro-kernels), and `neon` on aarch64; `avx512bf16` and `amxbf16` round
+//! their operands to bfloat16. The fastest f32 rung the CPU supports is the default. See
 //! `docs/cpu-kernels.md` for what each rung buys on this machine.
 
+pub mod amx;
 pub mod bf16;
 pub mod blocking;
 mod driver;
@@ -83,10 +84,13 @@ pub enum Kernel {
     Neon,
     /// bf16 operands, f32 sums (`vdpbf16ps`): another precision, not just another speed.
     Avx512Bf16,
+    /// The same product as `Avx512Bf16` on Intel's tile unit (`tdpbf16ps`, Sapphire Rapids and
+    /// later): `amx::status()` says whether it runs here, and if not why.
+    AmxBf16,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 7] = [
+    pub const ALL: [Kernel; 8] = [
         Kernel::Naive,
         Kernel::Blocked,
         Kernel::Packed,
@@ -94,6 +98,7 @@ impl Kernel {
         Kernel::Avx512,
         Kernel::Neon,
         Kernel::Avx512Bf16,
+        Kernel::AmxBf16,
     ];
 
     pub fn name(self) -> &'static str {
@@ -105,6 +110,7 @@ impl Kernel {
             Kernel::Avx512 => "avx512",
             Kernel::Neon => "neon",
             Kernel::Avx512Bf16 => "avx512bf16",
+            Kernel::AmxBf16 => "amxbf16",
         }
     }
 
@@ -112,11 +118,11 @@ impl Kernel {
         Kernel::ALL.into_iter().find(|k| k.name() == s)
     }
 
-    /// The instruction set the rung needs.
+    /// The instruction set the rung needs (AMX's packing is AVX-512 code).
     pub fn isa(self) -> Isa {
         match self {
             Kernel::Avx2 => Isa::Avx2,
-            Kernel::Avx512 | Kernel::Avx512Bf16 => Isa::Avx512,
+            Kernel::Avx512 | Kernel::Avx512Bf16 | Kernel::AmxBf16 => Isa::Avx512,
             Kernel::Neon => Isa::Neon,
             _ => Isa::Portable,
         }
@@ -125,13 +131,14 @@ impl Kernel {
     pub fn available(self) -> bool {
         match self {
             Kernel::Avx512Bf16 => bf16::available(),
+            Kernel::AmxBf16 => amx::available(),
             _ => self.isa().available(),
         }
     }
 
     /// Whether the rung rounds its operands to bf16 (its results differ from f32's by design).
     pub fn is_bf16(self) -> bool {
-        self == Kernel::Avx512Bf16
+        matches!(self, Kernel::Avx512Bf16 | Kernel::AmxBf16)
     }
 
     /// The packed kernel for an instruction set.
@@ -201,6 +208,7 @@ pub fn gemm_with(
         Kernel::Naive => gemm_naive(m, n, k, a, lda, b, ldb, c, ldc, ep),
         Kernel::Blocked => gemm_blocked(m, n, k, a, lda, b, ldb, c, ldc, ep),
         Kernel::Avx512Bf16 => bf16::gemm_bf16(m, n, k, a, lda, b, ldb, c, ldc, ep, parallel),
+        Kernel::AmxBf16 => amx::gemm_amx(m, n, k, a, lda, b, ldb, c, ldc, ep, parallel),
         _ => {
             let a = MatrixA {
                 data: a,
@@ -211,6 +219,39 @@ pub fn gemm_with(
             let b = BSource::Matrix { data: b, ld: ldb };
             gemm_source(kernel.isa(), &a, b, n, c, ldc, ep, parallel);
         }
+    }
+}
+
+/// The bf16 rung `--precision bf16` runs on: AMX tiles where [`amx::available`] (Intel
+/// Sapphire Rapids and later, tile state granted, self-check passed), else AVX512-BF16. Both
+/// compute the product [`bf16::gemm_bf16_reference`] defines, within its tolerance.
+pub fn bf16_kernel() -> Kernel {
+    if amx::available() {
+        Kernel::AmxBf16
+    } else {
+        Kernel::Avx512Bf16
+    }
+}
+
+/// [`bf16::gemm_bf16_packed`] on [`bf16_kernel`]'s rung.
+///
+/// # Panics
+/// As [`bf16::gemm_bf16_packed`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_packed_best(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &bf16::PackedBBf16,
+    c: &mut [f32],
+    ldc: usize,
+    ep: Epilogue,
+    parallel: bool,
+) {
+    if bf16_kernel() == Kernel::AmxBf16 {
+        amx::gemm_amx_packed(m, a, lda, b, c, ldc, ep, parallel);
+    } else {
+        bf16::gemm_bf16_packed(m, a, lda, b, c, ldc, ep, parallel);
     }
 }
 
