@@ -178,9 +178,11 @@ impl WinogradWeights {
     }
 }
 
-/// Floats of V plus M per block that we aim for: about 8 MB, which stays in L3 and gives the
-/// GEMMs enough rows (tiles) to run near peak.
-const BLOCK_FLOATS: usize = 2 << 20;
+/// Floats of V plus M per block that we aim for: about 4 MB, in L3 with room to spare, and
+/// (with at least 64 tiles) enough rows for the GEMMs. 8 MB ran block1_conv2 and block2_conv2
+/// about 10% slower on a Zen 4 (32 MB L3 shared with other guests); 2 MB slowed block4, whose
+/// GEMMs then got fewer rows per pass over `U_e`.
+const BLOCK_FLOATS: usize = 1 << 20;
 
 /// Floats of V plus W per block of the kernel gradient: about 64 MB, a few hundred tiles of
 /// 512 channels (see [`kernel_grad_winograd`]).
