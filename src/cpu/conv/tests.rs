@@ -366,3 +366,71 @@ fn f4_on_the_bf16_points_matches_the_reference_in_f32() {
     }
     assert!(checked > 0);
 }
+
+/// The two schedules of Winograd (all threads per phase, or a block per thread) compute the
+/// same operations in the same order: identical bits, pooled or not, F(2x2) and F(4x4), on a
+/// pool of two threads whatever the machine.
+#[test]
+fn winograd_schedules_agree_bit_for_bit() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let mut rng = Rng::new(37);
+    let mut checked = 0;
+    for &(n, h, w, cin, cout, k, s, padding) in CASES.iter() {
+        if k != 3 || s != 1 {
+            continue;
+        }
+        let x = random(&[n, h, w, cin], &mut rng);
+        let kernel = random(&[3, 3, cin, cout], &mut rng);
+        let bias = random(&[cout], &mut rng);
+        let spec = Conv2dSpec {
+            stride: [1, 1],
+            padding,
+            activation: Activation::Relu,
+        };
+        let g = spec
+            .geometry(x.shape(), kernel.shape(), Some(bias.shape()))
+            .unwrap();
+        for variant in [Variant::F2, Variant::F4, Variant::F4Bf16] {
+            for isa in Isa::all_available() {
+                let ww = WinogradWeights::new(variant, isa, kernel.data(), cin, cout);
+                for pooled in [false, true] {
+                    let len = if pooled {
+                        g.n * (g.oh / 2) * (g.ow / 2) * cout
+                    } else {
+                        g.n * g.oh * g.ow * cout
+                    };
+                    let run = |schedule| {
+                        let mut out = vec![f32::NAN; len];
+                        pool.install(|| {
+                            conv_winograd_scheduled(
+                                schedule,
+                                &ww,
+                                x.data(),
+                                Some(bias.data()),
+                                true,
+                                &g,
+                                pooled,
+                                &mut out,
+                            )
+                        });
+                        out
+                    };
+                    let (shared, per_thread) = (run(Schedule::Shared), run(Schedule::PerThread));
+                    assert!(shared.iter().all(|v| v.is_finite()), "{variant:?} {isa}");
+                    assert!(
+                        shared
+                            .iter()
+                            .zip(&per_thread)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{variant:?} {isa} {n}x{h}x{w}x{cin}->{cout} pooled {pooled}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 0);
+}

@@ -201,12 +201,64 @@ fn e_stride(tiles: usize, cout: usize) -> usize {
     }
 }
 
+/// How [`conv_winograd`] spreads a layer over the threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// Blocks of tile rows one after another, each phase of a block (input transform, the
+    /// `a^2` GEMMs, output transform) spread over all threads, with a barrier between phases.
+    /// `U` is read once per block: the schedule for wide layers, whose `U` is large.
+    Shared,
+    /// Each thread takes whole blocks of tile rows and runs all three phases on them alone,
+    /// with its own V and M sized to stay in its L2. No barriers, and V and M never leave the
+    /// core, but every thread reads all of `U` per block: the schedule for narrow layers
+    /// (blocks 1-2 of VGG), where the transforms and their memory traffic, not the GEMMs, cost
+    /// most.
+    PerThread,
+}
+
+/// Largest `U` (bytes, f32) for which [`Schedule::PerThread`] is chosen: a few MB, read from
+/// L3 once per block by each thread.
+const PER_THREAD_MAX_U: usize = 4 << 20;
+
+/// Bytes of V plus M per block under [`Schedule::PerThread`], at least one tile row: half of a
+/// 1 MB L2, the rest for the GEMM's packing buffers and `U_e`.
+const PER_THREAD_BLOCK_BYTES: usize = 512 << 10;
+
+impl Schedule {
+    /// keel's choice for `w`: per thread where `U` is small and there is more than one thread.
+    pub fn choose(w: &WinogradWeights) -> Schedule {
+        let a = w.variant.a();
+        if a * a * w.cin * w.cout * 4 <= PER_THREAD_MAX_U && rayon::current_num_threads() > 1 {
+            Schedule::PerThread
+        } else {
+            Schedule::Shared
+        }
+    }
+}
+
 /// `out = act(conv3x3(x) + bias)`; `g` must be a 3x3 stride-1 geometry matching `w`. With
 /// `pool`, `out` is instead that output max-pooled 2x2 with stride 2 (odd sizes floored, as
 /// Keras's `MaxPooling2D`), computed in the output transform: a tile's `m x m` outputs hold
 /// whole pooling windows (m is even and tiles start at even rows and columns), so the
 /// full-size output is never written.
 pub fn conv_winograd(
+    w: &WinogradWeights,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: &ConvGeometry,
+    pool: bool,
+    out: &mut [f32],
+) {
+    conv_winograd_scheduled(Schedule::choose(w), w, x, bias, relu, g, pool, out)
+}
+
+/// [`conv_winograd`] on a given schedule. Both schedules compute every output with the same
+/// operations in the same order (each tile's transforms, each GEMM row's sums): the results
+/// are identical bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_winograd_scheduled(
+    schedule: Schedule,
     w: &WinogradWeights,
     x: &[f32],
     bias: Option<&[f32]>,
@@ -227,34 +279,119 @@ pub fn conv_winograd(
         return;
     }
     let per_tile = aa * (g.cin + g.cout);
-    let target_tiles = (BLOCK_FLOATS / per_tile).max(64);
-    let rows_per_block = target_tiles.div_ceil(tw).clamp(1, tile_rows);
-    let mut vbuf = vec![0f32; rows_per_block * tw * aa * g.cin];
-    // The longest `e_stride` of any block: `tiles * cout` plus at most two lines.
-    let mut mbuf = vec![0f32; aa * (rows_per_block * tw * g.cout + 32)];
+    let rows_per_block = match schedule {
+        Schedule::Shared => (BLOCK_FLOATS / per_tile).max(64).div_ceil(tw),
+        Schedule::PerThread => PER_THREAD_BLOCK_BYTES / 4 / per_tile / tw,
+    }
+    .clamp(1, tile_rows);
+    let job = Job {
+        w,
+        x,
+        bias,
+        relu,
+        g,
+        pool,
+        tw,
+        th,
+    };
+    // The output of each block of tile rows: consecutive rows of the output (pooled or not).
+    let (row_len, rows_of) = if pool {
+        ((g.ow / 2) * g.cout, (g.oh / 2, m / 2))
+    } else {
+        (g.ow * g.cout, (g.oh, m))
+    };
+    let rows_out = |row: usize| {
+        let first = (row % th) * rows_of.1;
+        rows_of.1.min(rows_of.0.saturating_sub(first))
+    };
+    let mut blocks = Vec::with_capacity(tile_rows.div_ceil(rows_per_block));
     let mut out_rest = out;
     for r0 in (0..tile_rows).step_by(rows_per_block) {
         let r1 = (r0 + rows_per_block).min(tile_rows);
+        let len = (r0..r1).map(|row| rows_out(row) * row_len).sum();
+        let (chunk, rest) = std::mem::take(&mut out_rest).split_at_mut(len);
+        blocks.push((r0, r1, chunk));
+        out_rest = rest;
+    }
+    let buffers = || {
+        (
+            vec![0f32; rows_per_block * tw * aa * g.cin],
+            // The longest `e_stride` of any block: `tiles * cout` plus at most two lines.
+            vec![0f32; aa * (rows_per_block * tw * g.cout + 32)],
+        )
+    };
+    match schedule {
+        Schedule::Shared => {
+            let (mut vbuf, mut mbuf) = buffers();
+            for (r0, r1, chunk) in blocks {
+                job.block(r0, r1, &mut vbuf, &mut mbuf, chunk, row_len, &rows_out, true);
+            }
+        }
+        Schedule::PerThread => {
+            blocks
+                .into_par_iter()
+                .for_each_init(buffers, |(vbuf, mbuf), (r0, r1, chunk)| {
+                    job.block(r0, r1, vbuf, mbuf, chunk, row_len, &rows_out, false);
+                });
+        }
+    }
+}
+
+/// What every block of a layer shares.
+struct Job<'a> {
+    w: &'a WinogradWeights,
+    x: &'a [f32],
+    bias: Option<&'a [f32]>,
+    relu: bool,
+    g: &'a ConvGeometry,
+    pool: bool,
+    /// Tiles per tile row, tile rows per image.
+    tw: usize,
+    th: usize,
+}
+
+impl Job<'_> {
+    /// Tile rows `r0..r1` into `out` (their output rows, `rows_out(row)` of `row_len` floats
+    /// each), with V and M in `vbuf` and `mbuf`; each phase spread over the threads when
+    /// `parallel`, else on this thread.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        r0: usize,
+        r1: usize,
+        vbuf: &mut [f32],
+        mbuf: &mut [f32],
+        out: &mut [f32],
+        row_len: usize,
+        rows_out: &(dyn Fn(usize) -> usize + Sync),
+        parallel: bool,
+    ) {
+        let (w, g, tw, th) = (self.w, self.g, self.tw, self.th);
+        let (m, a) = (w.variant.m(), w.variant.a());
+        let aa = a * a;
         let tiles = (r1 - r0) * tw;
         let v = &mut vbuf[..tiles * aa * g.cin];
         let es = e_stride(tiles, g.cout);
         let mm = &mut mbuf[..aa * es];
 
-        // 1. Input transform.
-        v.par_chunks_mut(aa * g.cin)
-            .enumerate()
-            .for_each(|(t, vt)| {
-                let (row, tx) = (r0 + t / tw, t % tw);
-                let (n, ty) = (row / th, row % th);
-                dispatch_input(w.variant, w.isa, x, g, n, ty * m, tx * m, vt);
-            });
+        // 1. Input transform, a tile at a time.
+        let input = |(t, vt): (usize, &mut [f32])| {
+            let (row, tx) = (r0 + t / tw, t % tw);
+            let (n, ty) = (row / th, row % th);
+            dispatch_input(w.variant, w.isa, self.x, g, n, ty * m, tx * m, vt);
+        };
+        if parallel {
+            v.par_chunks_mut(aa * g.cin).enumerate().for_each(input);
+        } else {
+            v.chunks_mut(aa * g.cin).enumerate().for_each(input);
+        }
 
         // 2. One GEMM per tile element e: M_e = V_e * U_e.
-        mm.par_chunks_mut(es).enumerate().for_each(|(e, me)| {
+        let v = &*v;
+        let product = |(e, me): (usize, &mut [f32])| {
             if w.is_bf16() {
-                let ve = &v[e * g.cin..];
                 let ld = aa * g.cin;
-                let ve = &ve[..(tiles - 1) * ld + g.cin];
+                let ve = &v[e * g.cin..][..(tiles - 1) * ld + g.cin];
                 gemm_bf16_packed_best(
                     tiles,
                     ve,
@@ -283,45 +420,48 @@ pub fn conv_winograd(
                 Epilogue::NONE,
                 false,
             );
-        });
+        };
+        if parallel {
+            mm.par_chunks_mut(es).enumerate().for_each(product);
+        } else {
+            mm.chunks_mut(es).enumerate().for_each(product);
+        }
 
         // 3. Output transform, one tile row (m output rows, fewer at the bottom) per task.
         // With `pool`, a tile row covers m / 2 pooled rows (fewer at the bottom, maybe none).
-        let (row_len, rows_of) = if pool {
-            ((g.ow / 2) * g.cout, (g.oh / 2, m / 2))
-        } else {
-            (g.ow * g.cout, (g.oh, m))
-        };
-        let mut chunks = Vec::with_capacity(r1 - r0);
+        let mut rows = Vec::with_capacity(r1 - r0);
+        let mut rest = out;
         for row in r0..r1 {
-            let first = (row % th) * rows_of.1;
-            let rows_out = rows_of.1.min(rows_of.0.saturating_sub(first));
-            let (chunk, rest) = std::mem::take(&mut out_rest).split_at_mut(rows_out * row_len);
-            chunks.push((row - r0, first, rows_out, chunk));
-            out_rest = rest;
+            let n_out = rows_out(row);
+            let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(n_out * row_len);
+            rows.push((row - r0, n_out, chunk));
+            rest = tail;
         }
         let mm = &*mm;
-        chunks
-            .into_par_iter()
-            .for_each(|(local_row, _oy0, rows_out, chunk)| {
-                for tx in 0..tw {
-                    let t = local_row * tw + tx;
-                    dispatch_output(
-                        w.variant,
-                        w.isa,
-                        pool,
-                        mm,
-                        es,
-                        t,
-                        g,
-                        rows_out,
-                        tx * m,
-                        bias,
-                        relu,
-                        chunk,
-                    );
-                }
-            });
+        let output = |(local_row, n_out, chunk): (usize, usize, &mut [f32])| {
+            for tx in 0..tw {
+                let t = local_row * tw + tx;
+                dispatch_output(
+                    w.variant,
+                    w.isa,
+                    self.pool,
+                    mm,
+                    es,
+                    t,
+                    g,
+                    n_out,
+                    tx * m,
+                    self.bias,
+                    self.relu,
+                    chunk,
+                );
+            }
+        };
+        if parallel {
+            rows.into_par_iter().for_each(output);
+        } else {
+            rows.into_iter().for_each(output);
+        }
     }
 }
 
