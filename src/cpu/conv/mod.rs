@@ -24,7 +24,8 @@ pub use bf16::conv2d_bf16;
 pub use direct::conv_direct;
 pub use im2col::{Im2col, Im2colT};
 pub use winograd::{
-    Schedule, Variant, WinogradWeights, conv_winograd, conv_winograd_scheduled, kernel_grad_winograd,
+    Schedule, Variant, WinogradWeights, conv_winograd, conv_winograd_scheduled,
+    kernel_grad_winograd,
 };
 
 use crate::cpu::conv2d_reference;
