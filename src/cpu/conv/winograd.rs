@@ -16,6 +16,8 @@
 //! in A, 1/24 in G) cost some precision: measured against the reference in the tests and on
 //! the real VGG16 (see docs/cpu-kernels.md).
 
+use std::cell::Cell;
+
 use rayon::prelude::*;
 
 use crate::cpu::gemm::bf16::PackedBBf16;
@@ -313,30 +315,43 @@ pub fn conv_winograd_scheduled(
         blocks.push((r0, r1, chunk));
         out_rest = rest;
     }
-    let buffers = || {
-        (
-            vec![0f32; rows_per_block * tw * aa * g.cin],
-            // The longest `e_stride` of any block: `tiles * cout` plus at most two lines.
-            vec![0f32; aa * (rows_per_block * tw * g.cout + 32)],
-        )
-    };
+    let vlen = rows_per_block * tw * aa * g.cin;
+    // The longest `e_stride` of any block: `tiles * cout` plus at most two lines.
+    let mlen = aa * (rows_per_block * tw * g.cout + 32);
     match schedule {
-        Schedule::Shared => {
-            let (mut vbuf, mut mbuf) = buffers();
+        Schedule::Shared => with_buffers(vlen, mlen, |vbuf, mbuf| {
             for (r0, r1, chunk) in blocks {
-                job.block(
-                    r0, r1, &mut vbuf, &mut mbuf, chunk, row_len, &rows_out, true,
-                );
+                job.block(r0, r1, vbuf, mbuf, chunk, row_len, &rows_out, true);
             }
-        }
-        Schedule::PerThread => {
-            blocks
-                .into_par_iter()
-                .for_each_init(buffers, |(vbuf, mbuf), (r0, r1, chunk)| {
-                    job.block(r0, r1, vbuf, mbuf, chunk, row_len, &rows_out, false);
-                });
-        }
+        }),
+        Schedule::PerThread => blocks.into_par_iter().for_each(|(r0, r1, chunk)| {
+            with_buffers(vlen, mlen, |vbuf, mbuf| {
+                job.block(r0, r1, vbuf, mbuf, chunk, row_len, &rows_out, false)
+            })
+        }),
     }
+}
+
+thread_local! {
+    /// V and M of the blocks this thread runs, kept from layer to layer. Every element of a
+    /// block's V and M is written before it is read, so they are reused without clearing:
+    /// fresh zeroed buffers cost 4-8 MB of memset per layer (6% of a VGG16 pass in perf).
+    static BUFFERS: Cell<(Vec<f32>, Vec<f32>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// `f` on this thread's V and M buffers, at least `vlen` and `mlen` long. Re-entry (a rayon
+/// task stolen while `f` waits) finds the slot empty and works on buffers of its own.
+fn with_buffers<R>(vlen: usize, mlen: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    let (mut v, mut m) = BUFFERS.take();
+    if v.len() < vlen {
+        v = vec![0f32; vlen];
+    }
+    if m.len() < mlen {
+        m = vec![0f32; mlen];
+    }
+    let r = f(&mut v[..vlen], &mut m[..mlen]);
+    BUFFERS.set((v, m));
+    r
 }
 
 /// What every block of a layer shares.
@@ -745,6 +760,18 @@ fn gt4b(d: impl Fn(usize) -> f32, mut o: impl FnMut(usize, f32)) {
 
 // ---- transforms ----------------------------------------------------------------------------
 
+/// `y + b`, then the ReLU if `relu` (NaN passes): a function rather than a closure so that it
+/// can be forced inline (the closure stayed a call, 2% of a VGG16 pass).
+#[inline(always)]
+fn bias_act(y: &V, b: &V, relu: bool) -> V {
+    let mut o = [0f32; LANES];
+    for l in 0..LANES {
+        let v = y[l] + b[l];
+        o[l] = if relu && v < 0.0 { 0.0 } else { v };
+    }
+    o
+}
+
 /// [`max_nan`] lane by lane, written without branches so that it compiles to vector compares
 /// and blends: as `array::from_fn` around `max_nan` it stayed a call to scalar, branching code
 /// that took 7% of a VGG16 pass (perf, Zen 4).
@@ -951,14 +978,7 @@ fn output_tile<const A: usize, const M: usize>(
         if let Some(bias) = bias {
             b[..lanes].copy_from_slice(&bias[c0..c0 + lanes]);
         }
-        let act = |yv: &V| -> V {
-            let mut o = [0f32; LANES];
-            for l in 0..LANES {
-                let v = yv[l] + b[l];
-                o[l] = if relu && v < 0.0 { 0.0 } else { v };
-            }
-            o
-        };
+        let act = |yv: &V| bias_act(yv, &b, relu);
         if pool {
             for i in 0..rows_out {
                 for j in 0..pool_cols {
