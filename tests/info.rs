@@ -91,6 +91,13 @@ fn json_reports_the_machine_and_valid_blocking_for_every_kernel() {
     }
     let amx = v["amx_bf16"].as_str().unwrap();
     assert!(amx == "usable" || amx.starts_with("not usable: "), "{amx}");
+    // --precision bf16's rung: AMX exactly where it is usable.
+    let bf16 = v["bf16"].as_str().unwrap();
+    match bf16 {
+        "amxbf16" => assert_eq!(amx, "usable"),
+        "avx512bf16" => assert_ne!(amx, "usable"),
+        other => assert!(other.starts_with("not available: "), "{other}"),
+    }
     let best = v["best_kernel"].as_str().unwrap();
     let last = blocking.last().unwrap()["isa"].as_str().unwrap();
     assert!(
@@ -129,6 +136,8 @@ fn text_shows_the_same_machine_and_each_section() {
     }
     let amx = format!("AMX-BF16   {}", v["amx_bf16"].as_str().unwrap());
     assert!(text.contains(&amx), "'{amx}' missing from:\n{text}");
+    let bf16 = format!("bf16       {} ", v["bf16"].as_str().unwrap());
+    assert!(text.contains(&bf16), "'{bf16}' missing from:\n{text}");
 }
 
 #[test]

@@ -57,6 +57,8 @@ struct Report {
     best_kernel: &'static str,
     /// Whether the AMX-BF16 rung (`amxbf16`) runs here: "usable", or "not usable: " and why.
     amx_bf16: String,
+    /// The GEMM rung `--precision bf16` runs on here, or why it cannot run.
+    bf16: String,
     /// KEEL_ISA as set (null when unset).
     keel_isa: Option<String>,
     /// Why KEEL_ISA cannot be used, when it cannot.
@@ -109,6 +111,11 @@ impl Report {
             amx_bf16: match crate::cpu::gemm::amx::status() {
                 Ok(()) => "usable".to_string(),
                 Err(why) => format!("not usable: {why}"),
+            },
+            bf16: if crate::cpu::gemm::bf16::available() {
+                crate::cpu::gemm::bf16_kernel().name().to_string()
+            } else {
+                "not available: needs AVX512-BF16, and KEEL_ISA not below avx512".to_string()
             },
             keel_isa,
             keel_isa_error,
@@ -185,6 +192,10 @@ impl Report {
             self.kernel, self.best_kernel
         ));
         line(format!("AMX-BF16   {}", self.amx_bf16));
+        line(format!(
+            "bf16       {} (what --precision bf16 runs on)",
+            self.bf16
+        ));
         match (&self.keel_isa, &self.keel_isa_error) {
             (None, _) => line("KEEL_ISA   not set".to_string()),
             (Some(v), None) => line(format!("KEEL_ISA   {v} (a cap)")),
