@@ -722,9 +722,8 @@ pub(super) mod x86 {
                     }
                     if load_c {
                         for r in 0..mrb {
-                            for j in 0..nrb {
-                                edge[r * NR + j] = *ctile.add(r * ldc + j);
-                            }
+                            let row = edge[r * NR..].as_mut_ptr();
+                            std::ptr::copy_nonoverlapping(ctile.add(r * ldc), row, nrb);
                         }
                     }
                     let e = edge.as_mut_ptr();
@@ -736,9 +735,8 @@ pub(super) mod x86 {
                         _ => tile::<MR>(kp, a, ks, b, e, NR, load_c, bias, relu),
                     }
                     for r in 0..mrb {
-                        for j in 0..nrb {
-                            *ctile.add(r * ldc + j) = edge[r * NR + j];
-                        }
+                        let row = edge[r * NR..].as_ptr();
+                        std::ptr::copy_nonoverlapping(row, ctile.add(r * ldc), nrb);
                     }
                 }
             }

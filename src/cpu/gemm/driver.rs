@@ -419,9 +419,8 @@ fn macro_kernel<K: Micro>(
                 } else {
                     if accumulate {
                         for r in 0..mrb {
-                            for j in 0..nrb {
-                                edge[r * nr + j] = *ctile.add(r * ldc + j);
-                            }
+                            let row = edge[r * nr..].as_mut_ptr();
+                            std::ptr::copy_nonoverlapping(ctile.add(r * ldc), row, nrb);
                         }
                     }
                     K::tile_rows(
@@ -437,9 +436,8 @@ fn macro_kernel<K: Micro>(
                         ep.relu,
                     );
                     for r in 0..mrb {
-                        for j in 0..nrb {
-                            *ctile.add(r * ldc + j) = edge[r * nr + j];
-                        }
+                        let row = edge[r * nr..].as_ptr();
+                        std::ptr::copy_nonoverlapping(row, ctile.add(r * ldc), nrb);
                     }
                 }
             }
