@@ -1101,6 +1101,24 @@ fn output_generic(
     }
 }
 
+/// [`input_avx2`] compiled for AVX-512: the same operations in the same order (so the
+/// same bits), on 512-bit registers, half the instructions for the 16 lanes. On a CPU with two
+/// 512-bit FMA pipes that halves the transforms' time; on Zen 4 it relieves the front end.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_avx512(
+    variant: Variant,
+    x: &[f32],
+    g: &ConvGeometry,
+    n: usize,
+    oy0: usize,
+    ox0: usize,
+    vt: &mut [f32],
+) {
+    input_generic(variant, x, g, n, oy0, ox0, vt)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -1114,6 +1132,30 @@ unsafe fn input_avx2(
     vt: &mut [f32],
 ) {
     input_generic(variant, x, g, n, oy0, ox0, vt)
+}
+
+/// [`output_avx2`] compiled for AVX-512: the same operations in the same order (so the
+/// same bits), on 512-bit registers, half the instructions for the 16 lanes. On a CPU with two
+/// 512-bit FMA pipes that halves the transforms' time; on Zen 4 it relieves the front end.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn output_avx512(
+    variant: Variant,
+    pool: bool,
+    mm: &[f32],
+    e_stride: usize,
+    t: usize,
+    g: &ConvGeometry,
+    rows_out: usize,
+    ox0: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+    chunk: &mut [f32],
+) {
+    output_generic(
+        variant, pool, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1149,12 +1191,35 @@ fn dispatch_input(
     vt: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && Isa::Avx512.available() {
+        // SAFETY: AVX-512F, AVX2 and FMA are available (checked just above).
+        return unsafe { input_avx512(variant, x, g, n, oy0, ox0, vt) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa.runs_avx2() {
         // SAFETY: AVX2 and FMA are available (checked just above).
         return unsafe { input_avx2(variant, x, g, n, oy0, ox0, vt) };
     }
     let _ = isa;
     input_generic(variant, x, g, n, oy0, ox0, vt)
+}
+
+/// [`grad_avx2`] compiled for AVX-512: the same operations in the same order (so the
+/// same bits), on 512-bit registers, half the instructions for the 16 lanes. On a CPU with two
+/// 512-bit FMA pipes that halves the transforms' time; on Zen 4 it relieves the front end.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn grad_avx512(
+    variant: Variant,
+    dz: &[f32],
+    g: &ConvGeometry,
+    n: usize,
+    oy0: usize,
+    ox0: usize,
+    wt: &mut [f32],
+) {
+    grad_tile_generic(variant, dz, g, n, oy0, ox0, wt)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1184,6 +1249,11 @@ fn dispatch_grad(
     wt: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && Isa::Avx512.available() {
+        // SAFETY: AVX-512F, AVX2 and FMA are available (checked just above).
+        return unsafe { grad_avx512(variant, dz, g, n, oy0, ox0, wt) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa.runs_avx2() {
         // SAFETY: AVX2 and FMA are available (checked just above).
         return unsafe { grad_avx2(variant, dz, g, n, oy0, ox0, wt) };
@@ -1207,6 +1277,15 @@ fn dispatch_output(
     relu: bool,
     chunk: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && Isa::Avx512.available() {
+        // SAFETY: AVX-512F, AVX2 and FMA are available (checked just above).
+        return unsafe {
+            output_avx512(
+                variant, pool, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
+            )
+        };
+    }
     #[cfg(target_arch = "x86_64")]
     if isa.runs_avx2() {
         // SAFETY: AVX2 and FMA are available (checked just above).
