@@ -434,3 +434,71 @@ fn winograd_schedules_agree_bit_for_bit() {
     }
     assert!(checked > 0);
 }
+
+/// bf16 Winograd with V written as bf16 pairs and read in place gives the same bits as V in
+/// f32, rounded and packed by the GEMM (the same rounding, the same kernel and order), on both
+/// schedules, pooled or not, odd and even channel counts (odd ones take the packing path).
+#[test]
+fn bf16_winograd_in_place_v_matches_the_packed_path_bit_for_bit() {
+    if !crate::cpu::gemm::bf16::available() {
+        eprintln!("SKIP bf16 in-place V: this CPU lacks AVX512-BF16 (or KEEL_ISA caps it)");
+        return;
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let mut rng = Rng::new(41);
+    for &(n, h, w, cin, cout) in &[
+        (1, 9, 7, 16, 24),
+        (2, 17, 13, 18, 33),
+        (1, 30, 31, 64, 96),
+        (1, 11, 12, 17, 40),
+    ] {
+        let x = random(&[n, h, w, cin], &mut rng);
+        let kernel = random(&[3, 3, cin, cout], &mut rng);
+        let bias = random(&[cout], &mut rng);
+        let spec = Conv2dSpec::same_relu();
+        let g = spec
+            .geometry(x.shape(), kernel.shape(), Some(bias.shape()))
+            .unwrap();
+        for variant in [Variant::F2, Variant::F4Bf16] {
+            let ww = WinogradWeights::new_bf16(variant, kernel.data(), cin, cout);
+            for pooled in [false, true] {
+                for schedule in [Schedule::Shared, Schedule::PerThread] {
+                    let len = if pooled {
+                        n * (h / 2) * (w / 2) * cout
+                    } else {
+                        n * h * w * cout
+                    };
+                    let run = |pairs| {
+                        let mut out = vec![f32::NAN; len];
+                        pool.install(|| {
+                            winograd::winograd_impl(
+                                schedule,
+                                pairs,
+                                &ww,
+                                x.data(),
+                                Some(bias.data()),
+                                true,
+                                &g,
+                                pooled,
+                                &mut out,
+                            )
+                        });
+                        out
+                    };
+                    let (in_place, packed) = (run(true), run(false));
+                    assert!(packed.iter().all(|v| v.is_finite()));
+                    assert!(
+                        in_place
+                            .iter()
+                            .zip(&packed)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{variant:?} {schedule:?} pooled {pooled} {n}x{h}x{w}x{cin}->{cout}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -20,9 +20,9 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
-use crate::cpu::gemm::bf16::PackedBBf16;
+use crate::cpu::gemm::bf16::{KC, PackedBBf16, gemm_bf16_pairs};
 use crate::cpu::gemm::gemm_bf16_packed_best;
-use crate::cpu::gemm::{self, BSource, Epilogue, MatrixA, PackedB};
+use crate::cpu::gemm::{self, BSource, Epilogue, Kernel, MatrixA, PackedB};
 use crate::cpu::isa::Isa;
 use crate::tensor::real::max_nan;
 use crate::tensor::{AlignedVec, ConvGeometry};
@@ -269,6 +269,23 @@ pub fn conv_winograd_scheduled(
     pool: bool,
     out: &mut [f32],
 ) {
+    winograd_impl(schedule, true, w, x, bias, relu, g, pool, out)
+}
+
+/// [`conv_winograd_scheduled`], with the bf16 path's in-place V (`pairs`) allowed or not: the
+/// two give identical bits (tested).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn winograd_impl(
+    schedule: Schedule,
+    pairs: bool,
+    w: &WinogradWeights,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: &ConvGeometry,
+    pool: bool,
+    out: &mut [f32],
+) {
     assert!(
         g.kh == 3 && g.kw == 3 && g.stride == [1, 1] && g.cin == w.cin && g.cout == w.cout,
         "Winograd needs the 3x3 stride-1 geometry its weights were made for"
@@ -295,6 +312,7 @@ pub fn conv_winograd_scheduled(
         pool,
         tw,
         th,
+        pairs_allowed: pairs,
     };
     // The output of each block of tile rows: consecutive rows of the output (pooled or not).
     let (row_len, rows_of) = if pool {
@@ -365,9 +383,39 @@ struct Job<'a> {
     /// Tiles per tile row, tile rows per image.
     tw: usize,
     th: usize,
+    /// Whether bf16 weights may take V as bf16 pairs in place (see `Job::bf16_pairs`).
+    pairs_allowed: bool,
 }
 
 impl Job<'_> {
+    /// Whether V goes to the GEMM as bf16 pairs in place ([`gemm_bf16_pairs`]): allowed (the
+    /// tests compare both paths), bf16 weights, the AVX512-BF16 kernel (AMX packs its own way),
+    /// an even Cin (a pair must not straddle two elements), and Cin within one K block.
+    fn bf16_pairs(&self) -> bool {
+        self.pairs_allowed
+            && self.w.is_bf16()
+            && self.g.cin.is_multiple_of(2)
+            && self.g.cin <= KC
+            && gemm::bf16_kernel() == Kernel::Avx512Bf16
+    }
+
+    /// The input transform of the tiles of this block (from tile row `r0`) into `v`, `a^2 Cin`
+    /// values per tile.
+    fn input<T: VElem>(&self, r0: usize, v: &mut [T], parallel: bool) {
+        let (w, g, tw, th) = (self.w, self.g, self.tw, self.th);
+        let (m, a) = (w.variant.m(), w.variant.a());
+        let input = |(t, vt): (usize, &mut [T])| {
+            let (row, tx) = (r0 + t / tw, t % tw);
+            let (n, ty) = (row / th, row % th);
+            dispatch_input(w.variant, w.isa, self.x, g, n, ty * m, tx * m, vt);
+        };
+        if parallel {
+            v.par_chunks_mut(a * a * g.cin).enumerate().for_each(input);
+        } else {
+            v.chunks_mut(a * a * g.cin).enumerate().for_each(input);
+        }
+    }
+
     /// Tile rows `r0..r1` into `out` (their output rows, `rows_out(row)` of `row_len` floats
     /// each), with V and M in `vbuf` and `mbuf`; each phase spread over the threads when
     /// `parallel`, else on this thread.
@@ -383,7 +431,7 @@ impl Job<'_> {
         rows_out: &(dyn Fn(usize) -> usize + Sync),
         parallel: bool,
     ) {
-        let (w, g, tw, th) = (self.w, self.g, self.tw, self.th);
+        let (w, g, tw) = (self.w, self.g, self.tw);
         let (m, a) = (w.variant.m(), w.variant.a());
         let aa = a * a;
         let tiles = (r1 - r0) * tw;
@@ -391,57 +439,66 @@ impl Job<'_> {
         let es = e_stride(tiles, g.cout);
         let mm = &mut mbuf[..aa * es];
 
-        // 1. Input transform, a tile at a time.
-        let input = |(t, vt): (usize, &mut [f32])| {
-            let (row, tx) = (r0 + t / tw, t % tw);
-            let (n, ty) = (row / th, row % th);
-            dispatch_input(w.variant, w.isa, self.x, g, n, ty * m, tx * m, vt);
-        };
-        if parallel {
-            v.par_chunks_mut(aa * g.cin).enumerate().for_each(input);
+        // V in bf16, read in place by the GEMM, where the bf16 kernel is AVX512-BF16's and the
+        // pairs line up (an even Cin); else V in f32, rounded and packed by the GEMM if bf16.
+        if self.bf16_pairs() {
+            // Half of `v`'s f32s hold the tiles' bf16 values, as pairs of the GEMM's layout.
+            let vh: &mut [u16] = bytemuck::cast_slice_mut(&mut v[..tiles * aa * g.cin / 2]);
+            self.input(r0, vh, parallel);
+            let pairs: &[u32] = bytemuck::cast_slice(&v[..tiles * aa * g.cin / 2]);
+            let (ks, kp) = (aa * g.cin / 2, g.cin / 2);
+            let product = |(e, me): (usize, &mut [f32])| {
+                gemm_bf16_pairs(tiles, &pairs[e * kp..], ks, &w.u_bf16[e], me, g.cout);
+            };
+            if parallel {
+                mm.par_chunks_mut(es).enumerate().for_each(product);
+            } else {
+                mm.chunks_mut(es).enumerate().for_each(product);
+            }
         } else {
-            v.chunks_mut(aa * g.cin).enumerate().for_each(input);
-        }
+            // 1. Input transform, a tile at a time.
+            self.input(r0, v, parallel);
 
-        // 2. One GEMM per tile element e: M_e = V_e * U_e.
-        let v = &*v;
-        let product = |(e, me): (usize, &mut [f32])| {
-            if w.is_bf16() {
-                let ld = aa * g.cin;
-                let ve = &v[e * g.cin..][..(tiles - 1) * ld + g.cin];
-                gemm_bf16_packed_best(
-                    tiles,
-                    ve,
-                    ld,
-                    &w.u_bf16[e],
+            // 2. One GEMM per tile element e: M_e = V_e * U_e.
+            let v = &*v;
+            let product = |(e, me): (usize, &mut [f32])| {
+                if w.is_bf16() {
+                    let ld = aa * g.cin;
+                    let ve = &v[e * g.cin..][..(tiles - 1) * ld + g.cin];
+                    gemm_bf16_packed_best(
+                        tiles,
+                        ve,
+                        ld,
+                        &w.u_bf16[e],
+                        me,
+                        g.cout,
+                        Epilogue::NONE,
+                        false,
+                    );
+                    return;
+                }
+                let ve = MatrixA {
+                    data: &v[e * g.cin..],
+                    rows: tiles,
+                    cols: g.cin,
+                    ld: aa * g.cin,
+                };
+                gemm::gemm_source(
+                    w.isa,
+                    &ve,
+                    BSource::Packed(&w.u[e]),
+                    g.cout,
                     me,
                     g.cout,
                     Epilogue::NONE,
                     false,
                 );
-                return;
-            }
-            let ve = MatrixA {
-                data: &v[e * g.cin..],
-                rows: tiles,
-                cols: g.cin,
-                ld: aa * g.cin,
             };
-            gemm::gemm_source(
-                w.isa,
-                &ve,
-                BSource::Packed(&w.u[e]),
-                g.cout,
-                me,
-                g.cout,
-                Epilogue::NONE,
-                false,
-            );
-        };
-        if parallel {
-            mm.par_chunks_mut(es).enumerate().for_each(product);
-        } else {
-            mm.chunks_mut(es).enumerate().for_each(product);
+            if parallel {
+                mm.par_chunks_mut(es).enumerate().for_each(product);
+            } else {
+                mm.chunks_mut(es).enumerate().for_each(product);
+            }
         }
 
         // 3. Output transform, one tile row (m output rows, fewer at the bottom) per task.
@@ -809,6 +866,36 @@ fn store_lanes(dst: &mut [f32], src: &V, lanes: usize) {
     }
 }
 
+/// What the input transform writes V as: f32, or bfloat16 bit patterns for the bf16 GEMM,
+/// which then reads V in place instead of rounding and packing it (`gemm_bf16_pairs`).
+pub trait VElem: Copy + Send + Sync {
+    /// `dst[..lanes] = src[..lanes]`, converted.
+    fn store(dst: &mut [Self], src: &V, lanes: usize);
+}
+
+impl VElem for f32 {
+    #[inline(always)]
+    fn store(dst: &mut [f32], src: &V, lanes: usize) {
+        store_lanes(dst, src, lanes)
+    }
+}
+
+/// bfloat16 as its bits: rounded to nearest even, a NaN kept quiet with its sign, exactly as
+/// `gemm::bf16::round_bf16` (tested), in integer arithmetic the compiler vectorizes.
+impl VElem for u16 {
+    #[inline(always)]
+    fn store(dst: &mut [u16], src: &V, lanes: usize) {
+        let mut h = [0u16; LANES];
+        for l in 0..LANES {
+            let b = src[l].to_bits();
+            let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1));
+            let nan = b & 0x7fff_ffff > 0x7f80_0000;
+            h[l] = ((if nan { b | 0x0040_0000 } else { rounded }) >> 16) as u16;
+        }
+        dst[..lanes].copy_from_slice(&h[..lanes]);
+    }
+}
+
 /// The 1-D transforms act on one lane at a time through `get(k)` / `set(k, v)`; the 2-D
 /// driver loops the 16 lanes innermost over contiguous memory, which the compiler turns into
 /// vector code with the whole 1-D transform held in registers (returning arrays by value
@@ -919,13 +1006,13 @@ fn apply_2d_in<const A: usize, const B: usize, F>(
 /// into `vt[e][ci]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn input_tile<const A: usize>(
+fn input_tile<const A: usize, T: VElem>(
     x: &[f32],
     g: &ConvGeometry,
     n: usize,
     oy0: usize,
     ox0: usize,
-    vt: &mut [f32],
+    vt: &mut [T],
     bt: impl Fn(&dyn Fn(usize) -> f32, &mut dyn FnMut(usize, f32)) + Copy,
 ) {
     let cin = g.cin;
@@ -953,7 +1040,7 @@ fn input_tile<const A: usize>(
         apply_2d_in(&d, &mut rows, &mut t, bt);
         for i in 0..A {
             for j in 0..A {
-                store_lanes(&mut vt[(i * A + j) * cin + c0..], &t[i][j], lanes);
+                T::store(&mut vt[(i * A + j) * cin + c0..], &t[i][j], lanes);
             }
         }
     }
@@ -1027,19 +1114,19 @@ fn output_tile<const A: usize, const M: usize>(
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn input_generic(
+fn input_generic<T: VElem>(
     variant: Variant,
     x: &[f32],
     g: &ConvGeometry,
     n: usize,
     oy0: usize,
     ox0: usize,
-    vt: &mut [f32],
+    vt: &mut [T],
 ) {
     match variant {
-        Variant::F2 => input_tile::<4>(x, g, n, oy0, ox0, vt, |d, o| bt2(d, o)),
-        Variant::F4 => input_tile::<6>(x, g, n, oy0, ox0, vt, |d, o| bt4(d, o)),
-        Variant::F4Bf16 => input_tile::<6>(x, g, n, oy0, ox0, vt, |d, o| bt4b(d, o)),
+        Variant::F2 => input_tile::<4, T>(x, g, n, oy0, ox0, vt, |d, o| bt2(d, o)),
+        Variant::F4 => input_tile::<6, T>(x, g, n, oy0, ox0, vt, |d, o| bt4(d, o)),
+        Variant::F4Bf16 => input_tile::<6, T>(x, g, n, oy0, ox0, vt, |d, o| bt4b(d, o)),
     }
 }
 
@@ -1107,14 +1194,14 @@ fn output_generic(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn input_avx512(
+unsafe fn input_avx512<T: VElem>(
     variant: Variant,
     x: &[f32],
     g: &ConvGeometry,
     n: usize,
     oy0: usize,
     ox0: usize,
-    vt: &mut [f32],
+    vt: &mut [T],
 ) {
     input_generic(variant, x, g, n, oy0, ox0, vt)
 }
@@ -1122,14 +1209,14 @@ unsafe fn input_avx512(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn input_avx2(
+unsafe fn input_avx2<T: VElem>(
     variant: Variant,
     x: &[f32],
     g: &ConvGeometry,
     n: usize,
     oy0: usize,
     ox0: usize,
-    vt: &mut [f32],
+    vt: &mut [T],
 ) {
     input_generic(variant, x, g, n, oy0, ox0, vt)
 }
@@ -1180,7 +1267,7 @@ unsafe fn output_avx2(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn dispatch_input(
+fn dispatch_input<T: VElem>(
     variant: Variant,
     isa: Isa,
     x: &[f32],
@@ -1188,7 +1275,7 @@ fn dispatch_input(
     n: usize,
     oy0: usize,
     ox0: usize,
-    vt: &mut [f32],
+    vt: &mut [T],
 ) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && Isa::Avx512.available() {
@@ -1304,6 +1391,41 @@ fn dispatch_output(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// V's bf16 store rounds exactly as `round_bf16` (which the bf16 GEMM's packing and
+    /// reference use): ties to even, carries into the exponent and to infinity, NaNs quiet
+    /// with their sign, subnormals, in every lane and for partial stores.
+    #[test]
+    fn bf16_store_is_round_bf16() {
+        use crate::cpu::gemm::bf16::round_bf16;
+        let mut values = vec![
+            0.0f32,
+            -0.0,
+            1.0,
+            f32::from_bits(0x3f80_8000), // a tie, even below: stays
+            f32::from_bits(0x3f81_8000), // a tie, odd below: rounds up
+            f32::from_bits(0x3f80_8001),
+            f32::from_bits(0x7f7f_ffff), // rounds to infinity
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001), // signalling NaN
+            f32::from_bits(0x0000_8000), // subnormal tie
+            f32::from_bits(0x0001_7fff),
+        ];
+        let mut rng = crate::rng::Rng::new(3);
+        values.extend((0..200).map(|_| f32::from_bits(rng.next_u64() as u32)));
+        for chunk in values.chunks(LANES) {
+            let mut v = [0f32; LANES];
+            v[..chunk.len()].copy_from_slice(chunk);
+            let mut out = vec![0u16; LANES];
+            <u16 as VElem>::store(&mut out, &v, chunk.len());
+            for (l, &x) in chunk.iter().enumerate() {
+                assert_eq!(out[l], round_bf16(x), "{x} ({:#010x})", x.to_bits());
+            }
+        }
+    }
 
     /// `max_lanes` is `max_nan` bit for bit on every pair of special and ordinary values
     /// (NaNs of both signs and payloads, infinities, signed zeros), in every lane.

@@ -277,6 +277,43 @@ pub fn gemm_bf16_packed(
     );
 }
 
+/// `C[m x n] = A * B` on one thread, with A already rounded to bfloat16 and laid out as the
+/// kernel reads it: row `i` is the pairs `a[i * ks .. i * ks + kp]` (`kp = k / 2`, `lo` the
+/// even `k`), in place, so no packing pass. For Winograd's bf16 path, whose input transform
+/// writes V straight in this form (`V_e`'s rows are `ks = a^2 Cin / 2` pairs apart). C is
+/// written, not accumulated; no bias or ReLU. The products are those of
+/// [`gemm_bf16_packed`] on the same rounded A (the same kernel, the same order): identical bits.
+///
+/// # Panics
+/// If [`available`] is false, `k` is odd or over [`KC`] (one K block), `ks < kp`, or a slice
+/// is too short.
+pub fn gemm_bf16_pairs(m: usize, a: &[u32], ks: usize, b: &PackedBBf16, c: &mut [f32], ldc: usize) {
+    assert_available();
+    let (k, n) = (b.k, b.n);
+    assert!(
+        k.is_multiple_of(2) && k <= KC,
+        "gemm_bf16_pairs: K = {k} must be even and <= {KC}"
+    );
+    let kp = k / 2;
+    assert!(ks >= kp, "gemm_bf16_pairs: row stride {ks} < {kp} pairs");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        a.len() >= (m - 1) * ks + kp,
+        "gemm_bf16_pairs: A is too short"
+    );
+    check_operand("C", c.len(), m, n, ldc);
+    if k == 0 {
+        for row in c.chunks_mut(ldc).take(m) {
+            row[..n].fill(0.0);
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    x86::run_pairs(a, ks, m, b, CPtr(c.as_mut_ptr()), ldc);
+}
+
 /// One cache line of packed pairs: the element type of the packing buffers, so that every
 /// panel starts 64-byte aligned without `unsafe`.
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -540,7 +577,7 @@ pub(super) mod x86 {
                     // the bias (n values from this task's first column) covers them.
                     unsafe {
                         macro_kernel(
-                            apanels,
+                            APairs::Packed(apanels),
                             bpanels,
                             kp,
                             mcb,
@@ -557,6 +594,85 @@ pub(super) mod x86 {
                 B_BUF.set(bbuf);
             }
         }
+    }
+
+    /// Where the micro-kernel's rows of A come from.
+    #[derive(Clone, Copy)]
+    enum APairs<'a> {
+        /// Packed by `pack_a`: panels of MR rows, `a_stride(kp)` pairs apart.
+        Packed(&'a [u32]),
+        /// In the caller's memory, rows `ks` pairs apart from `base`, for the first `full`
+        /// panels; the last rows (fewer than MR) copied into `tail`, `a_stride(kp)` apart.
+        InPlace {
+            base: *const u32,
+            ks: usize,
+            full: usize,
+            tail: &'a [u32],
+        },
+    }
+
+    impl APairs<'_> {
+        /// The first row of row panel `ip`, and the stride between its rows.
+        fn panel(&self, ip: usize, kp: usize) -> (*const u32, usize) {
+            match *self {
+                APairs::Packed(p) => (p[ip * MR * a_stride(kp)..].as_ptr(), a_stride(kp)),
+                // SAFETY (of the `add`): panel ip < full starts at row ip * MR < m, inside
+                // the caller's A (checked by `gemm_bf16_pairs`).
+                APairs::InPlace { base, ks, full, .. } if ip < full => {
+                    (unsafe { base.add(ip * MR * ks) }, ks)
+                }
+                APairs::InPlace { tail, .. } => (tail.as_ptr(), a_stride(kp)),
+            }
+        }
+    }
+
+    /// See [`super::gemm_bf16_pairs`]: its checks done.
+    pub(super) fn run_pairs(
+        a: &[u32],
+        ks: usize,
+        m: usize,
+        b: &super::PackedBBf16,
+        c: CPtr,
+        ldc: usize,
+    ) {
+        let (kp, n) = (b.k.div_ceil(2), b.n);
+        let full = m / MR;
+        let tail_ks = a_stride(kp);
+        let mut abuf = A_BUF.take();
+        // Rows past the last one in the tail panel are left as they are: the micro-kernel's
+        // results for them land in rows of its edge buffer that are never copied to C.
+        let tail = pairs_mut(&mut abuf, MR * tail_ks);
+        for r in 0..m - full * MR {
+            tail[r * tail_ks..][..kp].copy_from_slice(&a[(full * MR + r) * ks..][..kp]);
+        }
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            let bpanels = b.panels(0, jc / NR, nc.div_ceil(NR));
+            let apanels = APairs::InPlace {
+                base: a.as_ptr(),
+                ks,
+                full,
+                tail,
+            };
+            // SAFETY: AVX-512F and AVX512-BF16 (checked by the caller through `available`);
+            // A's rows, B's panels and C's m x n are as `macro_kernel` needs (checked by the
+            // caller), and this thread is the only writer of C.
+            unsafe {
+                macro_kernel(
+                    apanels,
+                    bpanels,
+                    kp,
+                    m,
+                    nc,
+                    c.add(jc),
+                    ldc,
+                    false,
+                    None,
+                    false,
+                )
+            };
+        }
+        A_BUF.set(abuf);
     }
 
     /// bfloat16 roundings of 16 f32 bit patterns, each in the top half of its lane with the
@@ -680,7 +796,7 @@ pub(super) mod x86 {
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn macro_kernel(
-        apanels: &[u32],
+        apanels: APairs,
         bpanels: &[u32],
         kp: usize,
         mc: usize,
@@ -693,8 +809,8 @@ pub(super) mod x86 {
     ) {
         let mut edge = [0f32; MR * NR];
         let mut edge_bias = [0f32; NR];
-        let ks = a_stride(kp);
-        for (ip, ap) in apanels.chunks_exact(MR * ks).enumerate() {
+        for ip in 0..mc.div_ceil(MR) {
+            let (ap, ks) = apanels.panel(ip, kp);
             let i0 = ip * MR;
             let mrb = MR.min(mc - i0);
             for (jp, bp) in bpanels.chunks_exact(kp * NR).enumerate() {
@@ -715,7 +831,7 @@ pub(super) mod x86 {
                 // points to NR floats (of `b` or `edge_bias`).
                 unsafe {
                     let ctile = c.0.add(i0 * ldc + j0);
-                    let (a, b) = (ap.as_ptr(), bp.as_ptr());
+                    let (a, b) = (ap, bp.as_ptr());
                     if mrb == MR && nrb == NR {
                         tile::<MR>(kp, a, ks, b, ctile, ldc, load_c, bias, relu);
                         continue;
