@@ -99,7 +99,7 @@ use rayon::prelude::*;
 use super::Epilogue;
 use super::bf16::{
     self, BSrc, KC, Line, NR, PackedBBf16, check_operands, gemm_bf16_reference, pairs_mut,
-    round_bf16,
+    round_bf16, to_bf16_f32,
 };
 use super::driver::CPtr;
 
@@ -626,7 +626,9 @@ fn self_check() -> Result<(), String> {
             for i in 0..m {
                 for j in 0..n {
                     let mut scale = (0..k)
-                        .map(|p| f64::from(round(a[i * k + p]) * round(b[p * n + j])).abs())
+                        .map(|p| {
+                            f64::from(to_bf16_f32(a[i * k + p]) * to_bf16_f32(b[p * n + j])).abs()
+                        })
                         .sum::<f64>();
                     scale += f64::from(bias[j].abs());
                     if ep.accumulate {
@@ -653,12 +655,6 @@ fn self_check() -> Result<(), String> {
     {
         Err("AMX is an x86-64 extension".to_string())
     }
-}
-
-/// `x` rounded to bfloat16, as an f32.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn round(x: f32) -> f32 {
-    bf16::bf16_to_f32(round_bf16(x))
 }
 
 fn assert_available() {
@@ -1174,6 +1170,7 @@ mod tests {
     //! product on the tiles against the emulator.
 
     use super::*;
+    use crate::cpu::gemm::bf16_cases::{Case, epilogues};
     use crate::rng::Rng;
 
     /// Whether a test of the real tile instructions must be skipped here, with the line saying
@@ -1412,59 +1409,7 @@ mod tests {
         unsafe { emu.dpbf16::<0, 1, 2>() };
     }
 
-    /// A product's operands: row-major with padding between rows, uniform in [-1, 1] (never
-    /// all zero), a bias and a starting C for accumulating products.
-    struct Case {
-        m: usize,
-        n: usize,
-        k: usize,
-        lda: usize,
-        ldb: usize,
-        ldc: usize,
-        a: Vec<f32>,
-        b: Vec<f32>,
-        bias: Vec<f32>,
-        c0: Vec<f32>,
-    }
-
     impl Case {
-        fn new(m: usize, n: usize, k: usize, pad: usize, seed: u64) -> Case {
-            let mut rng = Rng::new(seed);
-            let (lda, ldb, ldc) = (k + pad, n + 2 * pad, n + pad + 1);
-            Case {
-                m,
-                n,
-                k,
-                lda,
-                ldb,
-                ldc,
-                a: rng.uniform_vec(m * lda, -1.0, 1.0),
-                b: rng.uniform_vec(k * ldb, -1.0, 1.0),
-                bias: rng.uniform_vec(n, -0.5, 0.5),
-                c0: rng.uniform_vec(m * ldc, -2.0, 2.0),
-            }
-        }
-
-        /// C before the product: `c0` when accumulating, else NaN (every element must be
-        /// overwritten); NaN between rows either way, which must stay.
-        fn c_start(&self, ep: Epilogue) -> Vec<f32> {
-            let mut c = vec![f32::NAN; self.m * self.ldc];
-            if ep.accumulate {
-                for i in 0..self.m {
-                    c[i * self.ldc..][..self.n].copy_from_slice(&self.c0[i * self.ldc..][..self.n]);
-                }
-            }
-            c
-        }
-
-        fn reference(&self, ep: Epilogue) -> Vec<f32> {
-            let mut c = self.c_start(ep);
-            gemm_bf16_reference(
-                self.m, self.n, self.k, &self.a, self.lda, &self.b, self.ldb, &mut c, self.ldc, ep,
-            );
-            c
-        }
-
         fn on<T: Tiles>(&self, ep: Epilogue, parallel: bool) -> Vec<f32> {
             let mut c = self.c_start(ep);
             gemm_with_tiles::<T>(
@@ -1473,70 +1418,6 @@ mod tests {
             );
             c
         }
-
-        /// The tolerance scale of each element: `sum_k |a_k b_k|` of the rounded operands,
-        /// plus `|bias|`, plus `|C before|` when accumulating (`m x n`).
-        fn scales(&self, ep: Epilogue) -> Vec<f64> {
-            let mut s = vec![0f64; self.m * self.n];
-            for i in 0..self.m {
-                for p in 0..self.k {
-                    let a = f64::from(round(self.a[i * self.lda + p]).abs());
-                    for j in 0..self.n {
-                        s[i * self.n + j] += a * f64::from(round(self.b[p * self.ldb + j]).abs());
-                    }
-                }
-                for j in 0..self.n {
-                    if let Some(b) = ep.bias {
-                        s[i * self.n + j] += f64::from(b[j].abs());
-                    }
-                    if ep.accumulate {
-                        s[i * self.n + j] += f64::from(self.c0[i * self.ldc + j].abs());
-                    }
-                }
-            }
-            s
-        }
-
-        /// Every element within the tolerance of `want`, finite (a NaN fails), the padding
-        /// between rows untouched; the worst error / scale.
-        fn check(&self, got: &[f32], want: &[f32], ep: Epilogue, what: &str) -> f64 {
-            let scales = self.scales(ep);
-            let mut worst = 0f64;
-            for i in 0..self.m {
-                for j in 0..self.n {
-                    let (g, w) = (got[i * self.ldc + j], want[i * self.ldc + j]);
-                    let scale = scales[i * self.n + j];
-                    let err = (f64::from(g) - f64::from(w)).abs();
-                    assert!(
-                        g.is_finite() && w.is_finite() && err <= 1e-5 * scale + 1e-30,
-                        "{what}: C[{i},{j}] = {g}, want {w} (scale {scale})"
-                    );
-                    if scale > 0.0 {
-                        worst = worst.max(err / scale);
-                    }
-                }
-                let pad = &got[i * self.ldc + self.n..(i + 1) * self.ldc];
-                assert!(
-                    pad.iter().all(|v| v.is_nan()),
-                    "{what}: padding of row {i} written"
-                );
-            }
-            worst
-        }
-    }
-
-    fn epilogues(bias: &[f32]) -> [Epilogue<'_>; 5] {
-        [
-            Epilogue::NONE,
-            Epilogue::new(Some(bias), false),
-            Epilogue::new(Some(bias), true),
-            Epilogue::ACCUMULATE,
-            Epilogue {
-                bias: Some(bias),
-                relu: true,
-                accumulate: true,
-            },
-        ]
     }
 
     const DIMS: [usize; 6] = [1, 3, 17, 33, 63, 100];
@@ -1584,8 +1465,8 @@ mod tests {
     /// accumulating or past the first block), subnormal inputs read as zero and subnormal
     /// results flushed; then the bias and ReLU.
     fn model(case: &Case, ep: Epilogue) -> Vec<f32> {
-        let a = |i: usize, p: usize| daz(round(case.a[i * case.lda + p]));
-        let b = |p: usize, j: usize| daz(round(case.b[p * case.ldb + j]));
+        let a = |i: usize, p: usize| daz(to_bf16_f32(case.a[i * case.lda + p]));
+        let b = |p: usize, j: usize| daz(to_bf16_f32(case.b[p * case.ldb + j]));
         let mut c = case.c_start(ep);
         for i in 0..case.m {
             for j in 0..case.n {

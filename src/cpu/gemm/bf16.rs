@@ -108,7 +108,7 @@ pub fn bf16_to_f32(h: u16) -> f32 {
 
 /// `x` rounded to the nearest bfloat16, as an f32.
 #[inline]
-fn to_bf16_f32(x: f32) -> f32 {
+pub(super) fn to_bf16_f32(x: f32) -> f32 {
     bf16_to_f32(round_bf16(x))
 }
 
@@ -952,6 +952,7 @@ mod tests {
     //! module docs).
 
     use super::*;
+    use crate::cpu::gemm::bf16_cases::{Case, epilogues};
     use crate::rng::Rng;
 
     /// Whether a fast-path test must be skipped here, with the line saying so.
@@ -1148,59 +1149,7 @@ mod tests {
         }
     }
 
-    /// A product's operands: row-major with padding between rows, uniform in [-1, 1] (never
-    /// all zero), a bias and a starting C for accumulating products.
-    struct Case {
-        m: usize,
-        n: usize,
-        k: usize,
-        lda: usize,
-        ldb: usize,
-        ldc: usize,
-        a: Vec<f32>,
-        b: Vec<f32>,
-        bias: Vec<f32>,
-        c0: Vec<f32>,
-    }
-
     impl Case {
-        fn new(m: usize, n: usize, k: usize, pad: usize, seed: u64) -> Case {
-            let mut rng = Rng::new(seed);
-            let (lda, ldb, ldc) = (k + pad, n + 2 * pad, n + pad + 1);
-            Case {
-                m,
-                n,
-                k,
-                lda,
-                ldb,
-                ldc,
-                a: rng.uniform_vec(m * lda, -1.0, 1.0),
-                b: rng.uniform_vec(k * ldb, -1.0, 1.0),
-                bias: rng.uniform_vec(n, -0.5, 0.5),
-                c0: rng.uniform_vec(m * ldc, -2.0, 2.0),
-            }
-        }
-
-        /// C before the product: the random `c0` when accumulating, else NaN (garbage every
-        /// element must overwrite); NaN between rows either way, which must stay.
-        fn c_start(&self, ep: Epilogue) -> Vec<f32> {
-            let mut c = vec![f32::NAN; self.m * self.ldc];
-            if ep.accumulate {
-                for i in 0..self.m {
-                    c[i * self.ldc..][..self.n].copy_from_slice(&self.c0[i * self.ldc..][..self.n]);
-                }
-            }
-            c
-        }
-
-        fn reference(&self, ep: Epilogue) -> Vec<f32> {
-            let mut c = self.c_start(ep);
-            gemm_bf16_reference(
-                self.m, self.n, self.k, &self.a, self.lda, &self.b, self.ldb, &mut c, self.ldc, ep,
-            );
-            c
-        }
-
         fn fast(&self, ep: Epilogue, parallel: bool) -> Vec<f32> {
             let mut c = self.c_start(ep);
             gemm_bf16(
@@ -1209,56 +1158,6 @@ mod tests {
             );
             c
         }
-
-        /// `sum_k |a_k b_k|` of the rounded operands, per element of C (`m x n`).
-        fn abs_sums(&self) -> Vec<f64> {
-            let mut s = vec![0f64; self.m * self.n];
-            for i in 0..self.m {
-                for p in 0..self.k {
-                    let a = to_bf16_f32(self.a[i * self.lda + p]).abs() as f64;
-                    for j in 0..self.n {
-                        s[i * self.n + j] += a * to_bf16_f32(self.b[p * self.ldb + j]).abs() as f64;
-                    }
-                }
-            }
-            s
-        }
-
-        /// The tolerance scale of each element under `ep` (see the module docs).
-        fn scale(&self, abs_sums: &[f64], ep: Epilogue, i: usize, j: usize) -> f64 {
-            let mut s = abs_sums[i * self.n + j];
-            if let Some(b) = ep.bias {
-                s += (b[j] as f64).abs();
-            }
-            if ep.accumulate {
-                s += (self.c0[i * self.ldc + j] as f64).abs();
-            }
-            s
-        }
-
-        fn assert_padding_untouched(&self, c: &[f32], what: &str) {
-            for i in 0..self.m {
-                let pad = &c[i * self.ldc + self.n..(i + 1) * self.ldc];
-                assert!(
-                    pad.iter().all(|v| v.is_nan()),
-                    "{what}: padding of row {i} written"
-                );
-            }
-        }
-    }
-
-    fn epilogues(bias: &[f32]) -> [Epilogue<'_>; 5] {
-        [
-            Epilogue::NONE,
-            Epilogue::new(Some(bias), false),
-            Epilogue::new(Some(bias), true),
-            Epilogue::ACCUMULATE,
-            Epilogue {
-                bias: Some(bias),
-                relu: true,
-                accumulate: true,
-            },
-        ]
     }
 
     /// The reference is the f32 sum of exact products: within the summation bound
@@ -1348,27 +1247,12 @@ mod tests {
         let mut worst = 0f64;
         for (s, (m, n, k)) in all_shapes().into_iter().enumerate() {
             let case = Case::new(m, n, k, s % 3, 1000 + s as u64);
-            let sums = case.abs_sums();
             for ep in epilogues(&case.bias) {
                 let want = case.reference(ep);
                 for parallel in [false, true] {
                     let got = case.fast(ep, parallel);
                     let what = format!("{m}x{n}x{k} parallel={parallel} {ep:?}");
-                    for i in 0..m {
-                        for j in 0..n {
-                            let (g, w) = (got[i * case.ldc + j], want[i * case.ldc + j]);
-                            let scale = case.scale(&sums, ep, i, j);
-                            let err = (g as f64 - w as f64).abs();
-                            assert!(
-                                g.is_finite() && err <= 1e-5 * scale + 1e-30,
-                                "{what}: C[{i},{j}] = {g}, want {w} (scale {scale})"
-                            );
-                            if scale > 0.0 {
-                                worst = worst.max(err / scale);
-                            }
-                        }
-                    }
-                    case.assert_padding_untouched(&got, &what);
+                    worst = worst.max(case.check(&got, &want, ep, &what));
                 }
             }
         }

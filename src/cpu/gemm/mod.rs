@@ -9,6 +9,8 @@
 
 pub mod amx;
 pub mod bf16;
+#[cfg(test)]
+mod bf16_cases;
 pub mod blocking;
 mod driver;
 mod micro;
