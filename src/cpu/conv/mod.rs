@@ -23,10 +23,7 @@ pub use backward::{conv2d_backward_bf16, conv2d_backward_with};
 pub use bf16::conv2d_bf16;
 pub use direct::conv_direct;
 pub use im2col::{Im2col, Im2colT};
-pub use winograd::{
-    Schedule, Variant, WinogradWeights, conv_winograd, conv_winograd_scheduled,
-    kernel_grad_winograd,
-};
+pub use winograd::{Variant, WinogradWeights, conv_winograd, kernel_grad_winograd};
 
 use crate::cpu::conv2d_reference;
 use crate::cpu::gemm::{self, BSource, Epilogue};

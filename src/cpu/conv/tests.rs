@@ -10,6 +10,7 @@ use super::*;
 use crate::cpu::conv2d_backward_reference;
 use crate::rng::Rng;
 use crate::tensor::{Padding, Wanted};
+use winograd::Schedule;
 
 fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
     let n = shape.iter().product();
@@ -318,40 +319,66 @@ fn the_flipped_kernel_follows_the_weights() {
     }
 }
 
+/// A 3x3 stride-1 layer (what Winograd runs) with random input, kernel and bias.
+struct Layer3x3 {
+    x: Tensor,
+    kernel: Tensor,
+    bias: Tensor,
+    spec: Conv2dSpec,
+    g: ConvGeometry,
+}
+
+/// One [`Layer3x3`] for each 3x3 stride-1 case of [`CASES`], with `activation`.
+fn layers_3x3(rng: &mut Rng, activation: Activation) -> Vec<Layer3x3> {
+    CASES
+        .iter()
+        .filter(|&&(.., k, s, _)| k == 3 && s == 1)
+        .map(|&(n, h, w, cin, cout, _, _, padding)| {
+            let x = random(&[n, h, w, cin], rng);
+            let kernel = random(&[3, 3, cin, cout], rng);
+            let bias = random(&[cout], rng);
+            let spec = Conv2dSpec {
+                stride: [1, 1],
+                padding,
+                activation,
+            };
+            let g = spec
+                .geometry(x.shape(), kernel.shape(), Some(bias.shape()))
+                .unwrap();
+            Layer3x3 {
+                x,
+                kernel,
+                bias,
+                spec,
+                g,
+            }
+        })
+        .collect()
+}
+
 /// `Variant::F4Bf16` (F(4x4) on the points 0, ±1, 1/2, -2) is exact arithmetic like F4: in
 /// f32, forward and kernel gradient, within F(4x4)'s tolerance of the reference on every 3x3
 /// stride-1 case. The bf16 path uses it; this checks its matrices apart from bf16's rounding.
 #[test]
 fn f4_on_the_bf16_points_matches_the_reference_in_f32() {
     let mut rng = Rng::new(31);
+    let layers = layers_3x3(&mut rng, Activation::Linear);
     let mut checked = 0;
-    for (c, &(n, h, w, cin, cout, k, s, padding)) in CASES.iter().enumerate() {
-        if k != 3 || s != 1 {
-            continue;
-        }
-        let x = random(&[n, h, w, cin], &mut rng);
-        let kernel = random(&[3, 3, cin, cout], &mut rng);
-        let bias = random(&[cout], &mut rng);
-        let spec = Conv2dSpec {
-            stride: [1, 1],
-            padding,
-            activation: Activation::Linear,
-        };
-        let g = spec
-            .geometry(x.shape(), kernel.shape(), Some(bias.shape()))
-            .unwrap();
-        let want = conv2d_reference(&x, &kernel, Some(&bias), &spec).unwrap();
+    for (c, l) in layers.iter().enumerate() {
+        let (x, kernel, bias, spec, g) = (&l.x, &l.kernel, &l.bias, &l.spec, &l.g);
+        let (cin, cout) = (g.cin, g.cout);
+        let want = conv2d_reference(x, kernel, Some(bias), spec).unwrap();
         let dy = random(want.dims(), &mut rng);
-        let want_dk = conv2d_backward_reference(&x, &want, &dy, &kernel, &spec, Wanted::PARAMS)
+        let want_dk = conv2d_backward_reference(x, &want, &dy, kernel, spec, Wanted::PARAMS)
             .unwrap()
             .kernel
             .unwrap();
         for isa in Isa::all_available() {
             let ww = WinogradWeights::new(Variant::F4Bf16, isa, kernel.data(), cin, cout);
             let mut got = vec![0f32; want.numel()];
-            conv_winograd(&ww, x.data(), Some(bias.data()), false, &g, false, &mut got);
+            conv_winograd(&ww, x.data(), Some(bias.data()), false, g, false, &mut got);
             let mut dk = vec![0f32; want_dk.numel()];
-            kernel_grad_winograd(Variant::F4Bf16, isa, x.data(), dy.data(), &g, &mut dk);
+            kernel_grad_winograd(Variant::F4Bf16, isa, x.data(), dy.data(), g, &mut dk);
             for (what, got, want) in [("forward", &got[..], &want), ("dk", &dk[..], &want_dk)] {
                 let scale = want.max_abs().max(1e-6);
                 for (a, b) in got.iter().zip(want.data()) {
@@ -377,22 +404,11 @@ fn winograd_schedules_agree_bit_for_bit() {
         .build()
         .unwrap();
     let mut rng = Rng::new(37);
+    let layers = layers_3x3(&mut rng, Activation::Relu);
     let mut checked = 0;
-    for &(n, h, w, cin, cout, k, s, padding) in CASES.iter() {
-        if k != 3 || s != 1 {
-            continue;
-        }
-        let x = random(&[n, h, w, cin], &mut rng);
-        let kernel = random(&[3, 3, cin, cout], &mut rng);
-        let bias = random(&[cout], &mut rng);
-        let spec = Conv2dSpec {
-            stride: [1, 1],
-            padding,
-            activation: Activation::Relu,
-        };
-        let g = spec
-            .geometry(x.shape(), kernel.shape(), Some(bias.shape()))
-            .unwrap();
+    for l in &layers {
+        let (x, kernel, bias, g) = (&l.x, &l.kernel, &l.bias, &l.g);
+        let (n, h, w, cin, cout) = (g.n, g.h, g.w, g.cin, g.cout);
         for variant in [Variant::F2, Variant::F4, Variant::F4Bf16] {
             for isa in Isa::all_available() {
                 let ww = WinogradWeights::new(variant, isa, kernel.data(), cin, cout);
@@ -405,13 +421,14 @@ fn winograd_schedules_agree_bit_for_bit() {
                     let run = |schedule| {
                         let mut out = vec![f32::NAN; len];
                         pool.install(|| {
-                            conv_winograd_scheduled(
+                            winograd::conv_winograd_scheduled(
                                 schedule,
+                                true,
                                 &ww,
                                 x.data(),
                                 Some(bias.data()),
                                 true,
-                                &g,
+                                g,
                                 pooled,
                                 &mut out,
                             )
@@ -474,7 +491,7 @@ fn bf16_winograd_in_place_v_matches_the_packed_path_bit_for_bit() {
                     let run = |pairs| {
                         let mut out = vec![f32::NAN; len];
                         pool.install(|| {
-                            winograd::winograd_impl(
+                            winograd::conv_winograd_scheduled(
                                 schedule,
                                 pairs,
                                 &ww,

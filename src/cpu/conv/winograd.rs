@@ -205,7 +205,7 @@ fn e_stride(tiles: usize, cout: usize) -> usize {
 
 /// How [`conv_winograd`] spreads a layer over the threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Schedule {
+pub(crate) enum Schedule {
     /// Blocks of tile rows one after another, each phase of a block (input transform, the
     /// `a^2` GEMMs, output transform) spread over all threads, with a barrier between phases.
     /// `U` is read once per block: the schedule for wide layers, whose `U` is large.
@@ -228,7 +228,7 @@ const PER_THREAD_BLOCK_BYTES: usize = 512 << 10;
 
 impl Schedule {
     /// keel's choice for `w`: per thread where `U` is small and there is more than one thread.
-    pub fn choose(w: &WinogradWeights) -> Schedule {
+    fn choose(w: &WinogradWeights) -> Schedule {
         let a = w.variant.a();
         if a * a * w.cin * w.cout * 4 <= PER_THREAD_MAX_U && rayon::current_num_threads() > 1 {
             Schedule::PerThread
@@ -252,30 +252,15 @@ pub fn conv_winograd(
     pool: bool,
     out: &mut [f32],
 ) {
-    conv_winograd_scheduled(Schedule::choose(w), w, x, bias, relu, g, pool, out)
+    conv_winograd_scheduled(Schedule::choose(w), true, w, x, bias, relu, g, pool, out)
 }
 
-/// [`conv_winograd`] on a given schedule. Both schedules compute every output with the same
-/// operations in the same order (each tile's transforms, each GEMM row's sums): the results
-/// are identical bit for bit.
+/// [`conv_winograd`] on a given schedule, with the bf16 path's in-place V (`pairs`) allowed or
+/// not. Both schedules compute every output with the same operations in the same order (each
+/// tile's transforms, each GEMM row's sums), and so do both bf16 paths: the results are
+/// identical bit for bit (tested).
 #[allow(clippy::too_many_arguments)]
-pub fn conv_winograd_scheduled(
-    schedule: Schedule,
-    w: &WinogradWeights,
-    x: &[f32],
-    bias: Option<&[f32]>,
-    relu: bool,
-    g: &ConvGeometry,
-    pool: bool,
-    out: &mut [f32],
-) {
-    winograd_impl(schedule, true, w, x, bias, relu, g, pool, out)
-}
-
-/// [`conv_winograd_scheduled`], with the bf16 path's in-place V (`pairs`) allowed or not: the
-/// two give identical bits (tested).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn winograd_impl(
+pub(crate) fn conv_winograd_scheduled(
     schedule: Schedule,
     pairs: bool,
     w: &WinogradWeights,
