@@ -510,6 +510,7 @@ pub(super) mod x86 {
 
     use super::{BSrc, CPtr, KC, Line, MC, MR, NR, pairs_mut};
     use crate::cpu::gemm::Epilogue;
+    use crate::cpu::gemm::micro_x86::prefetch_c_tile;
 
     /// Columns of B per packed block.
     const NC: usize = 4096;
@@ -889,6 +890,8 @@ pub(super) mod x86 {
         bias: *const f32,
         relu: bool,
     ) {
+        // C is read and written only after the loop: its lines can arrive meanwhile.
+        prefetch_c_tile(ROWS, NR, c, ldc);
         let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
         // Row starts computed once: the loop then addresses each pair of A as base + p.
         // SAFETY: rows r < ROWS <= MR start inside the panel.
