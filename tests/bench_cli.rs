@@ -110,7 +110,49 @@ fn conv_and_vgg16_run_every_algorithm() {
 }
 
 #[test]
+fn conv_runs_in_bf16_where_the_cpu_can() {
+    for pass in ["forward", "input-grad"] {
+        let out = keel(&[
+            "bench",
+            "conv",
+            "--layer",
+            "block2_conv1",
+            "--input",
+            "40x36",
+            "--pass",
+            pass,
+            "--precision",
+            "bf16",
+            "--reps",
+            "1",
+        ]);
+        if !out.status.success() {
+            // Without AVX512-BF16 the run must say so, not fail otherwise.
+            assert_fails_with(&out, "needs AVX512-BF16");
+            eprintln!("SKIP bench conv --precision bf16 {pass}: this CPU lacks AVX512-BF16");
+            continue;
+        }
+        let err = assert_timings(&out, 1);
+        assert!(
+            err.contains("in bf16") && err.contains("ok, tolerance"),
+            "{pass}: {err}"
+        );
+    }
+}
+
+#[test]
 fn bad_arguments_are_clear_errors() {
+    assert_fails_with(
+        &keel(&[
+            "bench",
+            "conv",
+            "--layer",
+            "block1_conv1",
+            "--precision",
+            "fp8",
+        ]),
+        "unknown --precision fp8",
+    );
     assert_fails_with(
         &keel(&["bench", "gemm", "4", "4", "4", "--kernel", "fast"]),
         "unknown --kernel fast",

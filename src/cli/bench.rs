@@ -12,7 +12,9 @@ use clap::{Parser, Subcommand};
 
 use super::backend::{BackendArgs, parse_algo, parse_isa};
 use super::common::parse_hw;
-use crate::cpu::conv::{ConvAlgo, ConvPlan, conv2d_backward_with, conv2d_with};
+use crate::cpu::conv::{
+    ConvAlgo, ConvPlan, conv2d_backward_bf16, conv2d_backward_with, conv2d_bf16, conv2d_with,
+};
 use crate::cpu::gemm::{self, Epilogue, Kernel};
 use crate::cpu::isa::Isa;
 use crate::cpu::peak::fma_peak_gflops;
@@ -58,12 +60,15 @@ struct ConvArgs {
     #[arg(long, default_value = "forward")]
     pass: String,
     /// Network input size HxW (the layer's size follows from it).
-    /// Network input size HxW.
     #[arg(long, value_parser = parse_hw, default_value = "224x224")]
     input: [usize; 2],
     /// Images per forward pass.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// fp32, or bf16 (the products in bf16 with AVX512-BF16, sums in fp32; the kernel
+    /// gradient stays fp32 in both).
+    #[arg(long, default_value = "fp32")]
+    precision: String,
     /// Timed repetitions after one warm-up (default: REPS from the environment, else 5).
     #[arg(long)]
     reps: Option<usize>,
@@ -263,6 +268,14 @@ fn bench_gemm(a: GemmArgs) -> anyhow::Result<()> {
 fn bench_conv(a: ConvArgs) -> anyhow::Result<()> {
     let isa = parse_isa(a.isa.as_deref())?;
     let reps = reps(a.reps)?;
+    let bf16 = match a.precision.as_str() {
+        "fp32" => false,
+        "bf16" if gemm::bf16::available() => true,
+        "bf16" => {
+            bail!("--precision bf16 needs AVX512-BF16, which this CPU lacks (or KEEL_ISA caps it)")
+        }
+        p => bail!("unknown --precision {p}: use fp32 or bf16"),
+    };
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -325,14 +338,16 @@ fn bench_conv(a: ConvArgs) -> anyhow::Result<()> {
     let mut failed = None;
     let times = time_reps(reps, || {
         let r = match (&y, &dy) {
-            (Some(y), Some(dy)) => {
-                conv2d_backward_with(forced, isa, &x, y, dy, &params, &spec, wanted).map(|g| {
-                    match pass {
-                        Pass::InputGrad => g.input,
-                        _ => g.kernel,
-                    }
-                })
+            (Some(y), Some(dy)) => if bf16 {
+                conv2d_backward_bf16(forced, &x, y, dy, &params, &spec, wanted)
+            } else {
+                conv2d_backward_with(forced, isa, &x, y, dy, &params, &spec, wanted)
             }
+            .map(|g| match pass {
+                Pass::InputGrad => g.input,
+                _ => g.kernel,
+            }),
+            _ if bf16 => conv2d_bf16(algo, &x, &params, &spec, false).map(Some),
             _ => conv2d_with(algo, isa, &x, &params, &spec).map(Some),
         };
         match r {
@@ -372,14 +387,20 @@ fn bench_conv(a: ConvArgs) -> anyhow::Result<()> {
     // The input gradient runs the forward algorithms (Winograd's tolerance); the kernel
     // gradient is a GEMM whose sums run over every pixel of the batch (thousands of terms,
     // against 9 * Cin for the forward pass), so it gets F(4x4)'s looser tolerance too.
+    // bf16 rounds both operands of every product (2^-9 relative each), and F(4x4)'s
+    // transforms amplify that. Worst seen over VGG16's layers at batch 2 (Zen 4): forward
+    // 1.7e-2, input gradient 3.0e-2 (its output gradient is random in sign, so the sums
+    // cancel and max|ref| is small next to the terms); implicit GEMM 3e-3. About twice that:
     let tol = match pass {
         Pass::KernelGrad => 1e-4,
+        Pass::InputGrad if bf16 => 6e-2,
+        _ if bf16 => 4e-2,
         _ if algo == ConvAlgo::Winograd4 => 1e-4,
         _ => 1e-5,
     };
     let plan = ConvPlan::of(&params).map_or(0, ConvPlan::bytes);
     eprintln!(
-        "{} {} {}x{}x{}->{} batch {} algo {algo} isa {isa} on {} threads: max|diff|/max|ref| {worst:.1e} ({}, tolerance {tol:.0e}); prepared weights {:.1} MB",
+        "{} {} {}x{}x{}->{} batch {} algo {algo} isa {isa}{} on {} threads: max|diff|/max|ref| {worst:.1e} ({}, tolerance {tol:.0e}); prepared weights {:.1} MB",
         a.layer,
         pass.name(),
         h,
@@ -387,6 +408,7 @@ fn bench_conv(a: ConvArgs) -> anyhow::Result<()> {
         cin,
         cout,
         a.batch,
+        if bf16 { " in bf16" } else { "" },
         rayon::current_num_threads(),
         if worst <= tol { "ok" } else { "FAILED" },
         plan as f64 / 1e6
