@@ -34,6 +34,18 @@ impl Tensor {
         Tensor::zeros_of(shape, DType::F32)
     }
 
+    /// An f32 host tensor whose values are unspecified (zeros, or those of a freed tensor
+    /// whose buffer is reused), for a kernel that writes every element: the output of a
+    /// convolution or a pool. It saves the pass that clears a large buffer.
+    pub fn for_overwrite(shape: impl Into<Shape>) -> Result<Self> {
+        let shape = shape.into();
+        let n = numel_of(&shape)?;
+        Ok(Tensor {
+            shape,
+            storage: Storage::F32(AlignedVec::for_overwrite(n)),
+        })
+    }
+
     /// A host tensor of zeros of `dtype` (f32 or f64).
     pub fn zeros_of(shape: impl Into<Shape>, dtype: DType) -> Result<Self> {
         let shape = shape.into();

@@ -112,7 +112,7 @@ pub fn conv2d_bf16(
             } else {
                 g.output_shape()
             };
-            let mut out = Tensor::zeros(shape)?;
+            let mut out = Tensor::for_overwrite(shape)?;
             if out.numel() > 0 {
                 conv_winograd(ww, xd, bias, relu, &g, pool, out.data_mut());
             }
@@ -129,7 +129,7 @@ pub fn conv2d_bf16(
                     &owned
                 }
             };
-            let mut out = Tensor::zeros(g.output_shape())?;
+            let mut out = Tensor::for_overwrite(g.output_shape())?;
             let rows = g.n * g.oh * g.ow;
             let a = Im2col { x: xd, g };
             let block = (IM2COL_BLOCK_FLOATS / k.max(1)).clamp(1, rows.max(1));

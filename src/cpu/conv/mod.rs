@@ -228,7 +228,7 @@ fn conv(
     } else {
         g.output_shape()
     };
-    let mut out = Tensor::zeros(shape)?;
+    let mut out = Tensor::for_overwrite(shape)?;
     if out.numel() == 0 {
         return Ok(out);
     }
