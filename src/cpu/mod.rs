@@ -19,6 +19,7 @@ pub mod machine;
 pub mod peak;
 pub(crate) mod pool2x2;
 pub(crate) mod reference;
+pub(crate) mod stream;
 pub mod tune;
 
 pub use fast::Cpu;

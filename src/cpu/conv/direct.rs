@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 
 use crate::cpu::isa::Isa;
+use crate::cpu::stream;
 use crate::tensor::ConvGeometry;
 
 /// Output pixels per strip: 6 pixels x 2 AVX2 vectors = 12 accumulator registers.
@@ -37,6 +38,7 @@ pub fn conv_direct(
         bp[..g.cout].copy_from_slice(b);
     }
     let use_avx2 = isa.runs_avx2();
+    let stream = stream::worth_streaming(std::mem::size_of_val(out));
     out.par_chunks_mut(g.ow * g.cout)
         .enumerate()
         .for_each(|(row, out_row)| {
@@ -63,15 +65,14 @@ pub fn conv_direct(
                     for (p, acc) in acc.iter().enumerate().take(px) {
                         let o = &mut out_row[(ox0 + p) * g.cout + c0..];
                         if lanes == LANES {
-                            // A fixed-length copy is two vector moves, not a memmove call.
-                            let o: &mut [f32; LANES] = (&mut o[..LANES]).try_into().expect("16");
-                            *o = *acc;
+                            stream::store16(o, acc, stream);
                         } else {
                             o[..lanes].copy_from_slice(&acc[..lanes]);
                         }
                     }
                 }
             }
+            stream::fence();
         });
 }
 

@@ -24,6 +24,7 @@ use crate::cpu::gemm::bf16::{KC, PackedBBf16, gemm_bf16_pairs};
 use crate::cpu::gemm::gemm_bf16_packed_best;
 use crate::cpu::gemm::{self, BSource, Epilogue, Kernel, MatrixA, PackedB};
 use crate::cpu::isa::Isa;
+use crate::cpu::stream;
 use crate::tensor::real::max_nan;
 use crate::tensor::{AlignedVec, ConvGeometry};
 
@@ -295,6 +296,7 @@ pub(crate) fn conv_winograd_scheduled(
         relu,
         g,
         pool,
+        stream: stream::worth_streaming(std::mem::size_of_val(out)),
         tw,
         th,
         pairs_allowed: pairs,
@@ -377,6 +379,8 @@ struct Job<'a> {
     relu: bool,
     g: &'a ConvGeometry,
     pool: bool,
+    /// Whether the output is stored past the caches ([`stream::worth_streaming`]).
+    stream: bool,
     /// Tiles per tile row, tile rows per image.
     tw: usize,
     th: usize,
@@ -516,6 +520,7 @@ impl Job<'_> {
                     w.variant,
                     w.isa,
                     self.pool,
+                    self.stream,
                     mm,
                     es,
                     t,
@@ -526,6 +531,9 @@ impl Job<'_> {
                     self.relu,
                     chunk,
                 );
+            }
+            if self.stream {
+                stream::fence();
             }
         };
         if parallel {
@@ -853,6 +861,17 @@ fn load_lanes(dst: &mut V, src: &[f32], lanes: usize) {
     }
 }
 
+/// [`store_lanes`] for the output, streamed past the caches when `stream` (see
+/// [`stream::worth_streaming`]).
+#[inline(always)]
+fn store_out(dst: &mut [f32], src: &V, lanes: usize, stream: bool) {
+    if lanes == LANES {
+        stream::store16(dst, src, stream);
+    } else {
+        store_lanes(dst, src, lanes);
+    }
+}
+
 /// Ask for the cache line holding `v` (a hint: it never faults, and does nothing where the
 /// architecture has no stable prefetch instruction in Rust).
 #[inline(always)]
@@ -1094,6 +1113,7 @@ fn output_tile<const A: usize, const M: usize>(
     bias: Option<&[f32]>,
     relu: bool,
     pool: bool,
+    stream: bool,
     chunk: &mut [f32],
     at: impl Fn(&dyn Fn(usize) -> f32, &mut dyn FnMut(usize, f32)) + Copy,
 ) {
@@ -1138,16 +1158,22 @@ fn output_tile<const A: usize, const M: usize>(
                     let (v00, v01) = (act(&y[p][q]), act(&y[p][q + 1]));
                     let (v10, v11) = (act(&y[p + 1][q]), act(&y[p + 1][q + 1]));
                     let v = max_lanes(&max_lanes(&v00, &v01), &max_lanes(&v10, &v11));
-                    store_lanes(&mut chunk[(i * pw + ox0 / 2 + j) * cout + c0..], &v, lanes);
+                    store_out(
+                        &mut chunk[(i * pw + ox0 / 2 + j) * cout + c0..],
+                        &v,
+                        lanes,
+                        stream,
+                    );
                 }
             }
         } else {
             for (i, yrow) in y.iter().enumerate().take(rows_out) {
                 for (j, yv) in yrow.iter().enumerate().take(cols_out) {
-                    store_lanes(
+                    store_out(
                         &mut chunk[(i * g.ow + ox0 + j) * cout + c0..],
                         &act(yv),
                         lanes,
+                        stream,
                     );
                 }
             }
@@ -1180,6 +1206,7 @@ fn input_generic<T: VElem>(
 fn output_generic(
     variant: Variant,
     pool: bool,
+    stream: bool,
     mm: &[f32],
     e_stride: usize,
     t: usize,
@@ -1201,6 +1228,7 @@ fn output_generic(
             bias,
             relu,
             pool,
+            stream,
             chunk,
             |d, o| at2(d, o),
         ),
@@ -1214,6 +1242,7 @@ fn output_generic(
             bias,
             relu,
             pool,
+            stream,
             chunk,
             |d, o| at4(d, o),
         ),
@@ -1227,6 +1256,7 @@ fn output_generic(
             bias,
             relu,
             pool,
+            stream,
             chunk,
             |d, o| at4b(d, o),
         ),
@@ -1275,6 +1305,7 @@ unsafe fn input_avx2<T: VElem>(
 unsafe fn output_avx512(
     variant: Variant,
     pool: bool,
+    stream: bool,
     mm: &[f32],
     e_stride: usize,
     t: usize,
@@ -1286,7 +1317,7 @@ unsafe fn output_avx512(
     chunk: &mut [f32],
 ) {
     output_generic(
-        variant, pool, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
+        variant, pool, stream, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
     )
 }
 
@@ -1296,6 +1327,7 @@ unsafe fn output_avx512(
 unsafe fn output_avx2(
     variant: Variant,
     pool: bool,
+    stream: bool,
     mm: &[f32],
     e_stride: usize,
     t: usize,
@@ -1307,7 +1339,7 @@ unsafe fn output_avx2(
     chunk: &mut [f32],
 ) {
     output_generic(
-        variant, pool, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
+        variant, pool, stream, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
     )
 }
 
@@ -1399,6 +1431,7 @@ fn dispatch_output(
     variant: Variant,
     isa: Isa,
     pool: bool,
+    stream: bool,
     mm: &[f32],
     e_stride: usize,
     t: usize,
@@ -1414,7 +1447,7 @@ fn dispatch_output(
         // SAFETY: AVX-512F, AVX2 and FMA are available (checked just above).
         return unsafe {
             output_avx512(
-                variant, pool, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
+                variant, pool, stream, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
             )
         };
     }
@@ -1423,13 +1456,13 @@ fn dispatch_output(
         // SAFETY: AVX2 and FMA are available (checked just above).
         return unsafe {
             output_avx2(
-                variant, pool, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
+                variant, pool, stream, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
             )
         };
     }
     let _ = isa;
     output_generic(
-        variant, pool, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
+        variant, pool, stream, mm, e_stride, t, g, rows_out, ox0, bias, relu, chunk,
     )
 }
 
