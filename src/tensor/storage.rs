@@ -16,6 +16,7 @@ struct Block([f32; LANES]);
 /// A growable-once buffer of `f32` whose first element is 64-byte aligned.
 #[derive(Clone, Default)]
 pub struct AlignedVec {
+    /// At least `len` floats; a reused buffer may hold more (see [`AlignedVec::for_overwrite`]).
     blocks: Vec<Block>,
     len: usize,
 }
@@ -118,8 +119,12 @@ impl AlignedVec {
         if blocks >= pool::MIN_BLOCKS
             && let Some(mut v) = pool::take(blocks)
         {
-            v.clear();
-            v.resize(blocks, Block([0.0; LANES]));
+            if v.len() >= blocks {
+                v[..blocks].fill(Block([0.0; LANES]));
+            } else {
+                v.clear();
+                v.resize(blocks, Block([0.0; LANES]));
+            }
             return AlignedVec { blocks: v, len };
         }
         Self::fresh(len)
@@ -134,9 +139,13 @@ impl AlignedVec {
         if blocks >= pool::MIN_BLOCKS
             && let Some(mut v) = pool::take(blocks)
         {
-            // Shorter: dropped from the end. Longer (within the capacity): the new blocks are
-            // zeros. Either way every value is initialized, only unspecified.
-            v.resize(blocks, Block([0.0; LANES]));
+            // Long enough: kept whole (the blocks past `len` are simply not seen), so a
+            // buffer never shrinks and never needs extending later. Shorter (within the
+            // capacity): the new blocks are zeros. Every value is initialized, only
+            // unspecified.
+            if v.len() < blocks {
+                v.resize(blocks, Block([0.0; LANES]));
+            }
             return AlignedVec { blocks: v, len };
         }
         Self::fresh(len)

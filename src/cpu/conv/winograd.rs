@@ -923,7 +923,13 @@ impl VElem for u16 {
             let nan = b & 0x7fff_ffff > 0x7f80_0000;
             h[l] = ((if nan { b | 0x0040_0000 } else { rounded }) >> 16) as u16;
         }
-        dst[..lanes].copy_from_slice(&h[..lanes]);
+        if lanes == LANES {
+            // A fixed-length copy is one vector move; `..lanes` compiled to a memcpy call
+            // per group (2% of a bf16 VGG16 pass in perf).
+            dst[..LANES].copy_from_slice(&h);
+        } else {
+            dst[..lanes].copy_from_slice(&h[..lanes]);
+        }
     }
 }
 
