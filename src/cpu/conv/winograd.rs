@@ -1075,6 +1075,20 @@ fn input_tile<const A: usize, T: VElem>(
             }
         }
     }
+    // This tile's own pixels likewise: where each starts in `x`, or `PADDING`. Worked out per
+    // group, the index arithmetic and checks outnumbered the transform's own instructions.
+    const PADDING: usize = usize::MAX;
+    let mut at = [[PADDING; A]; A];
+    for (i, row) in at.iter_mut().enumerate() {
+        let Some(iy) = (oy0 + i).checked_sub(g.pad_top).filter(|&iy| iy < g.h) else {
+            continue;
+        };
+        for (j, at) in row.iter_mut().enumerate() {
+            if let Some(ix) = (ox0 + j).checked_sub(g.pad_left).filter(|&ix| ix < g.w) {
+                *at = ((n * g.h + iy) * g.w + ix) * cin;
+            }
+        }
+    }
     for c0 in (0..cin).step_by(LANES) {
         let lanes = LANES.min(cin - c0);
         for &at in &next[..count] {
@@ -1082,16 +1096,12 @@ fn input_tile<const A: usize, T: VElem>(
         }
         // Every element is written (zero for padding); the full-width copies have a fixed
         // length and compile to vector moves, not memmove calls.
-        for (i, drow) in d.iter_mut().enumerate() {
-            let iy = (oy0 + i).checked_sub(g.pad_top).filter(|&iy| iy < g.h);
-            for (j, dv) in drow.iter_mut().enumerate() {
-                let ix = (ox0 + j).checked_sub(g.pad_left).filter(|&ix| ix < g.w);
-                match (iy, ix) {
-                    (Some(iy), Some(ix)) => {
-                        let at = ((n * g.h + iy) * g.w + ix) * cin + c0;
-                        load_lanes(dv, &x[at..], lanes);
-                    }
-                    _ => *dv = [0f32; LANES],
+        for (drow, arow) in d.iter_mut().zip(&at) {
+            for (dv, &at) in drow.iter_mut().zip(arow) {
+                if at == PADDING {
+                    *dv = [0f32; LANES];
+                } else {
+                    load_lanes(dv, &x[at + c0..], lanes);
                 }
             }
         }
