@@ -15,7 +15,10 @@
 //! The error this adds is measured on the real VGG16 in docs/cpu-kernels.md (block5_pool within
 //! `2e-2 * max|ref|` of Keras is the bar).
 
+use std::cell::Cell;
 use std::sync::OnceLock;
+
+use rayon::prelude::*;
 
 use super::{ConvAlgo, ConvPlan, Im2col, Variant, WinogradWeights, conv_winograd};
 use crate::cpu::gemm::bf16::PackedBBf16;
@@ -28,6 +31,11 @@ use crate::tensor::{Activation, Conv2dSpec, LayerParams, Pool2dSpec, Tensor};
 
 /// Floats of im2col gathered per block: 4 MB, which stays in L2/L3 while the GEMM reads it.
 const IM2COL_BLOCK_FLOATS: usize = 1 << 20;
+
+thread_local! {
+    /// The im2col block of the implicit GEMM, reused (see [`conv2d_bf16`]).
+    static IM2COL_BUF: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
 
 /// What a layer's weights become for the bf16 kernels, made on first use and kept beside the
 /// f32 plan.
@@ -133,13 +141,24 @@ pub fn conv2d_bf16(
             let rows = g.n * g.oh * g.ow;
             let a = Im2col { x: xd, g };
             let block = (IM2COL_BLOCK_FLOATS / k.max(1)).clamp(1, rows.max(1));
-            let mut buf = vec![0f32; block * k];
+            // Kept from call to call: every element a block uses is gathered before it is
+            // read (a fresh 4 MB buffer was a memset per layer).
+            let mut buf = IM2COL_BUF.take();
+            if buf.len() < block * k {
+                buf = vec![0f32; block * k];
+            }
             let ep = Epilogue::new(bias, relu);
             let od = out.data_mut();
+            let threads = rayon::current_num_threads();
             for r0 in (0..rows).step_by(block) {
                 let mc = block.min(rows - r0);
-                // Panels of one row: row-major im2col rows.
-                a.pack(r0, mc, 0, k, 1, &mut buf[..mc * k]);
+                // Panels of one row: row-major im2col rows, gathered by all threads (on one,
+                // the gather took as long as the bf16 GEMM after it at block5, batch 1).
+                let per = mc.div_ceil(threads).max(1);
+                buf[..mc * k]
+                    .par_chunks_mut(per * k)
+                    .enumerate()
+                    .for_each(|(i, rows)| a.pack(r0 + i * per, rows.len() / k, 0, k, 1, rows));
                 gemm_bf16_packed_best(
                     mc,
                     &buf[..mc * k],
@@ -151,6 +170,7 @@ pub fn conv2d_bf16(
                     true,
                 );
             }
+            IM2COL_BUF.set(buf);
             if pool {
                 max_pool_2x2(Isa::Avx512, &out, &Pool2dSpec::vgg())
             } else {

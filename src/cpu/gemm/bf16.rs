@@ -810,21 +810,25 @@ pub(super) mod x86 {
     ) {
         let mut edge = [0f32; MR * NR];
         let mut edge_bias = [0f32; NR];
-        for ip in 0..mc.div_ceil(MR) {
-            let (ap, ks) = apanels.panel(ip, kp);
-            let i0 = ip * MR;
-            let mrb = MR.min(mc - i0);
-            for (jp, bp) in bpanels.chunks_exact(kp * NR).enumerate() {
-                let j0 = jp * NR;
-                let nrb = NR.min(nc - j0);
-                let bias = match bias {
-                    Some(b) if nrb == NR => b[j0..j0 + NR].as_ptr(),
-                    Some(b) => {
-                        edge_bias[..nrb].copy_from_slice(&b[j0..j0 + nrb]);
-                        edge_bias.as_ptr()
-                    }
-                    None => std::ptr::null(),
-                };
+        // B's panels outermost: each (up to KC / 2 * NR pairs, 147 KB) is read from L3 once
+        // and stays in L2 while all of the block's A panels (at most MC rows) pass it, rather
+        // than the whole B block (2.4 MB at VGG's block5, K = 4608) being read again from L3
+        // for each A panel: about 2% on block5_conv1 at batch 1 (Zen 4).
+        for (jp, bp) in bpanels.chunks_exact(kp * NR).enumerate() {
+            let j0 = jp * NR;
+            let nrb = NR.min(nc - j0);
+            let bias = match bias {
+                Some(b) if nrb == NR => b[j0..j0 + NR].as_ptr(),
+                Some(b) => {
+                    edge_bias[..nrb].copy_from_slice(&b[j0..j0 + nrb]);
+                    edge_bias.as_ptr()
+                }
+                None => std::ptr::null(),
+            };
+            for ip in 0..mc.div_ceil(MR) {
+                let (ap, ks) = apanels.panel(ip, kp);
+                let i0 = ip * MR;
+                let mrb = MR.min(mc - i0);
                 // SAFETY: (i0, j0) is inside the caller's mc x nc block of C. A full tile
                 // writes MR x NR inside it; a ragged one goes through `edge`, a full tile with
                 // row stride NR, and only its rows and columns inside C are copied in and
