@@ -219,7 +219,7 @@ pub(crate) enum Schedule {
     PerThread,
 }
 
-/// Largest `U` (bytes, f32) for which [`Schedule::PerThread`] is chosen: a few MB, read from
+/// Largest `U` (bytes, as stored: f32 or bf16) for which [`Schedule::PerThread`] is chosen: a few MB, read from
 /// L3 once per block by each thread.
 const PER_THREAD_MAX_U: usize = 4 << 20;
 
@@ -230,8 +230,7 @@ const PER_THREAD_BLOCK_BYTES: usize = 512 << 10;
 impl Schedule {
     /// keel's choice for `w`: per thread where `U` is small and there is more than one thread.
     fn choose(w: &WinogradWeights) -> Schedule {
-        let a = w.variant.a();
-        if a * a * w.cin * w.cout * 4 <= PER_THREAD_MAX_U && rayon::current_num_threads() > 1 {
+        if w.bytes() <= PER_THREAD_MAX_U && rayon::current_num_threads() > 1 {
             Schedule::PerThread
         } else {
             Schedule::Shared
