@@ -1055,7 +1055,6 @@ fn input_tile<const A: usize, T: VElem>(
     // Scratch for every channel group: each group writes every element before reading it.
     let mut d = [[[0f32; LANES]; A]; A];
     let mut rows = [[[0f32; LANES]; A]; A];
-    let mut t = [[[0f32; LANES]; A]; A];
     // The next tile along the row (the one this thread transforms next) shares A - M columns
     // with this one; its other M columns are new, and come from memory: their lines are asked
     // for now, a group of channels at a time, so that they arrive while this tile computes.
@@ -1088,26 +1087,49 @@ fn input_tile<const A: usize, T: VElem>(
             }
         }
     }
+    let interior = at.iter().flatten().all(|&a| a != PADDING);
     for c0 in (0..cin).step_by(LANES) {
         let lanes = LANES.min(cin - c0);
         for &at in &next[..count] {
             prefetch(&x[at + c0]);
         }
-        // Every element is written (zero for padding); the full-width copies have a fixed
-        // length and compile to vector moves, not memmove calls.
-        for (drow, arow) in d.iter_mut().zip(&at) {
-            for (dv, &at) in drow.iter_mut().zip(arow) {
-                if at == PADDING {
-                    *dv = [0f32; LANES];
-                } else {
-                    load_lanes(dv, &x[at + c0..], lanes);
+        if interior && lanes == LANES {
+            // The rows' transforms read the input in place: no copy of the tile first.
+            for (i, arow) in at.iter().enumerate() {
+                let src: [&[f32; LANES]; A] = std::array::from_fn(|k| {
+                    x[arow[k] + c0..][..LANES].try_into().expect("16 lanes")
+                });
+                for l in 0..LANES {
+                    bt(&|k| src[k][l], &mut |k, v| rows[i][k][l] = v);
+                }
+            }
+        } else {
+            // Every element is written (zero for padding); the full-width copies have a fixed
+            // length and compile to vector moves, not memmove calls.
+            for (drow, arow) in d.iter_mut().zip(&at) {
+                for (dv, &at) in drow.iter_mut().zip(arow) {
+                    if at == PADDING {
+                        *dv = [0f32; LANES];
+                    } else {
+                        load_lanes(dv, &x[at + c0..], lanes);
+                    }
+                }
+            }
+            for i in 0..A {
+                for l in 0..LANES {
+                    bt(&|k| d[i][k][l], &mut |k, v| rows[i][k][l] = v);
                 }
             }
         }
-        apply_2d_in(&d, &mut rows, &mut t, bt);
-        for i in 0..A {
-            for j in 0..A {
-                T::store(&mut vt[(i * A + j) * cin + c0..], &t[i][j], lanes);
+        // The columns' transforms, a column at a time, each stored to V as it is made (a
+        // column is A vectors, held in registers, not a whole tile round-tripped via memory).
+        for j in 0..A {
+            let mut col = [[0f32; LANES]; A];
+            for l in 0..LANES {
+                bt(&|k| rows[k][j][l], &mut |k, v| col[k][l] = v);
+            }
+            for (i, c) in col.iter().enumerate() {
+                T::store(&mut vt[(i * A + j) * cin + c0..], c, lanes);
             }
         }
     }
@@ -1154,13 +1176,32 @@ fn output_tile<const A: usize, const M: usize>(
                 }
             }
         }
-        for (i, drow) in d.iter_mut().enumerate() {
-            for (j, dv) in drow.iter_mut().enumerate() {
-                let e = i * A + j;
-                load_lanes(dv, &mm[e * e_stride + t * cout + c0..], lanes);
+        if lanes == LANES {
+            // The rows' transforms read M in place: no copy of the tile first.
+            for (i, row) in rows.iter_mut().enumerate() {
+                let src: [&[f32; LANES]; A] = std::array::from_fn(|k| {
+                    mm[(i * A + k) * e_stride + t * cout + c0..][..LANES]
+                        .try_into()
+                        .expect("16 lanes")
+                });
+                for l in 0..LANES {
+                    at(&|k| src[k][l], &mut |k, v| row[k][l] = v);
+                }
             }
+            for j in 0..M {
+                for l in 0..LANES {
+                    at(&|k| rows[k][j][l], &mut |k, v| y[k][j][l] = v);
+                }
+            }
+        } else {
+            for (i, drow) in d.iter_mut().enumerate() {
+                for (j, dv) in drow.iter_mut().enumerate() {
+                    let e = i * A + j;
+                    load_lanes(dv, &mm[e * e_stride + t * cout + c0..], lanes);
+                }
+            }
+            apply_2d_in(&d, &mut rows, &mut y, at);
         }
-        apply_2d_in(&d, &mut rows, &mut y, at);
         let mut b = [0f32; LANES];
         if let Some(bias) = bias {
             b[..lanes].copy_from_slice(&bias[c0..c0 + lanes]);
