@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cpu::gemm::BlockingSource;
 use crate::cpu::gemm::Kernel;
-use crate::cpu::gemm::blocking::{self, Blocking, Geometry};
+use crate::cpu::gemm::blocking::{self, Blocking};
 use crate::cpu::isa::Isa;
 use crate::cpu::machine::{self, Machine, human_bytes};
 use crate::cpu::tune::Status;
@@ -41,8 +41,8 @@ struct KernelBlocking {
     source: &'static str,
     /// The cache model's values, for comparison when tuned.
     model: Blocking,
-    /// The cache level the B micro-panel is read from (1 at full FMA rate, 2 at half).
-    b_panel_level: usize,
+    /// Bytes of the A micro-panel (MR x KC floats), which the model sizes to stay in L1d.
+    a_panel_bytes: usize,
 }
 
 /// Everything `keel info` reports.
@@ -97,8 +97,8 @@ impl Report {
                         BlockingSource::Tuned => "tuned",
                         BlockingSource::Model => "model",
                     },
-                    model: blocking::model(m, isa, mr, nr, 4),
-                    b_panel_level: Geometry::of(m, isa).b_panel_level(),
+                    model: blocking::model(m, mr, nr, 4),
+                    a_panel_bytes: mr * chosen.kc * 4,
                 }
             })
             .collect();
@@ -204,7 +204,7 @@ impl Report {
         line(format!("threads    {}", self.threads));
         line(String::new());
         line(format!(
-            "{:<9} {:>7} {:>5} {:>5} {:>5}  {:<6} B micro-panel in",
+            "{:<9} {:>7} {:>5} {:>5} {:>5}  {:<6} A micro-panel",
             "blocking", "tile", "MC", "KC", "NC", "from"
         ));
         for k in &self.blocking {
@@ -217,14 +217,14 @@ impl Report {
                 k.source.to_string()
             };
             line(format!(
-                "{:<9} {:>7} {:>5} {:>5} {:>5}  {:<6} L{}",
+                "{:<9} {:>7} {:>5} {:>5} {:>5}  {:<6} {:.1} KiB",
                 k.isa,
                 format!("{}x{}", k.mr, k.nr),
                 k.blocking.mc,
                 k.blocking.kc,
                 k.blocking.nc,
                 from,
-                k.b_panel_level
+                k.a_panel_bytes as f64 / 1024.0
             ));
         }
         line(

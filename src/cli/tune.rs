@@ -123,7 +123,7 @@ fn candidates(model: Blocking, mr: usize, nr: usize) -> Vec<Blocking> {
 /// The fastest block sizes over [`GEMM_SHAPES`], with its and the model's GFLOP/s.
 fn tune_blocking(isa: Isa, rounds: usize) -> anyhow::Result<TunedBlocking> {
     let (mr, nr) = gemm::blocking::tile(isa);
-    let model = gemm::blocking::model(machine::get(), isa, mr, nr, 4);
+    let model = gemm::blocking::model(machine::get(), mr, nr, 4);
     let cands = candidates(model, mr, nr);
     let mut rng = Rng::new(7);
     let operands: Vec<_> = GEMM_SHAPES

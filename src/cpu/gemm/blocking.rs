@@ -6,12 +6,12 @@
 //! loop nest (`driver.rs`) and stated here in full. `keel tune` then measures around it.
 //!
 //! ```text
-//! for jc step NC          B block KC x NC, packed          stays in L3 across the ic loop
+//! for jc step NC          B block KC x NC, packed          in L3 (L2 when small enough)
 //!   for pc step KC
-//!     for ic step MC      A block MC x KC, read in place   stays in L2 across the jr loop
-//!       for jr step NR    B micro-panel KC x NR            stays in L1 (or L2) across the ir loop
-//!         for ir step MR  A micro-panel MR x KC streams past it
-//!           micro-kernel  C tile MR x NR in registers
+//!     for ic step MC      A block MC x KC, read in place
+//!       for ir step MR    A micro-panel MR x KC            stays in L1 across the jr loop
+//!         for jr step NR  B micro-panels KC x NR stream past it, from L2 or L3
+//!           micro-kernel  C tile MR x NR in registers, loaded and stored once per K block
 //! ```
 //!
 //! Notation: `e` bytes per element (4 for f32, 2 for bf16), `MR x NR` the register tile, and
@@ -20,35 +20,32 @@
 //! of one way. Ways are the unit, as in Low et al.: under LRU, data that has whole ways of the
 //! sets it maps to is not evicted by data streaming through the other ways.
 //!
-//! **KC: where the B micro-panel lives.** That depends on how fast the kernel consumes it.
+//! **KC: the A micro-panel in L1.** The jr loop runs inside the ir loop, so one A micro-panel
+//! meets every B micro-panel of the block in turn: the A micro-panel is what L1 keeps, and
+//! each B micro-panel is read from L2 (or L3) once per A micro-panel, whatever KC is. What a
+//! deeper KC buys is fewer passes over C (each C tile is loaded and stored once per K block).
+//! So KC is as deep as lets the A micro-panel have all of L1's ways but two, which are kept for
+//! the B micro-panel and C's tile streaming through:
 //!
-//! - At full rate (two or more FMA pipes of the kernel's vector width: Intel Xeon's AVX-512,
-//!   AVX2 on every core since Haswell and Zen 2), it must come from L1. Two of L1's ways are
-//!   kept for what streams through (C's tile, the first lines of the next micro-panels); the
-//!   other `W1 - 2` are split between B's micro-panel and A's, both KC deep, in the ratio
-//!   `NR : MR`, B's share rounded down to whole ways:
+//! ```text
+//! KC = (W1 - 2) * w1 / (MR * e)
+//! ```
 //!
-//!   ```text
-//!   ways_B = floor((W1 - 2) * NR / (MR + NR))        KC = ways_B * w1 / (NR * e)
-//!   ```
-//!
-//! - At half rate (one pipe: Zen 4 runs each 512-bit FMA as two 256-bit halves), the kernel
-//!   needs B's bytes half as fast and L2 keeps up. This is the measured fact the model is
-//!   calibrated on: on Zen 4, KC = 512 (a 64 KiB micro-panel, twice its L1) ran as fast as any
-//!   KC from 384 up, and faster than L1-sized ones. L1 then no longer bounds KC; L2 does, where
-//!   B's micro-panel and the next one (which the prefetcher is already bringing in) get one
-//!   way, the smallest whole-way reservation, and the other ways go to A:
-//!
-//!   ```text
-//!   KC = w2 / (2 * NR * e)
-//!   ```
-//!
-//!   The deeper KC, the fewer times each C tile is read and written.
+//! The first version of this model sized KC for the B micro-panel instead: in L1 at full FMA
+//! rate, in L2 at half rate, after Low et al., whose loop order (jr outside ir) does reuse the
+//! B micro-panel from L1. keel's f32 driver never did. Measured: on a Zen 3 (AVX2 only),
+//! KC = 1024 (this rule) against the old rule's 256 ran VGG16's GEMM shapes and 1024^3 15%
+//! faster on one thread (geometric mean of medians; 256 was the slowest of 256-1024), and
+//! Zen 4's AVX2 kernel had already run up to 13% faster at 512 than at 256. On Zen 4's AVX-512
+//! kernel both rules give the hand-tuned 512.
 //!
 //! KC is then rounded down to a multiple of 8 and clamped to [64, 1024].
 //!
-//! **MC: the A block in L2.** A's `MC x KC` block is reused by every B micro-panel of the jr
-//! loop. Of L2's `W2` ways, B's micro-panels take `ceil(2 KC NR e / w2)` (the current one and
+//! **MC: the A block in L2.** In this loop order nothing of A is reused across its micro-panels,
+//! so MC sets little more than how often the ic loop comes round: measured on Zen 3 at KC =
+//! 1024, MC from 36 to 192 lay within the machine's noise. The rule below sizes the block as
+//! if it were reused from L2, which bounds it safely. A's `MC x KC` block would be reused by
+//! every B micro-panel of the jr loop. Of L2's `W2` ways, B's micro-panels take `ceil(2 KC NR e / w2)` (the current one and
 //! the next: they pass through L2 whichever level the kernel reads them from) and C's tiles one;
 //! A gets half of the rest:
 //!
@@ -70,36 +67,35 @@
 //!
 //! | machine | avx512 12x32 | avx2 6x16 | bf16 12x32 (e = 2) |
 //! |---|---|---|---|
-//! | Zen 4 (a) | 192 / 512 / 4096 | 384 / 256 / 8192 | 192 / 1024 / 4096 |
+//! | Zen 4 (a) | 192 / 512 / 4096 | 96 / 1024 / 2048 | 192 / 1024 / 4096 |
 //! | Zen 4, hand-tuned | 144 / 512 / 4096 | 120 / 256 / 4096 | |
-//! | Emerald Rapids (b) | 1020 / 224 / 2912 | 510 / 448 / 1456 | 1020 / 448 / 2912 |
+//! | Zen 3 (b) | | 36 / 1024 / 2048 | |
+//! | Emerald Rapids (c) | 240 / 848 / 768 | 222 / 1024 / 640 | 444 / 1024 / 1280 |
 //!
 //! (a) The EPYC 9R14 VM the constants were tuned on: L1d 32 KiB 8-way, L2 1 MiB 8-way, L3
-//! 32 MiB over 2 threads, one 512-bit FMA pipe. (b) A thread per core: L1d 48 KiB 12-way, L2
-//! 2 MiB 16-way, L3 5 MiB a core, two 512-bit FMA pipes.
+//! 32 MiB over 2 threads, one 512-bit FMA pipe. (b) An EPYC VM (family 25 model 1): L1d
+//! 32 KiB 8-way, L2 512 KiB 8-way, L3 32 MiB over 2 threads, AVX2 only. (c) A thread per
+//! core: L1d 48 KiB 12-way, L2 2 MiB 16-way, L3 5 MiB a core, two 512-bit FMA pipes; not
+//! measured (no such machine was reachable): `keel tune` there tries half and twice each size.
 //!
-//! KC reproduces both hand-tuned values exactly, and NC the AVX-512 one. MC does not, and no
-//! capacity model can reproduce both: the tuned A blocks fill 288 KiB (AVX-512) and 120 KiB
-//! (AVX2) of the same L2, 2.4 times apart, where a rule that leaves A the same share of L2
-//! for both kernels (this one does: B's micro-panels take one way for each) makes them equal.
-//! The tuned values are the small end of a flat region, not a capacity bound:
-//! `docs/cpu-kernels.md` records MC from 96 to 288 (with KC >= 384) within that machine's
-//! noise, except MC = 96 on one shape (more row blocks, so B is re-read more often), and the
-//! model's 192 is inside that range. AVX2's 120 was never swept; the model's 384 is the size
-//! the A block may have, not a measured optimum. AVX2's NC of 8192 against 4096 only matters
+//! KC reproduces the hand-tuned AVX-512 value, and NC too. AVX2's hand-tuned 256 came from the
+//! first model's B-in-L1 rule, not from a sweep; Zen 4 and Zen 3 both ran faster deeper. MC
+//! does not reproduce either hand-tuned value, and in this loop order it need not: the tuned
+//! values are the small end of a flat region, not a capacity bound (`docs/cpu-kernels.md`
+//! records MC from 96 to 288, with KC >= 384, within Zen 4's noise; MC = 96 was slower on one
+//! shape, where more row blocks re-read B more often). NC of 8192 against 4096 only matters
 //! where N > 4096, which no VGG convolution, forward or backward, has (N is a channel count).
-//! On Emerald Rapids the B micro-panel takes 28 KiB, 7 of L1's 12 ways, and A's micro-panel
-//! 10.5 KiB of the 3 ways after it, leaving 2 for what streams through.
-//! With both hyperthreads of a core busy, each thread has half of every level and KC halves.
+//! On Emerald Rapids the A micro-panel takes 39.75 KiB, 10 of L1's 12 ways. With both
+//! hyperthreads of a core busy, each thread has half of every level and KC halves.
 //!
-//! Measured afterwards on the Zen 4 VM (keel's GEMM with forced block sizes on VGG16's shapes
-//! and 1024^3, best of 10 to 20 interleaved rounds, one thread, the other core busy): MC of
-//! 144, 192 and 384 at KC 512 were within 2% of each other for AVX-512, as were MC 120 and 384
-//! for AVX2, and an L1-sized KC of 128 was slower for AVX-512 (up to 20%). But AVX2 also ran
-//! up to 13% faster (never measurably slower) at KC 512 than at the 256 that both the hand
-//! tuning and this model give: on Zen 4 even the full-rate AVX2 kernel streams B from L2 well,
-//! so the full-rate rule is conservative there at least. Whether it holds on Emerald Rapids is
-//! for `keel tune` (which tries twice the model's KC) to say.
+//! Measured on the Zen 4 VM (keel's GEMM with forced block sizes on VGG16's shapes and 1024^3,
+//! best of 10 to 20 interleaved rounds, one thread, the other core busy): MC of 144, 192 and
+//! 384 at KC 512 were within 2% of each other for AVX-512, as were MC 120 and 384 for AVX2; an
+//! L1-sized KC of 128 was slower for AVX-512 (up to 20%), and `keel tune` there found KC 1024
+//! 8% faster than 512. On the Zen 3 VM (one thread, 3-4 interleaved rounds against OpenBLAS):
+//! geometric means of OpenBLAS's time over keel's, medians, 0.971 at KC 256, 1.018 at 512 and
+//! 1.115 at 1024 in one run; 1.007, 1.038 and 1.002 for MC 36, 96 and 192 at KC 1024 in
+//! another.
 
 use serde::{Deserialize, Serialize};
 
@@ -162,45 +158,30 @@ impl Level {
     }
 }
 
-/// The machine as the model sees it, for one kernel: per-thread caches and the FMA rate at
-/// the kernel's vector width. Tests build it directly to model machines they do not run on.
+/// The machine as the model sees it: per-thread caches. Tests build it directly to model
+/// machines they do not run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
     pub l1: Level,
     pub l2: Level,
     pub l3: Level,
-    /// Full-width FMAs per cycle at the kernel's width: 1 streams B from L2, 2 or more holds
-    /// it in L1.
-    pub fma_pipes: usize,
 }
 
 impl Geometry {
-    /// `m`'s caches and the FMA rate of `isa`'s width. Widths the pipe table does not cover
-    /// (128-bit, or a level `m` cannot run) count as full rate.
-    pub fn of(m: &Machine, isa: Isa) -> Geometry {
-        let pipes = match isa {
-            Isa::Avx512 => m.fma512_pipes,
-            Isa::Avx2 => m.fma256_pipes,
-            Isa::Portable | Isa::Neon => 0,
-        };
+    /// `m`'s caches, each thread's share.
+    pub fn of(m: &Machine) -> Geometry {
         Geometry {
             l1: Level::share_of(&m.l1d),
             l2: Level::share_of(&m.l2),
             l3: Level::share_of(&m.l3),
-            fma_pipes: if pipes == 0 { 2 } else { pipes },
         }
-    }
-
-    /// The cache level the B micro-panel is read from: 1 at full FMA rate, 2 at half.
-    pub fn b_panel_level(&self) -> usize {
-        if self.fma_pipes >= 2 { 1 } else { 2 }
     }
 }
 
-/// The block sizes of an `mr x nr` kernel of `isa` over `elem_bytes`-byte elements on `m`
-/// ([`solve`] on [`Geometry::of`]).
-pub fn model(m: &Machine, isa: Isa, mr: usize, nr: usize, elem_bytes: usize) -> Blocking {
-    solve(&Geometry::of(m, isa), mr, nr, elem_bytes)
+/// The block sizes of an `mr x nr` kernel over `elem_bytes`-byte elements on `m` ([`solve`] on
+/// [`Geometry::of`]).
+pub fn model(m: &Machine, mr: usize, nr: usize, elem_bytes: usize) -> Blocking {
+    solve(&Geometry::of(m), mr, nr, elem_bytes)
 }
 
 /// The model of the module documentation, on any geometry: every result is a nonzero multiple
@@ -209,12 +190,8 @@ pub fn solve(g: &Geometry, mr: usize, nr: usize, elem_bytes: usize) -> Blocking 
     let (mr, nr, e) = (mr.max(1), nr.max(1), elem_bytes.max(1));
     let (w1, w2) = (g.l1.way(), g.l2.way());
 
-    let kc = if g.b_panel_level() == 1 {
-        let ways_b = (g.l1.ways.saturating_sub(2) * nr / (mr + nr)).max(1);
-        ways_b * w1 / (nr * e)
-    } else {
-        w2 / (2 * nr * e)
-    };
+    // The A micro-panel gets all of L1's ways but two.
+    let kc = g.l1.ways.saturating_sub(2).max(1) * w1 / (mr * e);
     let kc = (kc / 8 * 8).clamp(64, 1024);
 
     let ways_reserved = (2 * kc * nr * e).div_ceil(w2) + 1;
@@ -249,7 +226,7 @@ pub fn tile(isa: Isa) -> (usize, usize) {
 /// The model's block sizes for the kernel of `isa` on this machine, over f32.
 pub fn for_isa(isa: Isa) -> Blocking {
     let (mr, nr) = tile(isa);
-    model(crate::cpu::machine::get(), isa, mr, nr, 4)
+    model(crate::cpu::machine::get(), mr, nr, 4)
 }
 
 #[cfg(test)]
@@ -265,24 +242,31 @@ mod tests {
     }
 
     /// The EPYC 9R14 VM the hand-tuned constants were measured on: sysfs's numbers, L3 shared
-    /// by its 2 threads; one 512-bit FMA pipe, two 256-bit ones.
-    fn zen4(fma_pipes: usize) -> Geometry {
+    /// by its 2 threads.
+    fn zen4() -> Geometry {
         Geometry {
             l1: level(32 * KIB, 8),
             l2: level(MIB, 8),
             l3: level(16 * MIB, 16),
-            fma_pipes,
+        }
+    }
+
+    /// The EPYC VM of family 25 model 1 (Zen 3, AVX2 only): L2 half of Zen 4's.
+    fn zen3() -> Geometry {
+        Geometry {
+            l1: level(32 * KIB, 8),
+            l2: level(512 * KIB, 8),
+            l3: level(16 * MIB, 16),
         }
     }
 
     /// An Emerald Rapids core (Xeon Platinum 8592+: 320 MiB L3 over 64 cores), one thread on
-    /// it, two 512-bit FMA pipes.
+    /// it.
     fn emerald_rapids() -> Geometry {
         Geometry {
             l1: level(48 * KIB, 12),
             l2: level(2 * MIB, 16),
             l3: level(5 * MIB, 15),
-            fma_pipes: 2,
         }
     }
 
@@ -291,44 +275,54 @@ mod tests {
     }
 
     #[test]
-    fn zen4_reproduces_the_hand_tuned_kc_and_documents_mc() {
-        // AVX-512 at half rate: B's micro-panel from L2. Hand-tuned: 144 / 512 / 4096.
-        assert_eq!(solve(&zen4(1), 12, 32, 4), b(192, 512, 4096));
-        // AVX2 at full rate: B's micro-panel in 4 of L1's 8 ways. Hand-tuned: 120 / 256 / 4096.
-        assert_eq!(solve(&zen4(2), 6, 16, 4), b(384, 256, 8192));
-        // The portable 4 x 16 tile (hand-tuned KC 256 too).
-        assert_eq!(solve(&zen4(2), 4, 16, 4).kc, 256);
-        // Had Zen 4 two 512-bit pipes, B would have to fit L1: 4 ways, 16 KiB.
-        assert_eq!(solve(&zen4(2), 12, 32, 4).kc, 128);
+    fn zen4_reproduces_the_hand_tuned_avx512_blocks_but_mc() {
+        // AVX-512: the 12-row A micro-panel in 6 of L1's 8 ways. Hand-tuned: 144 / 512 / 4096.
+        assert_eq!(solve(&zen4(), 12, 32, 4), b(192, 512, 4096));
+        // AVX2's 6 rows go twice as deep (hand-tuned 256 came from the first, B-in-L1 rule).
+        assert_eq!(solve(&zen4(), 6, 16, 4), b(96, 1024, 2048));
+        // The portable 4 x 16 tile meets the clamp.
+        assert_eq!(solve(&zen4(), 4, 16, 4).kc, 1024);
     }
 
     #[test]
-    fn emerald_rapids_holds_the_b_micro_panel_in_l1() {
+    fn zen3_goes_as_deep_as_measured_fastest() {
+        // KC 1024 ran VGG16's shapes fastest of 256..1024 there (module documentation).
+        let blk = solve(&zen3(), 6, 16, 4);
+        assert_eq!(blk, b(36, 1024, 2048));
+        // The A micro-panel: 24 KiB, all of L1's ways but two.
+        assert_eq!(blk.kc * 6 * 4, 6 * 4 * KIB);
+    }
+
+    #[test]
+    fn emerald_rapids_keeps_the_a_micro_panel_in_l1() {
         let g = emerald_rapids();
         let blk = solve(&g, 12, 32, 4);
-        assert_eq!(blk, b(1020, 224, 2912));
-        let (b_panel, a_panel) = (blk.kc * 32 * 4, blk.kc * 12 * 4);
-        // 28 KiB of B and 10.5 KiB of A in the 10 of 12 ways not kept for streaming.
-        assert!(b_panel <= 7 * 4 * KIB, "{b_panel}");
-        assert!(b_panel + a_panel <= g.l1.size * 10 / 12);
-        assert_eq!(solve(&g, 6, 16, 4), b(510, 448, 1456));
+        assert_eq!(blk, b(240, 848, 768));
+        // 39.75 KiB of A in the 10 of 12 ways not kept for streaming.
+        let a_panel = blk.kc * 12 * 4;
+        assert!(a_panel <= 10 * 4 * KIB, "{a_panel}");
+        assert_eq!(solve(&g, 6, 16, 4), b(222, 1024, 640));
         // Both hyperthreads busy: half of every level each, so half the depth.
         let ht = Geometry {
             l1: level(24 * KIB, 12),
             l2: level(MIB, 16),
             l3: level(5 * MIB / 2, 15),
-            fma_pipes: 2,
         };
-        assert_eq!(solve(&ht, 12, 32, 4).kc, 112);
+        assert_eq!(solve(&ht, 12, 32, 4).kc, 424);
     }
 
     #[test]
     fn bf16_doubles_the_depth_the_caches_allow() {
-        let emr = emerald_rapids();
-        assert_eq!(solve(&emr, 12, 32, 2).kc, 2 * solve(&emr, 12, 32, 4).kc);
-        assert_eq!(solve(&emr, 12, 32, 2), b(1020, 448, 2912));
-        // On Zen 4 (from L2) the doubled depth meets the clamp exactly.
-        assert_eq!(solve(&zen4(1), 12, 32, 2), b(192, 1024, 4096));
+        // Twice as many bfloat16 values fit where the f32 ones did, up to the clamp.
+        let ht = Geometry {
+            l1: level(24 * KIB, 12),
+            l2: level(MIB, 16),
+            l3: level(5 * MIB / 2, 15),
+        };
+        assert_eq!(solve(&ht, 12, 32, 2).kc, 2 * solve(&ht, 12, 32, 4).kc);
+        assert_eq!(solve(&emerald_rapids(), 12, 32, 2), b(444, 1024, 1280));
+        // On Zen 4 the doubled depth meets the clamp exactly.
+        assert_eq!(solve(&zen4(), 12, 32, 2), b(192, 1024, 4096));
     }
 
     #[test]
@@ -338,25 +332,21 @@ mod tests {
                 l1: level(1, 1),
                 l2: level(1, 1),
                 l3: level(0, 1),
-                fma_pipes: 2,
             },
             Geometry {
                 l1: level(KIB, 0),
                 l2: level(4 * KIB, 2),
                 l3: level(64 * KIB, 0),
-                fma_pipes: 1,
             },
             Geometry {
                 l1: level(1 << 30, 1000),
                 l2: level(1 << 40, 1),
                 l3: level(1 << 45, 64),
-                fma_pipes: 4,
             },
             Geometry {
                 l1: level(48 * KIB, 12),
                 l2: level(2 * MIB, 16),
                 l3: level(5 * MIB, 15),
-                fma_pipes: 0,
             },
         ];
         for g in weird {
@@ -404,12 +394,12 @@ mod tests {
             let (mr, nr) = tile(isa);
             let blk = for_isa(isa);
             assert!(blk.valid_for(mr, nr), "{isa}: {blk:?}");
-            assert_eq!(blk, model(crate::cpu::machine::get(), isa, mr, nr, 4));
+            assert_eq!(blk, model(crate::cpu::machine::get(), mr, nr, 4));
         }
     }
 
     #[test]
-    fn geometry_takes_each_threads_share_and_the_widths_rate() {
+    fn geometry_takes_each_threads_share() {
         let mut m = crate::cpu::machine::get().clone();
         let cache = |size, ways, shared_by| Cache {
             size,
@@ -421,19 +411,8 @@ mod tests {
         m.l1d = cache(48 * KIB, 12, 2);
         m.l2 = cache(2 * MIB, 16, 2);
         m.l3 = cache(320 * MIB, 15, 128);
-        m.fma512_pipes = 1;
-        m.fma256_pipes = 2;
-        let g = Geometry::of(&m, Isa::Avx512);
+        let g = Geometry::of(&m);
         assert_eq!((g.l1, g.l2), (level(24 * KIB, 12), level(MIB, 16)));
         assert_eq!(g.l3, level(5 * MIB / 2, 15));
-        assert_eq!(g.b_panel_level(), 2);
-        assert_eq!(Geometry::of(&m, Isa::Avx2).b_panel_level(), 1);
-        assert_eq!(Geometry::of(&m, Isa::Portable).fma_pipes, 2);
-        m.fma512_pipes = 0;
-        assert_eq!(
-            Geometry::of(&m, Isa::Avx512).fma_pipes,
-            2,
-            "no AVX-512: full rate"
-        );
     }
 }

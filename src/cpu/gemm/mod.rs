@@ -352,7 +352,7 @@ pub fn blocking_choice(isa: Isa) -> (Blocking, BlockingSource) {
                     Some(b) if b.valid_for(mr, nr) => (isa, b, BlockingSource::Tuned),
                     _ => (
                         isa,
-                        blocking::model(crate::cpu::machine::get(), isa, mr, nr, 4),
+                        blocking::model(crate::cpu::machine::get(), mr, nr, 4),
                         BlockingSource::Model,
                     ),
                 }
@@ -366,7 +366,7 @@ pub fn blocking_choice(isa: Isa) -> (Blocking, BlockingSource) {
         .unwrap_or_else(|| {
             let (mr, nr) = blocking::tile(isa);
             (
-                blocking::model(crate::cpu::machine::get(), isa, mr, nr, 4),
+                blocking::model(crate::cpu::machine::get(), mr, nr, 4),
                 BlockingSource::Model,
             )
         })
