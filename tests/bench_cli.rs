@@ -62,6 +62,22 @@ fn gemm_prints_one_time_per_repetition_and_checks_itself() {
     assert_timings(&out, 2);
 }
 
+/// `keel bench conv` of block2_conv1 at a small odd input, one repetition, with `extra`.
+fn bench_block2_conv1(extra: &[&str]) -> Output {
+    let mut args = vec![
+        "bench",
+        "conv",
+        "--layer",
+        "block2_conv1",
+        "--input",
+        "40x36",
+        "--reps",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    keel(&args)
+}
+
 #[test]
 fn conv_and_vgg16_run_every_algorithm() {
     for algo in [
@@ -71,21 +87,7 @@ fn conv_and_vgg16_run_every_algorithm() {
         "winograd2",
         "winograd4",
     ] {
-        let err = assert_timings(
-            &keel(&[
-                "bench",
-                "conv",
-                "--layer",
-                "block2_conv1",
-                "--input",
-                "40x36",
-                "--algo",
-                algo,
-                "--reps",
-                "1",
-            ]),
-            1,
-        );
+        let err = assert_timings(&bench_block2_conv1(&["--algo", algo]), 1);
         assert!(err.contains("ok, tolerance"), "{algo}: {err}");
     }
     assert_timings(
@@ -112,20 +114,7 @@ fn conv_and_vgg16_run_every_algorithm() {
 #[test]
 fn conv_runs_in_bf16_where_the_cpu_can() {
     for pass in ["forward", "input-grad"] {
-        let out = keel(&[
-            "bench",
-            "conv",
-            "--layer",
-            "block2_conv1",
-            "--input",
-            "40x36",
-            "--pass",
-            pass,
-            "--precision",
-            "bf16",
-            "--reps",
-            "1",
-        ]);
+        let out = bench_block2_conv1(&["--pass", pass, "--precision", "bf16"]);
         if !out.status.success() {
             // Without AVX512-BF16 the run must say so, not fail otherwise.
             assert_fails_with(&out, "needs AVX512-BF16");

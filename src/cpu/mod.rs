@@ -18,6 +18,7 @@ pub mod isa;
 pub mod machine;
 pub mod peak;
 pub(crate) mod pool2x2;
+pub(crate) mod prefetch;
 pub(crate) mod reference;
 pub(crate) mod stream;
 pub mod tune;

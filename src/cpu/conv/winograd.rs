@@ -24,7 +24,7 @@ use crate::cpu::gemm::bf16::{KC, PackedBBf16, gemm_bf16_pairs};
 use crate::cpu::gemm::gemm_bf16_packed_best;
 use crate::cpu::gemm::{self, BSource, Epilogue, Kernel, MatrixA, PackedB};
 use crate::cpu::isa::Isa;
-use crate::cpu::stream;
+use crate::cpu::{prefetch, stream};
 use crate::tensor::real::max_nan;
 use crate::tensor::{AlignedVec, ConvGeometry};
 
@@ -871,21 +871,6 @@ fn store_out(dst: &mut [f32], src: &V, lanes: usize, stream: bool) {
     }
 }
 
-/// Ask for the cache line holding `v` (a hint: it never faults, and does nothing where the
-/// architecture has no stable prefetch instruction in Rust).
-#[inline(always)]
-fn prefetch(v: &f32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing architecturally and never faults; `v` is a valid
-    // reference anyway.
-    unsafe {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>((v as *const f32).cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = v;
-}
-
 /// `dst[..lanes] = src[..lanes]`; a fixed 16-float move when full.
 #[inline(always)]
 fn store_lanes(dst: &mut [f32], src: &V, lanes: usize) {
@@ -1091,7 +1076,7 @@ fn input_tile<const A: usize, T: VElem>(
     for c0 in (0..cin).step_by(LANES) {
         let lanes = LANES.min(cin - c0);
         for &at in &next[..count] {
-            prefetch(&x[at + c0]);
+            prefetch::l1(&x[at + c0]);
         }
         if interior && lanes == LANES {
             // The rows' transforms read the input in place: no copy of the tile first.
@@ -1172,7 +1157,7 @@ fn output_tile<const A: usize, const M: usize>(
         if next + c0 < e_stride {
             for e in 0..A * A {
                 if let Some(v) = mm.get(e * e_stride + next + c0) {
-                    prefetch(v);
+                    prefetch::l1(v);
                 }
             }
         }

@@ -475,16 +475,9 @@ fn prefetch_rows(a: *const f32, lda: usize, lines_per_row: usize, lines: std::op
         lines.start % lines_per_row.max(1),
     );
     for _ in lines {
-        // `wrapping_add`: the address is only a hint and is never dereferenced; the last
+        // `wrapping_add`: the address is only a hint, never dereferenced; the last
         // micro-panel's "next" may lie past A.
-        let p = a.wrapping_add(row * lda + line * 16);
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch never faults, whatever the address.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = p;
+        crate::cpu::prefetch::l2(a.wrapping_add(row * lda + line * 16));
         line += 1;
         if line == lines_per_row {
             line = 0;
