@@ -118,8 +118,22 @@ pub fn pack_b(
 ) {
     // Row by row: each row of B is read once, front to back, and scattered to its panels.
     let panels = dst.len() / (kc * nr);
+    let cols = (panels * nr).min(n.saturating_sub(j0));
     for p in 0..kc {
         let src = &b[(p0 + p) * ldb..];
+        // The rows a block reads are `ldb` apart and often only part of a row (a thread's
+        // column chunk, or NC < N): runs too short for the hardware prefetcher to pick up in
+        // time, so the copy stalled on its loads. Asking for the row a few rows ahead made
+        // small-M products, which are mostly packing, 1.35x faster on a Zen 3 (32x256x25088
+        // and 64x512x4608 on 2 threads, geometric mean); products that pack whole rows did
+        // not change, and the distance hardly matters (2 to 32 rows measured the same).
+        if p + PACK_B_AHEAD < kc {
+            let ahead = b[(p0 + p + PACK_B_AHEAD) * ldb + j0..].as_ptr();
+            for c in (0..cols).step_by(16) {
+                // `wrapping_add`: only a hint, never dereferenced.
+                crate::cpu::prefetch::l1(ahead.wrapping_add(c));
+            }
+        }
         for panel in 0..panels {
             let col = j0 + panel * nr;
             let width = nr.min(n.saturating_sub(col));
@@ -137,6 +151,9 @@ pub fn pack_b(
         }
     }
 }
+
+/// How many rows ahead [`pack_b`] asks for B's rows.
+const PACK_B_AHEAD: usize = 8;
 
 #[inline(always)]
 fn copy_fixed<const N: usize>(dst: &mut [f32], src: &[f32]) {
@@ -222,6 +239,35 @@ mod tests {
         assert_eq!(&dst[..4], &[9.0, 14.0, 10.0, 15.0]);
         m.pack(2, 1, 0, 2, 2, &mut dst[..4]);
         assert_eq!(&dst[..4], &[11.0, 0.0, 12.0, 0.0]);
+    }
+
+    #[test]
+    fn pack_b_copies_a_column_chunk_of_a_row_block() {
+        // Odd sizes, a chunk that starts mid-row and ends ragged, and a block that reaches
+        // B's last row (where the rows asked for ahead run out).
+        let (k, n, ldb): (usize, usize, usize) = (37, 45, 47);
+        let b: Vec<f32> = (0..k * ldb).map(|v| (v % 23) as f32 - 11.5).collect();
+        let (p0, kc, j0, nr) = (16, 21, 19, 16);
+        let panels = (n - j0).div_ceil(nr);
+        let mut dst = vec![f32::NAN; panels * kc * nr];
+        pack_b(&b, ldb, n, p0, kc, j0, nr, &mut dst);
+        for panel in 0..panels {
+            for p in 0..kc {
+                for j in 0..nr {
+                    let col = j0 + panel * nr + j;
+                    let want = if col < n {
+                        b[(p0 + p) * ldb + col]
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(
+                        dst[(panel * kc + p) * nr + j],
+                        want,
+                        "panel {panel} p {p} j {j}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
