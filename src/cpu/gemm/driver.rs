@@ -4,7 +4,8 @@
 //! parallel over threads             one rectangle of C each: rows, or columns when M is small
 //!   for jc in 0..N step NC            B block (KC x NC)
 //!     for pc in 0..K step KC
-//!       pack B[pc.., jc..]            (L3/L2)
+//!       pack B[pc.., jc..]            (L3/L2; by the first row of tiles as they read it,
+//!                                      where the micro-kernel can: see `FillB`)
 //!       for ic in 0..M step MC
 //!         A[ic.., pc..] in place      (packed only for im2col, ragged tails, aliasing rows)
 //!         for ir step MR              A micro-panel stays in L1 while ...
@@ -223,24 +224,40 @@ fn run<K: Micro>(
             // This thread's packing buffers are taken out of their cells and put back
             // after, so they are reused from call to call.
             let mut bbuf = B_BUF.take();
-            let bpanels: &[f32] = match b {
-                BSource::Packed(p) => p.panels(pc, jc / K::NR, panels),
+            let (bpanels, fill) = match b {
+                BSource::Packed(p) => (p.panels(pc, jc / K::NR, panels).as_ptr().cast_mut(), None),
                 BSource::Matrix { data, ld } => {
                     let len = panels * kc * K::NR;
                     if bbuf.len() < len {
                         bbuf = AlignedVec::zeros(len);
                     }
-                    pack_b(
-                        data,
+                    let dst = &mut bbuf.as_mut_slice()[..len];
+                    // Whole panels are packed by the first row of tiles, as they read them;
+                    // a ragged last panel here.
+                    let full = if K::PACKS_B_IN_TILE && (K::MR..=FILL_MAX_ROWS * K::MR).contains(&m)
+                    {
+                        nc / K::NR
+                    } else {
+                        0
+                    };
+                    if full < panels {
+                        pack_b(
+                            data,
+                            ld,
+                            n,
+                            pc,
+                            kc,
+                            jc + full * K::NR,
+                            K::NR,
+                            &mut dst[full * kc * K::NR..],
+                        );
+                    }
+                    let fill = (full > 0).then(|| FillB {
+                        src: data[pc * ld + jc..].as_ptr(),
                         ld,
-                        n,
-                        pc,
-                        kc,
-                        jc,
-                        K::NR,
-                        &mut bbuf.as_mut_slice()[..len],
-                    );
-                    &bbuf.as_slice()[..len]
+                        full,
+                    });
+                    (dst.as_mut_ptr(), fill)
                 }
             };
             for ib in 0..row_blocks {
@@ -298,6 +315,8 @@ fn run<K: Micro>(
                 macro_kernel::<K>(
                     apanels,
                     bpanels,
+                    panels,
+                    if ib == 0 { fill } else { None },
                     kc,
                     mcb,
                     (jc, jc + nc),
@@ -363,11 +382,14 @@ impl APanels<'_> {
 }
 
 /// The ir and jr loops over one block of A's rows (packed or in place) and the packed B panels
-/// covering columns `cols.0..cols.1` of C.
+/// covering columns `cols.0..cols.1` of C: `panels` panels of `kc * NR` floats from
+/// `bpanels`. With `fill`, the first row of tiles packs the whole panels as it reads them.
 #[allow(clippy::too_many_arguments)]
 fn macro_kernel<K: Micro>(
     apanels: APanels,
-    bpanels: &[f32],
+    bpanels: *mut f32,
+    panels: usize,
+    fill: Option<FillB>,
     kc: usize,
     mc: usize,
     cols: (usize, usize),
@@ -381,7 +403,6 @@ fn macro_kernel<K: Micro>(
     let mut edge = [0f32; 512];
     let mut edge_bias = [0f32; 64];
     debug_assert!(mr * nr <= edge.len() && nr <= edge_bias.len());
-    let panels = bpanels.len() / (kc * nr);
     // The next A micro-panel, when read in place, is asked for a share at a time before each
     // tile of this one: MR rows of KC floats, `lda` apart.
     let lines_per_row = (kc * 4).div_ceil(64) + 1;
@@ -390,7 +411,8 @@ fn macro_kernel<K: Micro>(
         let (ap, lda) = apanels.panel(ip, mr, kc);
         let i0 = ic + ip * mr;
         let mrb = mr.min(ic + mc - i0);
-        for (jp, bp) in bpanels.chunks_exact(kc * nr).enumerate() {
+        for jp in 0..panels {
+            let bp = bpanels.wrapping_add(jp * kc * nr);
             if lda != 0 {
                 let first = jp * lines_per_tile;
                 prefetch_rows(
@@ -407,7 +429,11 @@ fn macro_kernel<K: Micro>(
             // through `edge`, a full tile, and copies back only the rows and columns inside C.
             // A's operand is a packed panel of kc * MR floats or MR rows of A in place, each
             // with kc values from column pc; B's packed panel holds kc * NR floats; bias, if
-            // any, has n >= j0 + nrb entries, and `edge_bias` covers the ragged case.
+            // any, has n >= j0 + nrb entries, and `edge_bias` covers the ragged case. With
+            // `fill`, a panel jp < full lies wholly inside B (columns j0..j0+NR <= n, rows
+            // pc..pc+kc, `ld` apart from `src`), and the first row of tiles is the only
+            // reader or writer of its packed panel, which `bpanels` (from the caller's own
+            // buffer) holds writable; the rows after read it only once it is written.
             unsafe {
                 let ctile = c.0.add(i0 * ldc + j0);
                 let bias = match ep.bias {
@@ -418,18 +444,24 @@ fn macro_kernel<K: Micro>(
                     }
                     None => std::ptr::null(),
                 };
-                if mrb == mr && nrb == nr {
-                    K::tile(
+                let packing = fill.filter(|f| ip == 0 && jp < f.full);
+                if let Some(f) = packing {
+                    debug_assert!(mrb == mr && nrb == nr);
+                    K::tile_packing_b(
                         kc,
                         ap,
                         lda,
-                        bp.as_ptr(),
+                        f.src.add(jp * nr),
+                        f.ld,
+                        bp,
                         ctile,
                         ldc,
                         accumulate,
                         bias,
                         ep.relu,
                     );
+                } else if mrb == mr && nrb == nr {
+                    K::tile(kc, ap, lda, bp, ctile, ldc, accumulate, bias, ep.relu);
                 } else {
                     if accumulate {
                         for r in 0..mrb {
@@ -442,7 +474,7 @@ fn macro_kernel<K: Micro>(
                         kc,
                         ap,
                         lda,
-                        bp.as_ptr(),
+                        bp,
                         edge.as_mut_ptr(),
                         nr,
                         accumulate,
@@ -484,4 +516,28 @@ fn prefetch_rows(a: *const f32, lda: usize, lines_per_row: usize, lines: std::op
             row += 1;
         }
     }
+}
+
+/// The most rows of tiles (of MR rows of A each) for which a block's first row packs B.
+const FILL_MAX_ROWS: usize = 128;
+
+/// Where a block's first row of tiles reads B in place to pack it (see
+/// [`Micro::tile_packing_b`]): its columns from `src` on, rows `ld` apart, `full` whole panels.
+///
+/// Packing B is bound by memory and the tiles by the FMA units. Packed in a pass of its own,
+/// a block stalls the core for the whole copy: a quarter of a 64x512x4608 product's time on
+/// a Zen 3, where A's few rows reuse each block little. Copied by the first row of tiles as
+/// they stream B anyway, the copy overlaps their FMAs. Paired runs against packing first, on
+/// one thread: 64x512x4608 11% faster, 196x512x4608 5%, 32x256x25088 5%; on two threads
+/// (392-512 rows a thread) 196x512x4608, 784x512x2304 and 1024^3 2-4%. The panel values and
+/// the FMA order are the same, so no bit of C changes.
+///
+/// It can save at most one row of tiles per block, a share `MR / m` of the product, and with
+/// thousands of rows it measured 1-2% slower (3136x256x2304 and 12544x128x1152, one and two
+/// threads): above [`FILL_MAX_ROWS`] rows of tiles B is packed first.
+#[derive(Clone, Copy)]
+struct FillB {
+    src: *const f32,
+    ld: usize,
+    full: usize,
 }

@@ -60,6 +60,41 @@ pub trait Micro: Sync {
         // SAFETY: forwarded to the caller.
         unsafe { Self::tile(kc, a, lda, b, c, ldc, accumulate, bias, relu) }
     }
+
+    /// Whether [`Micro::tile_packing_b`] packs B's panel inside its k loop. When it does, the
+    /// driver packs a block's whole panels during the block's first row of tiles instead of
+    /// in a pass of its own.
+    const PACKS_B_IN_TILE: bool = false;
+
+    /// [`Micro::tile`] with B's panel read from row-major B in place (`NR` columns of `kc`
+    /// rows, `ldb` apart) and stored packed to `packed` on the way, for the tiles after it.
+    /// The default packs first, then runs [`Micro::tile`].
+    ///
+    /// # Safety
+    /// As for [`Micro::tile`], with `b` holding `kc` rows of `NR` readable floats `ldb` apart
+    /// and `packed` `kc * NR` writable floats that overlap nothing else here.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_packing_b(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        packed: *mut f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // SAFETY: the caller guarantees the sizes above; `packed` overlaps nothing else.
+        unsafe {
+            for p in 0..kc {
+                std::ptr::copy_nonoverlapping(b.add(p * ldb), packed.add(p * Self::NR), Self::NR);
+            }
+            Self::tile(kc, a, lda, packed, c, ldc, accumulate, bias, relu)
+        }
+    }
 }
 
 /// Plain Rust tile of 4 x 16: fixed-size arrays the compiler keeps in vector registers of

@@ -11,7 +11,10 @@ use crate::rng::Rng;
 /// (27, 70, 1024) has A's rows 4 KB apart, so the AVX-512 kernel reads a re-strided copy of A;
 /// (13, 33, 512) has them 2 KB apart, read in place. Ragged last row panels of 1-4, 5-8 and
 /// 9-11 rows (m = 13, 17, 23 and others) take the AVX-512 kernel's 4-, 8- and 12-row tiles.
-const SIZES: [(usize, usize, usize); 12] = [
+///
+/// (19, 47, 2100) has K blocks after the first, so the tiles that pack B as they read it
+/// (`Micro::tile_packing_b`) continue C's sums, and a ragged last column panel packed apart.
+const SIZES: [(usize, usize, usize); 13] = [
     (1, 1, 1),
     (3, 5, 7),
     (1, 63, 17),
@@ -24,6 +27,7 @@ const SIZES: [(usize, usize, usize); 12] = [
     (27, 70, 1024),
     (13, 33, 512),
     (23, 17, 9),
+    (19, 47, 2100),
 ];
 
 struct Case {
@@ -300,4 +304,81 @@ fn transposed_a_gives_the_product_of_the_transpose() {
             case.check(&c, Epilogue::NONE, &format!("{isa} transposed A"));
         }
     }
+}
+
+/// The tile that packs B's panel as it reads B in place gives C's bits exactly as packing
+/// first and running the plain tile does, and leaves the panel `pack_b` would: the same
+/// FMAs in the same order, from the same values.
+fn packing_tile_matches_pack_then_tile<K: micro::Micro>() {
+    let mut rng = Rng::new(41);
+    let (mr, nr) = (K::MR, K::NR);
+    let (ldb, j0, ldc) = (nr + 5, 3, nr + 2);
+    for kc in [1, 3, 17, 63, 300] {
+        let b = rng.uniform_vec(kc * ldb, -1.0, 1.0);
+        let bias = rng.uniform_vec(nr, -1.0, 1.0);
+        let mut want_panel = vec![0.0; kc * nr];
+        pack::pack_b(&b, ldb, ldb, 0, kc, j0, nr, &mut want_panel);
+        for lda in [0, kc + 3] {
+            // Packed A (`lda == 0`) or MR rows in place.
+            let a = rng.uniform_vec(mr * (kc + 3), -1.0, 1.0);
+            for (accumulate, relu) in [(false, false), (true, true)] {
+                let c0 = rng.uniform_vec(mr * ldc, -1.0, 1.0);
+                let (mut want, mut got) = (c0.clone(), c0);
+                let mut panel = vec![f32::NAN; kc * nr];
+                // SAFETY: A holds kc values in each of MR rows (packed or `lda` apart), B kc
+                // rows of NR floats from column j0 `ldb` apart, the panels kc * NR floats, C
+                // MR rows of NR floats `ldc` apart and the bias NR floats.
+                unsafe {
+                    K::tile(
+                        kc,
+                        a.as_ptr(),
+                        lda,
+                        want_panel.as_ptr(),
+                        want.as_mut_ptr(),
+                        ldc,
+                        accumulate,
+                        bias.as_ptr(),
+                        relu,
+                    );
+                    K::tile_packing_b(
+                        kc,
+                        a.as_ptr(),
+                        lda,
+                        b[j0..].as_ptr(),
+                        ldb,
+                        panel.as_mut_ptr(),
+                        got.as_mut_ptr(),
+                        ldc,
+                        accumulate,
+                        bias.as_ptr(),
+                        relu,
+                    );
+                }
+                let what = format!("{} kc {kc} lda {lda} accumulate {accumulate}", K::ISA);
+                assert!(panel == want_panel, "{what}: packed panel");
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{what}: C");
+            }
+        }
+    }
+}
+
+#[test]
+fn tiles_that_pack_b_match_packing_first() {
+    packing_tile_matches_pack_then_tile::<Portable>();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if Isa::Avx2.available() {
+            packing_tile_matches_pack_then_tile::<Avx2>();
+        } else {
+            println!("SKIPPED: the AVX2 packing tile, this CPU lacks AVX2 and FMA");
+        }
+        if Isa::Avx512.available() {
+            packing_tile_matches_pack_then_tile::<Avx512>();
+        } else {
+            println!("SKIPPED: the AVX-512 tile (default packing), this CPU lacks AVX-512");
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    packing_tile_matches_pack_then_tile::<Neon>();
 }
