@@ -371,12 +371,12 @@ fn tiles_that_pack_b_match_packing_first() {
         if Isa::Avx2.available() {
             packing_tile_matches_pack_then_tile::<Avx2>();
         } else {
-            println!("SKIPPED: the AVX2 packing tile, this CPU lacks AVX2 and FMA");
+            eprintln!("SKIPPED: the AVX2 packing tile, this CPU lacks AVX2 and FMA");
         }
         if Isa::Avx512.available() {
             packing_tile_matches_pack_then_tile::<Avx512>();
         } else {
-            println!("SKIPPED: the AVX-512 tile (default packing), this CPU lacks AVX-512");
+            eprintln!("SKIPPED: the AVX-512 tile (default packing), this CPU lacks AVX-512");
         }
     }
     #[cfg(target_arch = "aarch64")]
