@@ -30,6 +30,20 @@ pub fn l2(p: *const f32) {
     let _ = p;
 }
 
+/// Ask for the line holding `p` into L1 for writing (exclusive, so the store that follows
+/// does not wait for ownership).
+#[inline(always)]
+pub fn l1_for_write(p: *mut f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing architecturally and never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_ET0>(p.cast_const().cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,9 +56,11 @@ mod tests {
             l1(&v[i]);
             l2(&v[i]);
         }
+        l1_for_write(v.as_ptr().cast_mut().wrapping_add(5));
         let far = v.as_ptr().wrapping_add(1 << 40);
         l1(far);
         l2(far);
+        l1_for_write(far.cast_mut());
         l1(std::ptr::null());
         assert!(v.iter().enumerate().all(|(i, &x)| x == i as f32));
     }

@@ -225,7 +225,7 @@ fn run<K: Micro>(
             // after, so they are reused from call to call.
             let mut bbuf = B_BUF.take();
             let (bpanels, fill) = match b {
-                BSource::Packed(p) => (p.panels(pc, jc / K::NR, panels).as_ptr().cast_mut(), None),
+                BSource::Packed(p) => (p.panels(pc, jc / K::NR, panels).as_ptr(), None),
                 BSource::Matrix { data, ld } => {
                     let len = panels * kc * K::NR;
                     if bbuf.len() < len {
@@ -252,12 +252,14 @@ fn run<K: Micro>(
                             &mut dst[full * kc * K::NR..],
                         );
                     }
+                    let dst = dst.as_mut_ptr();
                     let fill = (full > 0).then(|| FillB {
                         src: data[pc * ld + jc..].as_ptr(),
                         ld,
                         full,
+                        dst,
                     });
-                    (dst.as_mut_ptr(), fill)
+                    (dst.cast_const(), fill)
                 }
             };
             for ib in 0..row_blocks {
@@ -387,7 +389,7 @@ impl APanels<'_> {
 #[allow(clippy::too_many_arguments)]
 fn macro_kernel<K: Micro>(
     apanels: APanels,
-    bpanels: *mut f32,
+    bpanels: *const f32,
     panels: usize,
     fill: Option<FillB>,
     kc: usize,
@@ -432,8 +434,8 @@ fn macro_kernel<K: Micro>(
             // any, has n >= j0 + nrb entries, and `edge_bias` covers the ragged case. With
             // `fill`, a panel jp < full lies wholly inside B (columns j0..j0+NR <= n, rows
             // pc..pc+kc, `ld` apart from `src`), and the first row of tiles is the only
-            // reader or writer of its packed panel, which `bpanels` (from the caller's own
-            // buffer) holds writable; the rows after read it only once it is written.
+            // reader or writer of its packed panel at `dst` (the caller's own buffer, the
+            // same as `bpanels`); the rows after read it only once it is written.
             unsafe {
                 let ctile = c.0.add(i0 * ldc + j0);
                 let bias = match ep.bias {
@@ -453,7 +455,7 @@ fn macro_kernel<K: Micro>(
                         lda,
                         f.src.add(jp * nr),
                         f.ld,
-                        bp,
+                        f.dst.add(jp * kc * nr),
                         ctile,
                         ldc,
                         accumulate,
@@ -522,7 +524,8 @@ fn prefetch_rows(a: *const f32, lda: usize, lines_per_row: usize, lines: std::op
 const FILL_MAX_ROWS: usize = 128;
 
 /// Where a block's first row of tiles reads B in place to pack it (see
-/// [`Micro::tile_packing_b`]): its columns from `src` on, rows `ld` apart, `full` whole panels.
+/// [`Micro::tile_packing_b`]): its columns from `src` on, rows `ld` apart, `full` whole panels,
+/// packed into the block's buffer at `dst`.
 ///
 /// Packing B is bound by memory and the tiles by the FMA units. Packed in a pass of its own,
 /// a block stalls the core for the whole copy: a quarter of a 64x512x4608 product's time on
@@ -540,4 +543,5 @@ struct FillB {
     src: *const f32,
     ld: usize,
     full: usize,
+    dst: *mut f32,
 }

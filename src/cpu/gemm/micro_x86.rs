@@ -43,9 +43,7 @@ pub(super) fn prefetch_c_tile(rows: usize, cols: usize, c: *mut f32, ldc: usize)
     for r in 0..rows {
         for col in (0..cols).step_by(16) {
             // `wrapping_add`: the address is only a hint and is never dereferenced.
-            let line = c.wrapping_add(r * ldc + col);
-            // SAFETY: a prefetch never faults, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_ET0>(line as *const i8) };
+            crate::cpu::prefetch::l1_for_write(c.wrapping_add(r * ldc + col));
         }
     }
 }
@@ -76,35 +74,19 @@ impl Micro for Avx2 {
     ) {
         // SAFETY: the caller checked AVX2 and FMA and the buffer sizes (see `Micro::tile`).
         unsafe {
-            if lda == 0 {
-                tile_avx2::<false, false>(
-                    kc,
-                    a,
-                    0,
-                    b,
-                    16,
-                    null_mut(),
-                    c,
-                    ldc,
-                    accumulate,
-                    bias,
-                    relu,
-                )
-            } else {
-                tile_avx2::<true, false>(
-                    kc,
-                    a,
-                    lda,
-                    b,
-                    16,
-                    null_mut(),
-                    c,
-                    ldc,
-                    accumulate,
-                    bias,
-                    relu,
-                )
-            }
+            avx2::<false>(
+                kc,
+                a,
+                lda,
+                b,
+                16,
+                null_mut(),
+                c,
+                ldc,
+                accumulate,
+                bias,
+                relu,
+            )
         }
     }
 
@@ -125,12 +107,36 @@ impl Micro for Avx2 {
     ) {
         // SAFETY: the caller checked AVX2 and FMA and the buffer sizes (see
         // `Micro::tile_packing_b`).
-        unsafe {
-            if lda == 0 {
-                tile_avx2::<false, true>(kc, a, 0, b, ldb, packed, c, ldc, accumulate, bias, relu)
-            } else {
-                tile_avx2::<true, true>(kc, a, lda, b, ldb, packed, c, ldc, accumulate, bias, relu)
-            }
+        unsafe { avx2::<true>(kc, a, lda, b, ldb, packed, c, ldc, accumulate, bias, relu) }
+    }
+}
+
+/// [`tile_avx2`] for A packed (`lda == 0`) or in place: the one place that picks the variant.
+///
+/// # Safety
+/// As for [`Micro::tile`], and with `PACK_B` as for [`Micro::tile_packing_b`] (B in place,
+/// rows `ldb` apart, packed into `packed`); without, `ldb` is 16 and `packed` unused.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn avx2<const PACK_B: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    packed: *mut f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    bias: *const f32,
+    relu: bool,
+) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        if lda == 0 {
+            tile_avx2::<false, PACK_B>(kc, a, 0, b, ldb, packed, c, ldc, accumulate, bias, relu)
+        } else {
+            tile_avx2::<true, PACK_B>(kc, a, lda, b, ldb, packed, c, ldc, accumulate, bias, relu)
         }
     }
 }
