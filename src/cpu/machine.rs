@@ -193,7 +193,7 @@ impl Machine {
         let cache = |level| resolve_cache(level, &sysfs, &cpuid, logical_cpus);
         let features = Features::detect();
         let vendor = Vendor::from_id(&id.vendor_id);
-        let believed = believed_pipes(vendor, id.family, id.model);
+        let believed = believed_pipes(vendor, id.family, id.model, features.amx_tile);
         let fma512_pipes = if features.avx512f { believed.fma512 } else { 0 };
         let fma256_pipes = if features.avx2 && features.fma {
             believed.fma256
@@ -559,7 +559,12 @@ pub struct Believed {
 /// AVX-512 gets one 512-bit pipe, the rate every such core reaches, and
 /// [`Machine::pipes_guessed`] says it was a guess; one without gets two 256-bit pipes, which
 /// every AVX2 core since Haswell and Zen 2 has.
-pub fn believed_pipes(vendor: Vendor, family: u32, model: u32) -> Believed {
+///
+/// `amx` (AMX-TILE present) overrides the model number: only Xeon server cores (Sapphire
+/// Rapids and later) have AMX, and all of them have both 512-bit units, while hypervisors have
+/// been seen to report another model (a KVM guest with AMX, AVX512-FP16 and a 2 MiB L2 said
+/// model 0xa7, Rocket Lake, a client core with one unit; `keel bench peak` measured two).
+pub fn believed_pipes(vendor: Vendor, family: u32, model: u32, amx: bool) -> Believed {
     let known = |uarch, fma512, fma256| Believed {
         uarch: Some(uarch),
         fma512,
@@ -570,6 +575,9 @@ pub fn believed_pipes(vendor: Vendor, family: u32, model: u32) -> Believed {
         fma512: 1,
         fma256: 2,
     };
+    if amx && vendor == Vendor::Intel {
+        return known("Sapphire Rapids or later, by its AMX", 2, 2);
+    }
     match (vendor, family, model) {
         // Zen and Zen+ execute 256-bit operations as two 128-bit halves.
         (Vendor::Amd, 0x17, 0x00..=0x2f) => known("Zen/Zen+", 1, 1),
@@ -928,36 +936,40 @@ mod tests {
 
     #[test]
     fn pipe_table_knows_the_two_machines_and_flags_the_rest() {
-        let zen4 = believed_pipes(Vendor::Amd, 0x19, 0x11);
+        let zen4 = believed_pipes(Vendor::Amd, 0x19, 0x11, false);
         assert_eq!(
             (zen4.uarch, zen4.fma512, zen4.fma256),
             (Some("Zen 4"), 1, 2)
         );
-        assert_eq!(believed_pipes(Vendor::Amd, 0x19, 0x61).fma512, 1);
-        assert_eq!(believed_pipes(Vendor::Amd, 0x19, 0xa0).fma512, 1);
-        let emr = believed_pipes(Vendor::Intel, 6, 0xcf);
+        assert_eq!(believed_pipes(Vendor::Amd, 0x19, 0x61, false).fma512, 1);
+        assert_eq!(believed_pipes(Vendor::Amd, 0x19, 0xa0, false).fma512, 1);
+        let emr = believed_pipes(Vendor::Intel, 6, 0xcf, false);
         assert_eq!((emr.uarch, emr.fma512), (Some("Emerald Rapids"), 2));
         for model in [0x55, 0x6a, 0x6c, 0x8f, 0xad, 0xae] {
             assert_eq!(
-                believed_pipes(Vendor::Intel, 6, model).fma512,
+                believed_pipes(Vendor::Intel, 6, model, false).fma512,
                 2,
                 "{model:#x}"
             );
         }
         for model in [0x7d, 0x7e, 0x8c, 0x8d, 0xa7] {
             assert_eq!(
-                believed_pipes(Vendor::Intel, 6, model).fma512,
+                believed_pipes(Vendor::Intel, 6, model, false).fma512,
                 1,
                 "{model:#x}"
             );
         }
-        assert_eq!(believed_pipes(Vendor::Amd, 0x1a, 0x44).fma512, 2);
-        assert_eq!(believed_pipes(Vendor::Amd, 0x1a, 0x24).fma512, 1);
-        assert_eq!(believed_pipes(Vendor::Amd, 0x17, 0x08).fma256, 1);
-        assert_eq!(believed_pipes(Vendor::Amd, 0x17, 0x31).fma256, 2);
-        let unknown = believed_pipes(Vendor::Other, 7, 1);
+        assert_eq!(believed_pipes(Vendor::Amd, 0x1a, 0x44, false).fma512, 2);
+        assert_eq!(believed_pipes(Vendor::Amd, 0x1a, 0x24, false).fma512, 1);
+        assert_eq!(believed_pipes(Vendor::Amd, 0x17, 0x08, false).fma256, 1);
+        assert_eq!(believed_pipes(Vendor::Amd, 0x17, 0x31, false).fma256, 2);
+        let unknown = believed_pipes(Vendor::Other, 7, 1, false);
         assert_eq!((unknown.uarch, unknown.fma512), (None, 1));
-        assert_eq!(believed_pipes(Vendor::Intel, 19, 1).uarch, None);
+        assert_eq!(believed_pipes(Vendor::Intel, 19, 1, false).uarch, None);
+        // What a KVM guest on a Xeon with AMX reported: model 0xa7, Rocket Lake's.
+        let guest = believed_pipes(Vendor::Intel, 6, 0xa7, true);
+        assert_eq!((guest.fma512, guest.fma256), (2, 2));
+        assert!(guest.uarch.is_some_and(|u| u.contains("AMX")));
     }
 
     #[test]
