@@ -94,14 +94,16 @@ impl ConvAlgo {
         }
     }
 
-    /// keel's choice for a layer: direct when there are too few input channels to fill the
-    /// GEMM's depth, F(4x4) Winograd for 3x3 stride-1 layers with enough tiles to keep its
-    /// GEMMs fed, implicit GEMM otherwise (small images, where it is faster and keeps no
-    /// transformed copy of the weights: VGG's block5 filters would take 113 MB as F(4x4)).
+    /// keel's choice for a layer: F(4x4) Winograd for 3x3 stride-1 layers with enough input
+    /// channels and tiles to keep its GEMMs fed, implicit GEMM otherwise (few input channels,
+    /// and small images, where it is faster and keeps no transformed copy of the weights:
+    /// VGG's block5 filters would take 113 MB as F(4x4)). The direct loops were the choice
+    /// for block1_conv1's 3 channels while the im2col gather divided per value; since it no
+    /// longer does, implicit GEMM ran that layer 1.2-1.7x faster (Xeon, batch 1 and 8, 1 and
+    /// 2 threads) and direct stays as a rung to study.
     pub fn auto(g: &ConvGeometry) -> ConvAlgo {
-        if g.cin < 8 {
-            ConvAlgo::Direct
-        } else if ConvAlgo::Winograd4.supports(g) && g.n * g.oh * g.ow >= WINOGRAD_MIN_PIXELS {
+        if g.cin >= 8 && ConvAlgo::Winograd4.supports(g) && g.n * g.oh * g.ow >= WINOGRAD_MIN_PIXELS
+        {
             ConvAlgo::Winograd4
         } else {
             ConvAlgo::ImplicitGemm

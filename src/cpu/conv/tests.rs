@@ -142,7 +142,7 @@ fn auto_picks_per_layer() {
         )
         .unwrap()
     };
-    assert_eq!(ConvAlgo::auto(&g(224, 3)), ConvAlgo::Direct);
+    assert_eq!(ConvAlgo::auto(&g(224, 3)), ConvAlgo::ImplicitGemm);
     assert_eq!(ConvAlgo::auto(&g(224, 64)), ConvAlgo::Winograd4);
     assert_eq!(ConvAlgo::auto(&g(14, 512)), ConvAlgo::ImplicitGemm);
     for a in ConvAlgo::ALL {
