@@ -982,6 +982,39 @@ unsafe fn macro_kernel<T: Tiles>(
             let mrb = TM.min(mc - i0);
             // SAFETY: (i0, j0) is inside the caller's mc x nc block of C.
             let ctile = unsafe { c.0.add(i0 * ldc + j0) };
+            // SAFETY (for both calls of `block`): the tiles hold GEMM_CONFIG (the caller's);
+            // rows i0..i0+32 of the A block exist (a_rows pads to 32) with ks >= kp rounded up
+            // to 16 pairs each; `bp` is a whole panel of kp * NR pairs and `tail` 16 * NR; the
+            // C block is either `cblock` (ours) or, when whole, 32 rows of 32 floats of the
+            // caller's block of C, `ldc` apart.
+            let ab = apanel[i0 * ks..].as_ptr();
+            let tailp = bytemuck::cast_slice::<Line, u32>(&tail).as_ptr();
+            if mrb == TM && nrb == NR {
+                // A whole block goes between the tiles and C directly: no copy through the
+                // scratch block, which for the Winograd products (K of 64 to 512, no bias)
+                // cost as much as the tile instructions. The epilogue, if any, then runs on C.
+                unsafe {
+                    block(
+                        tiles,
+                        ab,
+                        ks,
+                        bp.as_ptr(),
+                        kp,
+                        tailp,
+                        ctile.cast(),
+                        ldc * 4,
+                        load_c,
+                    )
+                };
+                if bias.is_some() || relu {
+                    for r in 0..TM {
+                        // SAFETY: row i0 + r < mc holds NR floats from column j0, ours alone.
+                        let row = unsafe { std::slice::from_raw_parts_mut(ctile.add(r * ldc), NR) };
+                        epilogue(row, bias.map(|b| &b[j0..j0 + NR]), relu);
+                    }
+                }
+                continue;
+            }
             if load_c {
                 cblock.0.fill(0.0);
                 for r in 0..mrb {
@@ -990,47 +1023,44 @@ unsafe fn macro_kernel<T: Tiles>(
                     cblock.0[r * NR..][..nrb].copy_from_slice(row);
                 }
             }
-            // SAFETY: the tiles hold GEMM_CONFIG (the caller's); rows i0..i0+32 of the A block
-            // exist (a_rows pads to 32) with ks >= kp rounded up to 16 pairs each; `bp` is a
-            // whole panel of kp * NR pairs and `tail` 16 * NR; `cblock` is ours.
-            unsafe {
-                block(
-                    tiles,
-                    apanel[i0 * ks..].as_ptr(),
-                    ks,
-                    bp.as_ptr(),
-                    kp,
-                    bytemuck::cast_slice::<Line, u32>(&tail).as_ptr(),
-                    &mut cblock,
-                    load_c,
-                )
-            };
+            let cb = cblock.0.as_mut_ptr().cast::<u8>();
+            unsafe { block(tiles, ab, ks, bp.as_ptr(), kp, tailp, cb, ROW_BYTES, load_c) };
             for r in 0..mrb {
-                for j in 0..nrb {
-                    let mut v = cblock.0[r * NR + j];
-                    if let Some(bias) = bias {
-                        v += bias[j0 + j];
-                    }
-                    // NaN stays NaN, as in the reference.
-                    if relu && v < 0.0 {
-                        v = 0.0;
-                    }
-                    // SAFETY: row i0 + r < mc, column j0 + j < nc: inside the caller's block.
-                    unsafe { *ctile.add(r * ldc + j) = v };
-                }
+                let row = &mut cblock.0[r * NR..][..nrb];
+                epilogue(row, bias.map(|b| &b[j0..j0 + nrb]), relu);
+                // SAFETY: row i0 + r < mc holds nrb <= nc - j0 floats from column j0, ours.
+                let dst = unsafe { std::slice::from_raw_parts_mut(ctile.add(r * ldc), nrb) };
+                dst.copy_from_slice(row);
             }
         }
     }
 }
 
-/// One 32 x 32 block of C over `kp` pairs: the tiles start from `cblock` (`load_c`) or zero,
-/// and end stored in `cblock`.
+/// Bias and ReLU on a row of finished sums, as the reference applies them (NaN stays NaN).
+fn epilogue(row: &mut [f32], bias: Option<&[f32]>, relu: bool) {
+    if let Some(bias) = bias {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+    if relu {
+        for v in row.iter_mut() {
+            if *v < 0.0 {
+                *v = 0.0;
+            }
+        }
+    }
+}
+
+/// One 32 x 32 block of C over `kp` pairs: the tiles start from the block at `c` (rows
+/// `c_stride` bytes apart; `load_c`) or zero, and end stored there.
 ///
 /// # Safety
 /// `tiles` holds [`GEMM_CONFIG`] on this thread (for [`Hw`]: AMX usable); `a` points to 32 rows
 /// `ks` pairs apart, each with at least `kp` rounded up to 16 pairs, zero past `kp`; `b` to a B
 /// panel of `kp * NR` pairs; `tail` to `16 * NR` pairs: the panel's pair rows from
-/// `kp / 16 * 16` on, then zeros.
+/// `kp / 16 * 16` on, then zeros; `c` to 32 rows of 32 floats, `c_stride` bytes apart, readable
+/// and writable and touched by nobody else meanwhile.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block<T: Tiles>(
     tiles: &mut T,
@@ -1039,24 +1069,24 @@ unsafe fn block<T: Tiles>(
     b: *const u32,
     kp: usize,
     tail: *const u32,
-    cblock: &mut CBlock,
+    c: *mut u8,
+    c_stride: usize,
     load_c: bool,
 ) {
-    let c = cblock.0.as_mut_ptr().cast::<u8>();
     let a_bytes = ks * 4;
     // SAFETY: every load reads 16 rows of 64 bytes: of C at rows 0/16 and byte 0/64 of the
-    // 32 x 128-byte block; of A at rows 0/16 and pairs kk..kk+16 (within each row's padded
+    // 32 rows of 128 bytes; of A at rows 0/16 and pairs kk..kk+16 (within each row's padded
     // pairs); of B at pair rows kk..kk+16 and byte 0/64 of a 128-byte row, inside the panel
     // when kk + 16 <= kp, else inside `tail`. Stores write the C block likewise.
     unsafe {
         let c1 = c.add(64);
-        let c2 = c.add(16 * ROW_BYTES);
-        let c3 = c.add(16 * ROW_BYTES + 64);
+        let c2 = c.add(16 * c_stride);
+        let c3 = c.add(16 * c_stride + 64);
         if load_c {
-            tiles.load::<0>(c, ROW_BYTES);
-            tiles.load::<1>(c1, ROW_BYTES);
-            tiles.load::<2>(c2, ROW_BYTES);
-            tiles.load::<3>(c3, ROW_BYTES);
+            tiles.load::<0>(c, c_stride);
+            tiles.load::<1>(c1, c_stride);
+            tiles.load::<2>(c2, c_stride);
+            tiles.load::<3>(c3, c_stride);
         } else {
             tiles.zero::<0>();
             tiles.zero::<1>();
@@ -1074,10 +1104,10 @@ unsafe fn block<T: Tiles>(
             tiles.dpbf16::<2, 5, 6>();
             tiles.dpbf16::<3, 5, 7>();
         }
-        tiles.store::<0>(c, ROW_BYTES);
-        tiles.store::<1>(c1, ROW_BYTES);
-        tiles.store::<2>(c2, ROW_BYTES);
-        tiles.store::<3>(c3, ROW_BYTES);
+        tiles.store::<0>(c, c_stride);
+        tiles.store::<1>(c1, c_stride);
+        tiles.store::<2>(c2, c_stride);
+        tiles.store::<3>(c3, c_stride);
     }
 }
 
