@@ -471,6 +471,10 @@ fn bf16_winograd_in_place_v_matches_the_packed_path_bit_for_bit() {
         (2, 17, 13, 18, 33),
         (1, 30, 31, 64, 96),
         (1, 11, 12, 17, 40),
+        // Cin a multiple of 32, as AMX reads V in place: 12 or 35 tiles, and 48 or 150
+        // (whole blocks of 32 rows and a ragged rest).
+        (1, 13, 10, 32, 40),
+        (2, 9, 30, 96, 33),
     ] {
         let x = random(&[n, h, w, cin], &mut rng);
         let kernel = random(&[3, 3, cin, cout], &mut rng);

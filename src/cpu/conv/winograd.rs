@@ -20,6 +20,7 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
+use crate::cpu::gemm::amx;
 use crate::cpu::gemm::bf16::{KC, PackedBBf16, gemm_bf16_pairs};
 use crate::cpu::gemm::gemm_bf16_packed_best;
 use crate::cpu::gemm::{self, BSource, Epilogue, Kernel, MatrixA, PackedB};
@@ -388,15 +389,20 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Whether V goes to the GEMM as bf16 pairs in place ([`gemm_bf16_pairs`]): allowed (the
-    /// tests compare both paths), bf16 weights, the AVX512-BF16 kernel (AMX packs its own way),
-    /// an even Cin (a pair must not straddle two elements), and Cin within one K block.
+    /// Whether V goes to the GEMM as bf16 pairs in place: allowed (the tests compare both
+    /// paths), bf16 weights, and a Cin the kernel can read that way: for AVX512-BF16
+    /// ([`gemm_bf16_pairs`]) even (a pair must not straddle two elements) and within one K
+    /// block; for AMX ([`amx::gemm_amx_pairs`]) also whole tile rows of 32 values (VGG's 64 to
+    /// 512 channels all are).
     fn bf16_pairs(&self) -> bool {
+        let cin = self.g.cin;
         self.pairs_allowed
             && self.w.is_bf16()
-            && self.g.cin.is_multiple_of(2)
-            && self.g.cin <= KC
-            && gemm::bf16_kernel() == Kernel::Avx512Bf16
+            && match gemm::bf16_kernel() {
+                Kernel::Avx512Bf16 => cin.is_multiple_of(2) && cin <= KC,
+                Kernel::AmxBf16 => amx::pairs_fit(cin),
+                _ => false,
+            }
     }
 
     /// The input transform of the tiles of this block (from tile row `r0`) into `v`, `a^2 Cin`
@@ -447,8 +453,13 @@ impl Job<'_> {
             self.input(r0, vh, parallel);
             let pairs: &[u32] = bytemuck::cast_slice(&v[..tiles * aa * g.cin / 2]);
             let (ks, kp) = (aa * g.cin / 2, g.cin / 2);
+            let amx = gemm::bf16_kernel() == Kernel::AmxBf16;
             let product = |(e, me): (usize, &mut [f32])| {
-                gemm_bf16_pairs(tiles, &pairs[e * kp..], ks, &w.u_bf16[e], me, g.cout);
+                if amx {
+                    amx::gemm_amx_pairs(tiles, &pairs[e * kp..], ks, &w.u_bf16[e], me, g.cout);
+                } else {
+                    gemm_bf16_pairs(tiles, &pairs[e * kp..], ks, &w.u_bf16[e], me, g.cout);
+                }
             };
             if parallel {
                 mm.par_chunks_mut(es).enumerate().for_each(product);

@@ -714,6 +714,115 @@ pub fn gemm_amx_packed(
     let _ = (m, a, lda, b, c, ldc, ep, parallel);
 }
 
+/// Whether [`gemm_amx_pairs`] takes a K of `k`: even, within one K block, and whole tile
+/// rows of 16 pairs, so that no tile load reads past a row's `k / 2` pairs (in Winograd's V
+/// the next pairs belong to another element; times B's zero padding they would add nothing,
+/// unless they held an infinity or a NaN).
+pub fn pairs_fit(k: usize) -> bool {
+    k > 0 && k <= KC && k.is_multiple_of(2 * TK)
+}
+
+/// `C[m x n] = A * B` on one thread, with A already rounded to bfloat16 as pairs in place:
+/// row `i` is `a[i * ks .. i * ks + k / 2]`, the layout [`bf16::gemm_bf16_pairs`] reads.
+/// Winograd's bf16 input transform writes V this way; the tiles load it straight from there
+/// (16 rows `ks` pairs apart) instead of from a packed copy. The rows past the last whole
+/// block of 32 are copied, zero-padded. C is written, not accumulated; no bias or ReLU. The
+/// products are [`gemm_amx_packed`]'s on the same rounded A, in the same order: identical bits.
+///
+/// # Panics
+/// If [`available`] is false, `!pairs_fit(k)`, `ks < k / 2`, or a slice is too short.
+pub fn gemm_amx_pairs(m: usize, a: &[u32], ks: usize, b: &PackedBBf16, c: &mut [f32], ldc: usize) {
+    assert_available();
+    #[cfg(target_arch = "x86_64")]
+    pairs_with_tiles::<Hw>(m, a, ks, b, c, ldc);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (m, a, ks, b, c, ldc);
+}
+
+/// [`gemm_amx_pairs`] on any [`Tiles`].
+fn pairs_with_tiles<T: Tiles>(
+    m: usize,
+    a: &[u32],
+    ks: usize,
+    b: &PackedBBf16,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let (k, n) = (b.k(), b.n());
+    assert!(
+        pairs_fit(k),
+        "gemm_amx_pairs: K = {k} is not a multiple of 32 up to {KC}"
+    );
+    let kp = k / 2;
+    assert!(ks >= kp, "gemm_amx_pairs: row stride {ks} < {kp} pairs");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        a.len() >= (m - 1) * ks + kp,
+        "gemm_amx_pairs: A is too short"
+    );
+    assert!(
+        ldc >= n && c.len() >= (m - 1) * ldc + n,
+        "gemm_amx_pairs: C cannot hold {m} x {n} with leading dimension {ldc}"
+    );
+    let full = m / TM * TM;
+    let cp = CPtr(c.as_mut_ptr());
+    // SAFETY: `run` is reached with `T = Hw` only after `status()` (through
+    // `gemm_amx_pairs`) or in the `hw_` tests after `hardware()`.
+    let mut session = unsafe { Session::<T>::start() };
+    let mut abuf = A_BUF.take();
+    let rest = m - full;
+    // The last rows, zero-padded to a block of 32: their own stride, a whole tile row.
+    let tail = pairs_mut(&mut abuf, if rest > 0 { TM * kp } else { 0 });
+    for r in 0..rest {
+        tail[r * kp..][..kp].copy_from_slice(&a[(full + r) * ks..][..kp]);
+    }
+    tail[rest * kp..].fill(0);
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        let bpanels = b.panels(0, jc / NR, nc.div_ceil(NR));
+        // SAFETY: the tiles hold GEMM_CONFIG; the whole blocks' rows are `ks` pairs apart
+        // in `a`, each with kp (a multiple of 16) pairs, the tail's TM rows kp apart; the
+        // B panels are whole; C's m x n (checked above) is this call's alone.
+        unsafe {
+            if full > 0 {
+                macro_kernel(
+                    &mut session.0,
+                    a,
+                    ks,
+                    bpanels,
+                    kp,
+                    full,
+                    nc,
+                    cp.add(jc),
+                    ldc,
+                    false,
+                    None,
+                    false,
+                );
+            }
+            if rest > 0 {
+                macro_kernel(
+                    &mut session.0,
+                    tail,
+                    kp,
+                    bpanels,
+                    kp,
+                    rest,
+                    nc,
+                    cp.add(full * ldc + jc),
+                    ldc,
+                    false,
+                    None,
+                    false,
+                );
+            }
+        }
+    }
+    A_BUF.set(abuf);
+}
+
 /// [`gemm_amx`] on any [`Tiles`], after the checks.
 #[allow(clippy::too_many_arguments)]
 fn gemm_with_tiles<T: Tiles>(
@@ -1631,6 +1740,72 @@ mod tests {
                     let bits = |c: &[f32]| c.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&got), bits(&want), "{m}x{n}x{k} parallel={parallel}");
                 }
+            }
+        }
+    }
+
+    /// A read in place as bf16 pairs (Winograd's V) gives the bits of the packed path on the
+    /// same values: whole blocks of 32 rows in place and a ragged rest copied, rows further
+    /// apart than their pairs, K of one to several tile rows; on the emulator everywhere, and
+    /// on the tiles where AMX runs.
+    #[test]
+    fn pairs_in_place_give_the_same_bits() {
+        if !bf16::available() {
+            eprintln!(
+                "SKIP pairs_in_place_give_the_same_bits: PackedBBf16::new needs avx512bf16 (or \
+                 KEEL_ISA caps it below avx512)"
+            );
+            return;
+        }
+        assert!(pairs_fit(32) && pairs_fit(512) && !pairs_fit(48) && !pairs_fit(0));
+        for (s, &(m, n, k)) in [
+            (1, 1, 32),
+            (3, 17, 64),
+            (33, 40, 96),
+            (63, 65, 32),
+            (95, 33, 512),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let case = Case::new(m, n, k, 3, 9100 + s as u64);
+            let packed = PackedBBf16::new(&case.b, case.ldb, k, n);
+            let (kp, ks) = (k / 2, k / 2 + 5);
+            let mut pairs = vec![u32::MAX; (m - 1) * ks + kp];
+            for i in 0..m {
+                for p in 0..kp {
+                    let at = i * case.lda + 2 * p;
+                    pairs[i * ks + p] = pair(case.a[at], case.a[at + 1]);
+                }
+            }
+            let none = Epilogue::NONE;
+            let want = {
+                let mut c = case.c_start(none);
+                gemm_packed_with_tiles::<Emu>(
+                    m, &case.a, case.lda, &packed, &mut c, case.ldc, none, false,
+                );
+                c
+            };
+            let bits = |c: &[f32]| c.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let mut got = case.c_start(none);
+            pairs_with_tiles::<Emu>(m, &pairs, ks, &packed, &mut got, case.ldc);
+            assert_eq!(bits(&got), bits(&want), "emulated {m}x{n}x{k}");
+            #[cfg(target_arch = "x86_64")]
+            if hardware().is_ok() {
+                let mut got = case.c_start(none);
+                pairs_with_tiles::<Hw>(m, &pairs, ks, &packed, &mut got, case.ldc);
+                let mut hw_want = case.c_start(none);
+                gemm_packed_with_tiles::<Hw>(
+                    m,
+                    &case.a,
+                    case.lda,
+                    &packed,
+                    &mut hw_want,
+                    case.ldc,
+                    none,
+                    false,
+                );
+                assert_eq!(bits(&got), bits(&hw_want), "tiles {m}x{n}x{k}");
             }
         }
     }
