@@ -9,10 +9,24 @@
 
 use super::machine;
 
-/// Whether a kernel writing `bytes` of output should stream it: more than this CPU's
-/// last-level cache instance holds.
+/// L3 a thread can count on, at most. A virtual machine reports the host's cache as if its
+/// few CPUs had it alone: a 2-CPU guest on a Xeon saw "480 MiB shared by 2", a cache that in
+/// fact serves every core of the host. Server parts have 2-5 MB of L3 per core (AMD's 32 MB
+/// per 8 cores, Intel's 1.875-5 MB); 4 MiB is the share a thread may expect.
+const L3_PER_THREAD_CAP: usize = 4 << 20;
+
+/// Whether a kernel writing `bytes` of output should stream it: more than the last-level
+/// cache keel's threads can count on holds (their share of it, at most [`L3_PER_THREAD_CAP`]
+/// each). On that Xeon guest, streaming every output over 8 MB instead of none ran VGG16's
+/// bf16 pass at 240x240, batch 8, 7% faster (0.209 s -> 0.194 s, two alternating runs).
 pub fn worth_streaming(bytes: usize) -> bool {
-    bytes > machine::get().l3.size
+    bytes > budget(&machine::get().l3, rayon::current_num_threads())
+}
+
+/// The bytes of `l3` that `threads` threads can count on.
+fn budget(l3: &machine::Cache, threads: usize) -> usize {
+    let share = l3.size / l3.shared_by.max(1);
+    share.min(L3_PER_THREAD_CAP) * threads.min(l3.shared_by.max(1))
 }
 
 /// `dst[..16] = v`, streamed past the caches when `stream` and `dst` starts a cache line
@@ -53,6 +67,26 @@ pub fn fence() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::machine::{Cache, Source};
+
+    #[test]
+    fn the_budget_is_a_share_of_l3_capped_per_thread() {
+        let l3 = |mib: usize, shared_by| Cache {
+            size: mib << 20,
+            ways: 16,
+            line: 64,
+            shared_by,
+            source: Source::Sysfs,
+        };
+        // The Xeon guest's claim: 480 MiB for its 2 CPUs, capped at 4 MiB a thread.
+        assert_eq!(budget(&l3(480, 2), 2), 8 << 20);
+        assert_eq!(budget(&l3(480, 2), 1), 4 << 20);
+        // A real share below the cap stands: 32 MiB over 16 CPUs, 2 threads.
+        assert_eq!(budget(&l3(32, 16), 2), 4 << 20);
+        // More threads than CPUs sharing the cache get no more than all of it.
+        assert_eq!(budget(&l3(6, 2), 8), 6 << 20);
+        assert_eq!(budget(&l3(6, 0), 1), 4 << 20);
+    }
 
     /// Streamed or not, aligned or not, the values land exactly, and nothing past the 16.
     #[test]
