@@ -112,9 +112,13 @@ pub fn gemm<K: Micro>(
     } else {
         1
     };
+    // A C larger than the caches can hold, written once (one K block, nothing to add to):
+    // stored past the caches. block1_conv1's 27-deep product writes 118 MB at batch 8, and a
+    // plain store would read every line first.
+    let stream = !ep.accumulate && k <= blk.kc && crate::cpu::stream::worth_streaming(m * ldc * 4);
     let cp = CPtr(c.as_mut_ptr());
     if threads == 1 {
-        run::<K>(a, b, n, cp, ldc, ep, blk);
+        run::<K>(a, b, n, cp, ldc, ep, blk, stream);
         return;
     }
     // One rayon task per thread, each running the whole loop nest on its own rectangle of C
@@ -146,7 +150,7 @@ pub fn gemm<K: Micro>(
             // SAFETY: column j0 < n is inside C's first row; this task writes only columns
             // j0..j0+per of C's rows.
             let c = unsafe { cp.add(j0) };
-            run::<K>(a, b, per.min(n - j0), c, ldc, ep, blk);
+            run::<K>(a, b, per.min(n - j0), c, ldc, ep, blk, stream);
         });
     } else {
         // Otherwise split the rows, in whole micro-panels, as evenly as they go.
@@ -163,7 +167,7 @@ pub fn gemm<K: Micro>(
             };
             // SAFETY: row i0 < m is inside C; this task writes only rows i0..i0+per.
             let c = unsafe { cp.add(i0 * ldc) };
-            run::<K>(&rows, b, n, c, ldc, ep, blk);
+            run::<K>(&rows, b, n, c, ldc, ep, blk, stream);
         });
     }
 }
@@ -198,6 +202,7 @@ impl ASource for RowRange<'_> {
 }
 
 /// The loop nest for all of A's rows and columns `0..n` of C at `c`, on this thread.
+#[allow(clippy::too_many_arguments)]
 fn run<K: Micro>(
     a: &dyn ASource,
     b: BSource,
@@ -206,6 +211,7 @@ fn run<K: Micro>(
     ldc: usize,
     ep: Epilogue,
     blk: Blocking,
+    stream: bool,
 ) {
     let (m, k) = (a.rows(), a.cols());
     // Row blocks of about MC and equal sizes.
@@ -327,11 +333,16 @@ fn run<K: Micro>(
                     ldc,
                     pc > 0 || ep.accumulate,
                     if last { ep } else { Epilogue::NONE },
+                    stream,
                 );
                 A_BUF.set(abuf);
             }
             B_BUF.set(bbuf);
         }
+    }
+    if stream {
+        // The streamed stores reach memory before the caller (or another thread) reads C.
+        crate::cpu::stream::fence();
     }
 }
 
@@ -400,6 +411,7 @@ fn macro_kernel<K: Micro>(
     ldc: usize,
     accumulate: bool,
     ep: Epilogue,
+    stream: bool,
 ) {
     let (mr, nr) = (K::MR, K::NR);
     let mut edge = [0f32; 512];
@@ -462,8 +474,22 @@ fn macro_kernel<K: Micro>(
                         bias,
                         ep.relu,
                     );
-                } else if mrb == mr && nrb == nr {
+                } else if mrb == mr && nrb == nr && !stream {
                     K::tile(kc, ap, lda, bp, ctile, ldc, accumulate, bias, ep.relu);
+                } else if mrb == mr && nrb == nr {
+                    debug_assert!(nr.is_multiple_of(16));
+                    // Into `edge` (in L1), then streamed to C a cache line at a time. Only
+                    // without `accumulate`: the caller streams a C that is written once.
+                    K::tile(kc, ap, lda, bp, edge.as_mut_ptr(), nr, false, bias, ep.relu);
+                    for r in 0..mr {
+                        let dst = std::slice::from_raw_parts_mut(ctile.add(r * ldc), nr);
+                        for (d, v) in dst
+                            .chunks_exact_mut(16)
+                            .zip(edge[r * nr..][..nr].chunks_exact(16))
+                        {
+                            crate::cpu::stream::store16(d, v.try_into().expect("16 floats"), true);
+                        }
+                    }
                 } else {
                     if accumulate {
                         for r in 0..mrb {
