@@ -71,12 +71,17 @@
 //! | Zen 4, hand-tuned | 144 / 512 / 4096 | 120 / 256 / 4096 | |
 //! | Zen 3 (b) | | 36 / 1024 / 2048 | |
 //! | Emerald Rapids (c) | 240 / 848 / 768 | 222 / 1024 / 640 | 444 / 1024 / 1280 |
+//! | Xeon guest (d) | 240 / 848 / 8192 | 222 / 1024 / 8192 | |
 //!
 //! (a) The EPYC 9R14 VM the constants were tuned on: L1d 32 KiB 8-way, L2 1 MiB 8-way, L3
 //! 32 MiB over 2 threads, one 512-bit FMA pipe. (b) An EPYC VM (family 25 model 1): L1d
 //! 32 KiB 8-way, L2 512 KiB 8-way, L3 32 MiB over 2 threads, AVX2 only. (c) A thread per
 //! core: L1d 48 KiB 12-way, L2 2 MiB 16-way, L3 5 MiB a core, two 512-bit FMA pipes; not
 //! measured (no such machine was reachable): `keel tune` there tries half and twice each size.
+//! (d) A 2-CPU KVM guest of a Xeon with AMX (issue 14's sixth session): the same L1d and L2,
+//! and an L3 reported as 480 MiB shared by 2, so NC reaches its cap. `keel tune` there chose
+//! 480 / 848 / 8192 at 276 GFLOP/s against the model's 274 (two threads); a KC of 424 ran
+//! N >= 512 shapes 5-9% faster and shallower-N ones up to 15% slower (`docs/cpu-kernels.md`).
 //!
 //! KC reproduces the hand-tuned AVX-512 value, and NC too. AVX2's hand-tuned 256 came from the
 //! first model's B-in-L1 rule, not from a sweep; Zen 4 and Zen 3 both ran faster deeper. MC
@@ -116,6 +121,21 @@ pub struct Blocking {
 }
 
 impl Blocking {
+    /// The depth of the K blocks for a product `k` deep: `kc`, or where that takes more than
+    /// one block, equal blocks of at most `kc`. A short remainder block costs a pass over C
+    /// (loaded and stored once more) for a fraction of the work. On the Xeon of issue 14's
+    /// sixth session (3 alternating rounds, median GFLOP/s against `kc` then the remainder):
+    /// 1024^3 (848 + 176 -> 2 x 512) 4.5% faster on one thread and 5% on two, 784x512x4608
+    /// 4% on both; 12544x128x1152 (848 + 304 -> 2 x 576) 3.5% slower on two threads (6
+    /// rounds); the others within noise. How K is cut never changes a bit of C.
+    pub fn kc_for(&self, k: usize) -> usize {
+        if k <= self.kc {
+            self.kc
+        } else {
+            k.div_ceil(k.div_ceil(self.kc))
+        }
+    }
+
     /// Whether the driver can run a kernel with an `mr x nr` tile on these block sizes: MC and
     /// NC whole tiles, nothing zero, and bounded so that a damaged tuning file cannot ask for
     /// gigabytes of packing buffer (KC x NC of B, MC x KC of A, 256 MiB of f32 each at most).

@@ -81,6 +81,10 @@ pub fn gemm<K: Micro>(
 ) {
     assert!(K::ISA.available(), "this CPU cannot run {} kernels", K::ISA);
     let (m, k) = (a.rows(), a.cols());
+    let blk = Blocking {
+        kc: blk.kc_for(k),
+        ..blk
+    };
     assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "C is too small");
     if let BSource::Packed(p) = b {
         assert!(

@@ -324,7 +324,7 @@ pub fn gemm_source_blocked(
 /// kernel of `isa` (with its block sizes on this machine, [`blocking_for`]).
 pub fn pack_b_for(isa: Isa, b: &[f32], ldb: usize, k: usize, n: usize) -> PackedB {
     let (_, nr) = blocking::tile(isa);
-    PackedB::new(b, ldb, k, n, blocking_for(isa).kc, nr)
+    PackedB::new(b, ldb, k, n, blocking_for(isa).kc_for(k), nr)
 }
 
 /// Where the block sizes in use came from.
