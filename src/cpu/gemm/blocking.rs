@@ -257,6 +257,28 @@ mod tests {
     const KIB: usize = 1 << 10;
     const MIB: usize = 1 << 20;
 
+    #[test]
+    fn k_is_cut_into_equal_blocks_of_at_most_kc() {
+        let blk = Blocking {
+            mc: 240,
+            kc: 848,
+            nc: 8192,
+        };
+        assert_eq!(blk.kc_for(1), 848);
+        assert_eq!(blk.kc_for(848), 848);
+        assert_eq!(blk.kc_for(1024), 512);
+        assert_eq!(blk.kc_for(4608), 768);
+        for k in [849, 1000, 1697, 2100, 25088] {
+            let kc = blk.kc_for(k);
+            assert!(kc <= 848, "{k}: {kc}");
+            assert_eq!(
+                k.div_ceil(kc),
+                k.div_ceil(848),
+                "{k}: as few blocks as KC gives"
+            );
+        }
+    }
+
     fn level(size: usize, ways: usize) -> Level {
         Level { size, ways }
     }
