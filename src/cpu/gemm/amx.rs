@@ -764,14 +764,11 @@ fn pairs_with_tiles<T: Tiles>(
         a.len() >= (m - 1) * ks + kp,
         "gemm_amx_pairs: A is too short"
     );
-    assert!(
-        ldc >= n && c.len() >= (m - 1) * ldc + n,
-        "gemm_amx_pairs: C cannot hold {m} x {n} with leading dimension {ldc}"
-    );
+    super::check_operand("C", c.len(), m, n, ldc);
     let full = m / TM * TM;
     let cp = CPtr(c.as_mut_ptr());
-    // SAFETY: `run` is reached with `T = Hw` only after `status()` (through
-    // `gemm_amx_pairs`) or in the `hw_` tests after `hardware()`.
+    // SAFETY: this function is reached with `T = Hw` only through `gemm_amx_pairs` (after
+    // `status()`) or in the tests after `hardware()`.
     let mut session = unsafe { Session::<T>::start() };
     let mut abuf = A_BUF.take();
     let rest = m - full;
@@ -1060,8 +1057,10 @@ fn run<T: Tiles>(
 /// # Safety
 /// `tiles` holds [`GEMM_CONFIG`] on this thread (for [`Hw`]: AMX usable); `c` points to `mc`
 /// rows of `nc` writable floats, `ldc` apart, that no other thread touches; `apanel` holds
-/// `a_rows(mc)` rows of `ks = a_stride(kp)` pairs and `bpanels` `nc.div_ceil(NR)` panels of
-/// `kp * NR`; `bias`, if any, has at least `nc` values.
+/// `mc` rounded up to 32 rows, row `r` at `r * ks`, each with `kp` rounded up to 16 pairs
+/// readable from there and zero past `kp` (packed A: `a_rows(mc)` rows of `a_stride(kp)`;
+/// pairs in place: `kp` a multiple of 16, whole blocks of 32 rows); `bpanels` holds
+/// `nc.div_ceil(NR)` panels of `kp * NR`; `bias`, if any, has at least `nc` values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn macro_kernel<T: Tiles>(
     tiles: &mut T,
@@ -1094,16 +1093,17 @@ unsafe fn macro_kernel<T: Tiles>(
             // SAFETY: (i0, j0) is inside the caller's mc x nc block of C.
             let ctile = unsafe { c.0.add(i0 * ldc + j0) };
             // SAFETY (for both calls of `block`): the tiles hold GEMM_CONFIG (the caller's);
-            // rows i0..i0+32 of the A block exist (a_rows pads to 32) with ks >= kp rounded up
-            // to 16 pairs each; `bp` is a whole panel of kp * NR pairs and `tail` 16 * NR; the
+            // rows i0..i0+32 of the A block exist (the caller's 32-row blocks) with kp rounded
+            // up to 16 pairs each; `bp` is a whole panel of kp * NR pairs and `tail` 16 * NR; the
             // C block is either `cblock` (ours) or, when whole, 32 rows of 32 floats of the
             // caller's block of C, `ldc` apart.
             let ab = apanel[i0 * ks..].as_ptr();
             let tailp = bytemuck::cast_slice::<Line, u32>(&tail).as_ptr();
             if mrb == TM && nrb == NR {
-                // A whole block goes between the tiles and C directly: no copy through the
-                // scratch block, which for the Winograd products (K of 64 to 512, no bias)
-                // cost as much as the tile instructions. The epilogue, if any, then runs on C.
+                // A whole block goes between the tiles and C directly, with C's row stride,
+                // instead of through the scratch block (measured within noise on the Xeon of
+                // issue 14's sixth session; the simpler data path). The epilogue, if any, then
+                // runs on C.
                 unsafe {
                     block(
                         tiles,
