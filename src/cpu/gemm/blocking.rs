@@ -59,9 +59,18 @@
 //! 128 KiB way, so those sets hold twice the average share of the block. MC is rounded down to
 //! a multiple of MR and clamped to [MR, 1024].
 //!
-//! **NC: the B block in L3.** Each thread packs its own `KC x NC` block of B, reused by all its
-//! row blocks; it gets half of the thread's share of L3, the other half being for A's rows and
-//! C on their way through: `NC = S3 / 2 / (KC * e)`, a multiple of NR in [NR, 8192].
+//! **NC: the B block in L3, or in L2 on Intel.** Each thread packs its own `KC x NC` block of
+//! B, and every A micro-panel reads all of it, a B micro-panel per tile: `NR * e` bytes each
+//! step of k, 10.7 bytes a cycle for the 12x32 tile on two 512-bit FMA pipes. An AMD core's
+//! L3 (a slice of its own CCX, about 32 bytes a cycle) supplies that; the block gets half of
+//! the thread's share of L3, the other half being for A's rows and C on their way through:
+//! `NC = S3 / 2 / (KC * e)`. Intel's server L3 is a mesh shared by every core, and there the
+//! block must come from L2: `NC = S2 / 2 / (KC * e)` (the other half for A's micro-panels
+//! and C). Either way a multiple of NR in [NR, 8192]. On the Xeon of issue 14's seventh
+//! session, NC 8192 -> 288 ran 1024^3 14-16% faster on one and two threads and the N = 512
+//! shapes of VGG16 4-7% (4 alternating rounds); N <= 256 fits either way. When K's blocks
+//! come out shallower than KC ([`Blocking::kc_for`]) the B block widens to keep its bytes
+//! ([`Blocking::nc_for`]), and N is cut into equal blocks ([`Blocking::equal_blocks`]).
 //!
 //! **What it gives** (f32 unless said; `MC / KC / NC`):
 //!
@@ -70,8 +79,8 @@
 //! | Zen 4 (a) | 192 / 512 / 4096 | 96 / 1024 / 2048 | 192 / 1024 / 4096 |
 //! | Zen 4, hand-tuned | 144 / 512 / 4096 | 120 / 256 / 4096 | |
 //! | Zen 3 (b) | | 36 / 1024 / 2048 | |
-//! | Emerald Rapids (c) | 240 / 848 / 768 | 222 / 1024 / 640 | 444 / 1024 / 1280 |
-//! | Xeon guest (d) | 240 / 848 / 8192 | 222 / 1024 / 8192 | |
+//! | Emerald Rapids (c) | 240 / 848 / 288 | 222 / 1024 / 256 | 444 / 1024 / 512 |
+//! | Xeon guest (d) | 240 / 848 / 288 | 222 / 1024 / 256 | |
 //!
 //! (a) The EPYC 9R14 VM the constants were tuned on: L1d 32 KiB 8-way, L2 1 MiB 8-way, L3
 //! 32 MiB over 2 threads, one 512-bit FMA pipe. (b) An EPYC VM (family 25 model 1): L1d
@@ -79,9 +88,11 @@
 //! core: L1d 48 KiB 12-way, L2 2 MiB 16-way, L3 5 MiB a core, two 512-bit FMA pipes; not
 //! measured (no such machine was reachable): `keel tune` there tries half and twice each size.
 //! (d) A 2-CPU KVM guest of a Xeon with AMX (issue 14's sixth session): the same L1d and L2,
-//! and an L3 reported as 480 MiB shared by 2, so NC reaches its cap. `keel tune` there chose
-//! 480 / 848 / 8192 at 276 GFLOP/s against the model's 274 (two threads); a KC of 424 ran
-//! N >= 512 shapes 5-9% faster and shallower-N ones up to 15% slower (`docs/cpu-kernels.md`).
+//! and an L3 reported as 480 MiB shared by 2. With the B block in L3 the model gave NC 8192,
+//! and `keel tune` chose 480 / 848 / 8192 at 276 GFLOP/s against the model's 274 (two
+//! threads); a KC of 424 ran N >= 512 shapes 5-9% faster and shallower-N ones up to 15%
+//! slower: the smaller B block, not the shallower A micro-panel, was the gain (NC 384 at KC
+//! 848 gave the same), and the B block moved to L2 (`docs/cpu-kernels.md`).
 //!
 //! KC reproduces the hand-tuned AVX-512 value, and NC too. AVX2's hand-tuned 256 came from the
 //! first model's B-in-L1 rule, not from a sweep; Zen 4 and Zen 3 both ran faster deeper. MC
@@ -136,6 +147,27 @@ impl Blocking {
         }
     }
 
+    /// The widest B block for a product `k` deep: NC columns at KC, widened where K's blocks
+    /// come out shallower ([`Blocking::kc_for`]), so that the block keeps the bytes the model
+    /// gave it. 1024^3 on the Xeon of issue 14's seventh session runs K blocks of 512 instead
+    /// of 848: NC 288 becomes 477, three blocks of 352, 352 and 320 columns instead of four.
+    pub fn nc_for(&self, k: usize) -> usize {
+        self.nc * self.kc / self.kc_for(k).max(1)
+    }
+
+    /// The columns of each B block when `n` columns are cut into blocks of at most about
+    /// `cap`: all of them, or as few blocks as `cap` allows, of equal widths rounded up to
+    /// whole micro-panels of `nr`. Like K's blocks ([`Blocking::kc_for`]): a narrow last
+    /// block would pay a pass over A for a few columns.
+    pub fn equal_blocks(n: usize, cap: usize, nr: usize) -> usize {
+        let nr = nr.max(1);
+        if n <= cap {
+            n.max(1)
+        } else {
+            n.div_ceil(n.div_ceil(cap.max(nr))).next_multiple_of(nr)
+        }
+    }
+
     /// Whether the driver can run a kernel with an `mr x nr` tile on these block sizes: MC and
     /// NC whole tiles, nothing zero, and bounded so that a damaged tuning file cannot ask for
     /// gigabytes of packing buffer (KC x NC of B, MC x KC of A, 256 MiB of f32 each at most).
@@ -185,6 +217,10 @@ pub struct Geometry {
     pub l1: Level,
     pub l2: Level,
     pub l3: Level,
+    /// Whether the B block must sit in L2 because L3 cannot feed B's micro-panels at the FMA
+    /// rate (see NC in the module documentation): Intel's server cores, where L3 is a
+    /// mesh shared by every core.
+    pub b_in_l2: bool,
 }
 
 impl Geometry {
@@ -194,6 +230,7 @@ impl Geometry {
             l1: Level::share_of(&m.l1d),
             l2: Level::share_of(&m.l2),
             l3: Level::share_of(&m.l3),
+            b_in_l2: m.vendor == crate::cpu::machine::Vendor::Intel,
         }
     }
 }
@@ -218,7 +255,8 @@ pub fn solve(g: &Geometry, mr: usize, nr: usize, elem_bytes: usize) -> Blocking 
     let a_bytes = g.l2.ways.saturating_sub(ways_reserved).max(1) * w2 / 2;
     let mc = (a_bytes / (kc * e) / mr * mr).clamp(mr, (1024 / mr).max(1) * mr);
 
-    let nc = (g.l3.size / 2 / (kc * e) / nr * nr).clamp(nr, (8192 / nr).max(1) * nr);
+    let home = if g.b_in_l2 { g.l2 } else { g.l3 };
+    let nc = (home.size / 2 / (kc * e) / nr * nr).clamp(nr, (8192 / nr).max(1) * nr);
 
     Blocking { mc, kc, nc }
 }
@@ -279,6 +317,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn n_is_cut_into_equal_blocks_that_keep_the_b_blocks_bytes() {
+        let blk = b(240, 848, 288);
+        // One K block: NC as it is.
+        assert_eq!(blk.nc_for(576), 288);
+        assert_eq!(blk.nc_for(848), 288);
+        // K blocks of 512: the block widens to 477 columns, the same bytes.
+        assert_eq!(blk.nc_for(1024), 477);
+        assert!(512 * blk.nc_for(1024) <= 848 * 288);
+        assert_eq!(Blocking::equal_blocks(1024, 477, 32), 352);
+        assert_eq!(Blocking::equal_blocks(512, blk.nc_for(4608), 32), 256);
+        // At most the cap: one block.
+        assert_eq!(Blocking::equal_blocks(100, 288, 32), 100);
+        assert_eq!(Blocking::equal_blocks(288, 288, 32), 288);
+        for n in [1, 3, 17, 63, 289, 1000, 4097] {
+            for cap in [32, 100, 288, 477] {
+                let step = Blocking::equal_blocks(n, cap, 32);
+                let blocks = n.div_ceil(step);
+                assert!(step > 0, "{n} {cap}");
+                // No more blocks than the cap gives (rounding up to whole micro-panels
+                // can only merge them), none wider than the cap rounded up.
+                assert!(blocks <= n.div_ceil(cap.max(32)), "{n} {cap}");
+                assert!(step <= cap.max(n.min(32)).next_multiple_of(32), "{n} {cap}");
+                assert!(
+                    blocks == 1 || step.is_multiple_of(32),
+                    "{n} {cap}: whole micro-panels"
+                );
+                // The last block is the only narrower one, by less than a block's share.
+                assert!(n - (blocks - 1) * step <= step, "{n} {cap}");
+            }
+        }
+    }
+
     fn level(size: usize, ways: usize) -> Level {
         Level { size, ways }
     }
@@ -290,6 +361,7 @@ mod tests {
             l1: level(32 * KIB, 8),
             l2: level(MIB, 8),
             l3: level(16 * MIB, 16),
+            b_in_l2: false,
         }
     }
 
@@ -299,6 +371,7 @@ mod tests {
             l1: level(32 * KIB, 8),
             l2: level(512 * KIB, 8),
             l3: level(16 * MIB, 16),
+            b_in_l2: false,
         }
     }
 
@@ -309,6 +382,7 @@ mod tests {
             l1: level(48 * KIB, 12),
             l2: level(2 * MIB, 16),
             l3: level(5 * MIB, 15),
+            b_in_l2: true,
         }
     }
 
@@ -339,16 +413,33 @@ mod tests {
     fn emerald_rapids_keeps_the_a_micro_panel_in_l1() {
         let g = emerald_rapids();
         let blk = solve(&g, 12, 32, 4);
-        assert_eq!(blk, b(240, 848, 768));
+        assert_eq!(blk, b(240, 848, 288));
         // 39.75 KiB of A in the 10 of 12 ways not kept for streaming.
         let a_panel = blk.kc * 12 * 4;
         assert!(a_panel <= 10 * 4 * KIB, "{a_panel}");
-        assert_eq!(solve(&g, 6, 16, 4), b(222, 1024, 640));
+        // The B block in half of L2, not of L3: 848 x 288 floats, 954 KiB.
+        assert!(blk.kc * blk.nc * 4 <= MIB);
+        assert_eq!(solve(&g, 6, 16, 4), b(222, 1024, 256));
+        // The same caches on an AMD core would keep the B block in L3.
+        assert_eq!(
+            solve(
+                &Geometry {
+                    b_in_l2: false,
+                    ..g
+                },
+                12,
+                32,
+                4
+            )
+            .nc,
+            768
+        );
         // Both hyperthreads busy: half of every level each, so half the depth.
         let ht = Geometry {
             l1: level(24 * KIB, 12),
             l2: level(MIB, 16),
             l3: level(5 * MIB / 2, 15),
+            b_in_l2: true,
         };
         assert_eq!(solve(&ht, 12, 32, 4).kc, 424);
     }
@@ -360,9 +451,10 @@ mod tests {
             l1: level(24 * KIB, 12),
             l2: level(MIB, 16),
             l3: level(5 * MIB / 2, 15),
+            b_in_l2: true,
         };
         assert_eq!(solve(&ht, 12, 32, 2).kc, 2 * solve(&ht, 12, 32, 4).kc);
-        assert_eq!(solve(&emerald_rapids(), 12, 32, 2), b(444, 1024, 1280));
+        assert_eq!(solve(&emerald_rapids(), 12, 32, 2), b(444, 1024, 512));
         // On Zen 4 the doubled depth meets the clamp exactly.
         assert_eq!(solve(&zen4(), 12, 32, 2), b(192, 1024, 4096));
     }
@@ -374,21 +466,25 @@ mod tests {
                 l1: level(1, 1),
                 l2: level(1, 1),
                 l3: level(0, 1),
+                b_in_l2: false,
             },
             Geometry {
                 l1: level(KIB, 0),
                 l2: level(4 * KIB, 2),
                 l3: level(64 * KIB, 0),
+                b_in_l2: true,
             },
             Geometry {
                 l1: level(1 << 30, 1000),
                 l2: level(1 << 40, 1),
                 l3: level(1 << 45, 64),
+                b_in_l2: false,
             },
             Geometry {
                 l1: level(48 * KIB, 12),
                 l2: level(2 * MIB, 16),
                 l3: level(5 * MIB, 15),
+                b_in_l2: true,
             },
         ];
         for g in weird {

@@ -83,6 +83,7 @@ pub fn gemm<K: Micro>(
     let (m, k) = (a.rows(), a.cols());
     let blk = Blocking {
         kc: blk.kc_for(k),
+        nc: blk.nc_for(k),
         ..blk
     };
     assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "C is too small");
@@ -225,8 +226,9 @@ fn run<K: Micro>(
         .max(K::MR);
     let row_blocks = m.div_ceil(mc);
 
-    for jc in (0..n).step_by(blk.nc) {
-        let nc = blk.nc.min(n - jc);
+    let nc_step = Blocking::equal_blocks(n, blk.nc, K::NR);
+    for jc in (0..n).step_by(nc_step) {
+        let nc = nc_step.min(n - jc);
         let panels = nc.div_ceil(K::NR);
         for pc in (0..k).step_by(blk.kc) {
             let kc = blk.kc.min(k - pc);

@@ -413,3 +413,64 @@ fn tiles_that_pack_b_match_packing_first() {
     #[cfg(target_arch = "aarch64")]
     packing_tile_matches_pack_then_tile::<Neon>();
 }
+
+/// Block sizes change only speed: small and odd MC, KC and NC (several K blocks, B blocks
+/// widened by [`Blocking::nc_for`] and cut equally by [`Blocking::equal_blocks`], ragged
+/// last blocks) give the model's blocks' bits exactly, on one thread and on the pool.
+#[test]
+fn block_sizes_never_change_a_bit_of_c() {
+    for isa in Isa::all_available() {
+        let (mr, nr) = blocking::tile(isa);
+        let odd = [
+            Blocking {
+                mc: mr,
+                kc: 8,
+                nc: nr,
+            },
+            Blocking {
+                mc: 3 * mr,
+                kc: 40,
+                nc: 3 * nr,
+            },
+            Blocking {
+                mc: 5 * mr,
+                kc: 136,
+                nc: 2 * nr,
+            },
+        ];
+        for (s, &(m, n, k)) in [(37, 161, 300), (13, 97, 17), (64, 3 * nr + 1, 129)]
+            .iter()
+            .enumerate()
+        {
+            let case = Case::new(m, n, k, 3, 300 + s as u64);
+            let a = MatrixA {
+                data: &case.a,
+                rows: m,
+                cols: k,
+                ld: case.lda,
+            };
+            let ep = Epilogue::new(Some(&case.bias), true);
+            let b = BSource::Matrix {
+                data: &case.b,
+                ld: case.ldb,
+            };
+            let bits = |blk: Blocking, parallel: bool| {
+                let mut c = vec![f32::NAN; m * case.ldc];
+                gemm_source_blocked(isa, blk, &a, b, n, &mut c, case.ldc, ep, parallel);
+                c.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let model = bits(blocking_for(isa), false);
+            let c: Vec<f32> = model.iter().map(|&v| f32::from_bits(v)).collect();
+            case.check(&c, ep, &format!("{isa} model blocks"));
+            for blk in odd {
+                assert!(blk.valid_for(mr, nr));
+                for parallel in [false, true] {
+                    assert!(
+                        bits(blk, parallel) == model,
+                        "{isa} {m}x{n}x{k} {blk:?} parallel={parallel}: other bits"
+                    );
+                }
+            }
+        }
+    }
+}
