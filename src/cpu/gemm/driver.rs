@@ -565,7 +565,10 @@ const FILL_MAX_ROWS: usize = 128;
 /// they stream B anyway, the copy overlaps their FMAs. Paired runs against packing first, on
 /// one thread: 64x512x4608 11% faster, 196x512x4608 5%, 32x256x25088 5%; on two threads
 /// (392-512 rows a thread) 196x512x4608, 784x512x2304 and 1024^3 2-4%. The panel values and
-/// the FMA order are the same, so no bit of C changes.
+/// the FMA order are the same, so no bit of C changes. The AVX-512 tile packed first until
+/// issue 14's seventh session; on that Xeon (4 alternating rounds, median GFLOP/s), two
+/// threads: 784x512x4608 9% faster, 196x512x4608 7.5%, 1024^3 7%, 784x512x2304 1.5%; one
+/// thread: 196x512x4608 5%, 784x512 2.5%, the rest (above the row limit below) unchanged.
 ///
 /// It can save at most one row of tiles per block, a share `MR / m` of the product, and with
 /// thousands of rows it measured 1-2% slower (3136x256x2304 and 12544x128x1152, one and two

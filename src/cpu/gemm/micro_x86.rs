@@ -48,7 +48,8 @@ pub(super) fn prefetch_c_tile(rows: usize, cols: usize, c: *mut f32, ldc: usize)
     }
 }
 
-/// How many rows ahead a tile that packs B asks for B's rows, into L2. Rows `ldb` apart fall
+/// How many rows ahead a tile that packs B asks for B's rows, into L2 (both kernels; the
+/// AVX-512 one takes the Zen 3 value untuned). Rows `ldb` apart fall
 /// into a few L1 sets only (1 KB apart: 4 of 64), so lines asked into L1 were evicted before
 /// use; into L2, 32 rows ahead measured best on a Zen 3 (16 and 64 a few percent slower, and
 /// 8 or 16 into L1 no faster than packing first).
@@ -228,6 +229,36 @@ impl Micro for Avx512 {
     const NR: usize = 32;
     const ISA: Isa = Isa::Avx512;
 
+    const PACKS_B_IN_TILE: bool = true;
+
+    unsafe fn tile_packing_b(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        packed: *mut f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // SAFETY: the caller checked AVX-512F and the buffer sizes (see
+        // `Micro::tile_packing_b`).
+        unsafe {
+            if lda == 0 {
+                tile_avx512::<false, 12, true>(
+                    kc, a, 0, b, ldb, packed, c, ldc, accumulate, bias, relu,
+                )
+            } else {
+                tile_avx512::<true, 12, true>(
+                    kc, a, lda, b, ldb, packed, c, ldc, accumulate, bias, relu,
+                )
+            }
+        }
+    }
+
     unsafe fn tile(
         kc: usize,
         a: *const f32,
@@ -242,9 +273,33 @@ impl Micro for Avx512 {
         // SAFETY: the caller checked AVX-512F and the buffer sizes (see `Micro::tile`).
         unsafe {
             if lda == 0 {
-                tile_avx512::<false, 12>(kc, a, 0, b, c, ldc, accumulate, bias, relu)
+                tile_avx512::<false, 12, false>(
+                    kc,
+                    a,
+                    0,
+                    b,
+                    32,
+                    null_mut(),
+                    c,
+                    ldc,
+                    accumulate,
+                    bias,
+                    relu,
+                )
             } else {
-                tile_avx512::<true, 12>(kc, a, lda, b, c, ldc, accumulate, bias, relu)
+                tile_avx512::<true, 12, false>(
+                    kc,
+                    a,
+                    lda,
+                    b,
+                    32,
+                    null_mut(),
+                    c,
+                    ldc,
+                    accumulate,
+                    bias,
+                    relu,
+                )
             }
         }
     }
@@ -266,23 +321,78 @@ impl Micro for Avx512 {
         // SAFETY: as for `tile`; the narrower tiles read and write fewer rows.
         unsafe {
             match (rows, lda) {
-                (..=4, 0) => tile_avx512::<false, 4>(kc, a, 0, b, c, ldc, accumulate, bias, relu),
-                (..=4, _) => tile_avx512::<true, 4>(kc, a, lda, b, c, ldc, accumulate, bias, relu),
-                (..=8, 0) => tile_avx512::<false, 8>(kc, a, 0, b, c, ldc, accumulate, bias, relu),
-                (..=8, _) => tile_avx512::<true, 8>(kc, a, lda, b, c, ldc, accumulate, bias, relu),
+                (..=4, 0) => tile_avx512::<false, 4, false>(
+                    kc,
+                    a,
+                    0,
+                    b,
+                    32,
+                    null_mut(),
+                    c,
+                    ldc,
+                    accumulate,
+                    bias,
+                    relu,
+                ),
+                (..=4, _) => tile_avx512::<true, 4, false>(
+                    kc,
+                    a,
+                    lda,
+                    b,
+                    32,
+                    null_mut(),
+                    c,
+                    ldc,
+                    accumulate,
+                    bias,
+                    relu,
+                ),
+                (..=8, 0) => tile_avx512::<false, 8, false>(
+                    kc,
+                    a,
+                    0,
+                    b,
+                    32,
+                    null_mut(),
+                    c,
+                    ldc,
+                    accumulate,
+                    bias,
+                    relu,
+                ),
+                (..=8, _) => tile_avx512::<true, 8, false>(
+                    kc,
+                    a,
+                    lda,
+                    b,
+                    32,
+                    null_mut(),
+                    c,
+                    ldc,
+                    accumulate,
+                    bias,
+                    relu,
+                ),
                 _ => Self::tile(kc, a, lda, b, c, ldc, accumulate, bias, relu),
             }
         }
     }
 }
 
+/// The AVX-512 tile: `ROWS` of the 12 rows, A packed or in place (`STRIDED`).
+///
+/// # Safety
+/// As for [`Micro::tile`], and with `PACK_B` as for [`Micro::tile_packing_b`] (B in place,
+/// rows `ldb` apart, packed into `packed`); without, `ldb` is 32 and `packed` unused.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512<const STRIDED: bool, const ROWS: usize>(
+unsafe fn tile_avx512<const STRIDED: bool, const ROWS: usize, const PACK_B: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
+    ldb: usize,
+    packed: *mut f32,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -310,10 +420,21 @@ unsafe fn tile_avx512<const STRIDED: bool, const ROWS: usize>(
     let rows: [*const f32; ROWS] =
         std::array::from_fn(|r| unsafe { a_at::<STRIDED, MR>(a, lda, 0, r) });
     for p in 0..kc {
-        // SAFETY: p < kc; B's panel holds kc * NR floats and A's operand kc values in each of MR rows.
+        // SAFETY: p < kc; B holds kc rows of NR floats `ldb` apart (the packed panel: 32
+        // apart), `packed` (with PACK_B) kc * NR writable floats, and A's operand kc values in
+        // each of MR rows.
         unsafe {
-            let b0 = _mm512_loadu_ps(b.add(p * 32));
-            let b1 = _mm512_loadu_ps(b.add(p * 32 + 16));
+            let row = b.add(p * ldb);
+            let b0 = _mm512_loadu_ps(row);
+            let b1 = _mm512_loadu_ps(row.add(16));
+            if PACK_B {
+                _mm512_storeu_ps(packed.add(p * 32), b0);
+                _mm512_storeu_ps(packed.add(p * 32 + 16), b1);
+                // B's row PACK_AHEAD rows on, both lines of its NR floats.
+                let ahead = row.wrapping_add(PACK_AHEAD * ldb);
+                crate::cpu::prefetch::l2(ahead);
+                crate::cpu::prefetch::l2(ahead.wrapping_add(16));
+            }
             for (r, acc) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(if STRIDED {
                     *rows[r].add(p)
