@@ -229,6 +229,63 @@ impl Micro for Avx512 {
     const NR: usize = 32;
     const ISA: Isa = Isa::Avx512;
 
+    unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // SAFETY: the caller checked AVX-512F and the buffer sizes (see `Micro::tile`).
+        unsafe { Self::tile_rows(12, kc, a, lda, b, c, ldc, accumulate, bias, relu) }
+    }
+
+    unsafe fn tile_rows(
+        rows: usize,
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // The tile of `$rows` rows over B's packed panel (rows 32 floats apart).
+        macro_rules! tile {
+            ($rows:literal) => {
+                avx512::<$rows, false>(
+                    kc,
+                    a,
+                    lda,
+                    b,
+                    32,
+                    null_mut(),
+                    c,
+                    ldc,
+                    accumulate,
+                    bias,
+                    relu,
+                )
+            };
+        }
+        // A ragged last row panel (VGG's pixel counts end in 4 rows past a multiple of 12)
+        // runs a 4- or 8-row tile instead of wasting up to 11 of 12 rows of FMAs.
+        // SAFETY: as for `tile`; the narrower tiles read and write fewer rows.
+        unsafe {
+            match rows {
+                0..=4 => tile!(4),
+                5..=8 => tile!(8),
+                _ => tile!(12),
+            }
+        }
+    }
+
     const PACKS_B_IN_TILE: bool = true;
 
     unsafe fn tile_packing_b(
@@ -246,135 +303,39 @@ impl Micro for Avx512 {
     ) {
         // SAFETY: the caller checked AVX-512F and the buffer sizes (see
         // `Micro::tile_packing_b`).
-        unsafe {
-            if lda == 0 {
-                tile_avx512::<false, 12, true>(
-                    kc, a, 0, b, ldb, packed, c, ldc, accumulate, bias, relu,
-                )
-            } else {
-                tile_avx512::<true, 12, true>(
-                    kc, a, lda, b, ldb, packed, c, ldc, accumulate, bias, relu,
-                )
-            }
-        }
+        unsafe { avx512::<12, true>(kc, a, lda, b, ldb, packed, c, ldc, accumulate, bias, relu) }
     }
+}
 
-    unsafe fn tile(
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-        bias: *const f32,
-        relu: bool,
-    ) {
-        // SAFETY: the caller checked AVX-512F and the buffer sizes (see `Micro::tile`).
-        unsafe {
-            if lda == 0 {
-                tile_avx512::<false, 12, false>(
-                    kc,
-                    a,
-                    0,
-                    b,
-                    32,
-                    null_mut(),
-                    c,
-                    ldc,
-                    accumulate,
-                    bias,
-                    relu,
-                )
-            } else {
-                tile_avx512::<true, 12, false>(
-                    kc,
-                    a,
-                    lda,
-                    b,
-                    32,
-                    null_mut(),
-                    c,
-                    ldc,
-                    accumulate,
-                    bias,
-                    relu,
-                )
-            }
-        }
-    }
-
-    unsafe fn tile_rows(
-        rows: usize,
-        kc: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-        bias: *const f32,
-        relu: bool,
-    ) {
-        // A ragged last row panel (VGG's pixel counts end in 4 rows past a multiple of 12)
-        // runs a 4- or 8-row tile instead of wasting up to 11 of 12 rows of FMAs.
-        // SAFETY: as for `tile`; the narrower tiles read and write fewer rows.
-        unsafe {
-            match (rows, lda) {
-                (..=4, 0) => tile_avx512::<false, 4, false>(
-                    kc,
-                    a,
-                    0,
-                    b,
-                    32,
-                    null_mut(),
-                    c,
-                    ldc,
-                    accumulate,
-                    bias,
-                    relu,
-                ),
-                (..=4, _) => tile_avx512::<true, 4, false>(
-                    kc,
-                    a,
-                    lda,
-                    b,
-                    32,
-                    null_mut(),
-                    c,
-                    ldc,
-                    accumulate,
-                    bias,
-                    relu,
-                ),
-                (..=8, 0) => tile_avx512::<false, 8, false>(
-                    kc,
-                    a,
-                    0,
-                    b,
-                    32,
-                    null_mut(),
-                    c,
-                    ldc,
-                    accumulate,
-                    bias,
-                    relu,
-                ),
-                (..=8, _) => tile_avx512::<true, 8, false>(
-                    kc,
-                    a,
-                    lda,
-                    b,
-                    32,
-                    null_mut(),
-                    c,
-                    ldc,
-                    accumulate,
-                    bias,
-                    relu,
-                ),
-                _ => Self::tile(kc, a, lda, b, c, ldc, accumulate, bias, relu),
-            }
+/// [`tile_avx512`] for A packed (`lda == 0`) or in place: the one place that picks the variant.
+///
+/// # Safety
+/// As for [`tile_avx512`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn avx512<const ROWS: usize, const PACK_B: bool>(
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    packed: *mut f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    bias: *const f32,
+    relu: bool,
+) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        if lda == 0 {
+            tile_avx512::<false, ROWS, PACK_B>(
+                kc, a, 0, b, ldb, packed, c, ldc, accumulate, bias, relu,
+            )
+        } else {
+            tile_avx512::<true, ROWS, PACK_B>(
+                kc, a, lda, b, ldb, packed, c, ldc, accumulate, bias, relu,
+            )
         }
     }
 }
