@@ -62,11 +62,12 @@
 //! **NC: the B block in L3, or in L2 on Intel.** Each thread packs its own `KC x NC` block of
 //! B, and every A micro-panel reads all of it, a B micro-panel per tile: `NR * e` bytes each
 //! step of k, 10.7 bytes a cycle for the 12x32 tile on two 512-bit FMA pipes. An AMD core's
-//! L3 (a slice of its own CCX, about 32 bytes a cycle) supplies that; the block gets half of
-//! the thread's share of L3, the other half being for A's rows and C on their way through:
-//! `NC = S3 / 2 / (KC * e)`. Intel's server L3 is a mesh shared by every core, and there the
-//! block must come from L2: `NC = S2 / 2 / (KC * e)` (the other half for A's micro-panels
-//! and C). Either way a multiple of NR in [NR, 8192]. On the Xeon of issue 14's seventh
+//! L3, a slice of its own CCX, kept up on the Zen 3 and Zen 4 measured (a Zen 3 ran 15-29%
+//! slower with its B block in L2: `docs/cpu-kernels.md`, "Zen 3"); there the block gets half
+//! of the thread's share of L3, the other half being for A's rows and C on their way
+//! through: `NC = S3 / 2 / (KC * e)`. Intel's server L3 is a mesh shared by every core, and
+//! there the block comes from L2: `NC = S2 / 2 / (KC * e)` (the other half for A's
+//! micro-panels and C). Either way a multiple of NR in [NR, 8192]. On the Xeon of issue 14's seventh
 //! session, NC 8192 -> 288 ran 1024^3 14-16% faster on one and two threads and the N = 512
 //! shapes of VGG16 4-7% (4 alternating rounds); N <= 256 fits either way. When K's blocks
 //! come out shallower than KC ([`Blocking::kc_for`]) the B block widens to keep its bytes
