@@ -20,10 +20,9 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
-use crate::cpu::gemm::amx;
-use crate::cpu::gemm::bf16::{KC, PackedBBf16, gemm_bf16_pairs};
+use crate::cpu::gemm::bf16::PackedBBf16;
 use crate::cpu::gemm::gemm_bf16_packed_best;
-use crate::cpu::gemm::{self, BSource, Epilogue, Kernel, MatrixA, PackedB};
+use crate::cpu::gemm::{self, BSource, Epilogue, MatrixA, PackedB};
 use crate::cpu::isa::Isa;
 use crate::cpu::{prefetch, stream};
 use crate::tensor::real::max_nan;
@@ -390,19 +389,10 @@ struct Job<'a> {
 
 impl Job<'_> {
     /// Whether V goes to the GEMM as bf16 pairs in place: allowed (the tests compare both
-    /// paths), bf16 weights, and a Cin the kernel can read that way: for AVX512-BF16
-    /// ([`gemm_bf16_pairs`]) even (a pair must not straddle two elements) and within one K
-    /// block; for AMX ([`amx::gemm_amx_pairs`]) also whole tile rows of 32 values (VGG's 64 to
-    /// 512 channels all are).
+    /// paths), bf16 weights, and a Cin the bf16 kernel can read that way
+    /// ([`gemm::bf16_pairs_fit`]).
     fn bf16_pairs(&self) -> bool {
-        let cin = self.g.cin;
-        self.pairs_allowed
-            && self.w.is_bf16()
-            && match gemm::bf16_kernel() {
-                Kernel::Avx512Bf16 => cin.is_multiple_of(2) && cin <= KC,
-                Kernel::AmxBf16 => amx::pairs_fit(cin),
-                _ => false,
-            }
+        self.pairs_allowed && self.w.is_bf16() && gemm::bf16_pairs_fit(self.g.cin)
     }
 
     /// The input transform of the tiles of this block (from tile row `r0`) into `v`, `a^2 Cin`
@@ -445,21 +435,16 @@ impl Job<'_> {
         let es = e_stride(tiles, g.cout);
         let mm = &mut mbuf[..aa * es];
 
-        // V in bf16, read in place by the GEMM, where the bf16 kernel is AVX512-BF16's and the
-        // pairs line up (an even Cin); else V in f32, rounded and packed by the GEMM if bf16.
+        // V in bf16, read in place by the GEMM, where the bf16 kernel can (`bf16_pairs`); else
+        // V in f32, rounded and packed by the GEMM if bf16.
         if self.bf16_pairs() {
             // Half of `v`'s f32s hold the tiles' bf16 values, as pairs of the GEMM's layout.
             let vh: &mut [u16] = bytemuck::cast_slice_mut(&mut v[..tiles * aa * g.cin / 2]);
             self.input(r0, vh, parallel);
             let pairs: &[u32] = bytemuck::cast_slice(&v[..tiles * aa * g.cin / 2]);
             let (ks, kp) = (aa * g.cin / 2, g.cin / 2);
-            let amx = gemm::bf16_kernel() == Kernel::AmxBf16;
             let product = |(e, me): (usize, &mut [f32])| {
-                if amx {
-                    amx::gemm_amx_pairs(tiles, &pairs[e * kp..], ks, &w.u_bf16[e], me, g.cout);
-                } else {
-                    gemm_bf16_pairs(tiles, &pairs[e * kp..], ks, &w.u_bf16[e], me, g.cout);
-                }
+                gemm::gemm_bf16_pairs_best(tiles, &pairs[e * kp..], ks, &w.u_bf16[e], me, g.cout)
             };
             if parallel {
                 mm.par_chunks_mut(es).enumerate().for_each(product);
@@ -893,7 +878,7 @@ fn store_lanes(dst: &mut [f32], src: &V, lanes: usize) {
 }
 
 /// What the input transform writes V as: f32, or bfloat16 bit patterns for the bf16 GEMM,
-/// which then reads V in place instead of rounding and packing it (`gemm_bf16_pairs`).
+/// which then reads V in place instead of rounding and packing it (`gemm::gemm_bf16_pairs_best`).
 pub trait VElem: Copy + Send + Sync {
     /// `dst[..lanes] = src[..lanes]`, converted.
     fn store(dst: &mut [Self], src: &V, lanes: usize);

@@ -755,16 +755,10 @@ fn pairs_with_tiles<T: Tiles>(
         pairs_fit(k),
         "gemm_amx_pairs: K = {k} is not a multiple of 32 up to {KC}"
     );
-    let kp = k / 2;
-    assert!(ks >= kp, "gemm_amx_pairs: row stride {ks} < {kp} pairs");
+    let kp = bf16::check_pairs("gemm_amx_pairs", m, a, ks, b, c, ldc);
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        a.len() >= (m - 1) * ks + kp,
-        "gemm_amx_pairs: A is too short"
-    );
-    super::check_operand("C", c.len(), m, n, ldc);
     let full = m / TM * TM;
     let cp = CPtr(c.as_mut_ptr());
     // SAFETY: this function is reached with `T = Hw` only through `gemm_amx_pairs` (after
@@ -797,8 +791,7 @@ fn pairs_with_tiles<T: Tiles>(
                     cp.add(jc),
                     ldc,
                     false,
-                    None,
-                    false,
+                    Epilogue::NONE,
                 );
             }
             if rest > 0 {
@@ -813,8 +806,7 @@ fn pairs_with_tiles<T: Tiles>(
                     cp.add(full * ldc + jc),
                     ldc,
                     false,
-                    None,
-                    false,
+                    Epilogue::NONE,
                 );
             }
         }
@@ -1039,8 +1031,7 @@ fn run<T: Tiles>(
                         c.add(ic * ldc + jc),
                         ldc,
                         pc > 0 || ep.accumulate,
-                        bias,
-                        last && ep.relu,
+                        Epilogue::new(bias, last && ep.relu),
                     )
                 };
             }
@@ -1051,8 +1042,8 @@ fn run<T: Tiles>(
 }
 
 /// The blocks of C over one packed A block (`mc` rows) and the B panels covering `nc`
-/// columns of C at `c`. `load_c` starts the sums from what C holds; `bias` (from C's first
-/// column here) and `relu` are set on the last K block only.
+/// columns of C at `c`. `load_c` starts the sums from what C holds (`ep.accumulate` is not
+/// read); `ep`'s bias (from C's first column here) and ReLU are set on the last K block only.
 ///
 /// # Safety
 /// `tiles` holds [`GEMM_CONFIG`] on this thread (for [`Hw`]: AMX usable); `c` points to `mc`
@@ -1060,7 +1051,7 @@ fn run<T: Tiles>(
 /// `mc` rounded up to 32 rows, row `r` at `r * ks`, each with `kp` rounded up to 16 pairs
 /// readable from there and zero past `kp` (packed A: `a_rows(mc)` rows of `a_stride(kp)`;
 /// pairs in place: `kp` a multiple of 16, whole blocks of 32 rows); `bpanels` holds
-/// `nc.div_ceil(NR)` panels of `kp * NR`; `bias`, if any, has at least `nc` values.
+/// `nc.div_ceil(NR)` panels of `kp * NR`; `ep.bias`, if any, has at least `nc` values.
 #[allow(clippy::too_many_arguments)]
 unsafe fn macro_kernel<T: Tiles>(
     tiles: &mut T,
@@ -1073,8 +1064,7 @@ unsafe fn macro_kernel<T: Tiles>(
     c: CPtr,
     ldc: usize,
     load_c: bool,
-    bias: Option<&[f32]>,
-    relu: bool,
+    ep: Epilogue,
 ) {
     let mut cblock = CBlock([0.0; TM * NR]);
     // The last partial step's pair rows, zero past the panel: 16 rows of NR pairs.
@@ -1117,11 +1107,11 @@ unsafe fn macro_kernel<T: Tiles>(
                         load_c,
                     )
                 };
-                if bias.is_some() || relu {
+                if ep.bias.is_some() || ep.relu {
                     for r in 0..TM {
                         // SAFETY: row i0 + r < mc holds NR floats from column j0, ours alone.
                         let row = unsafe { std::slice::from_raw_parts_mut(ctile.add(r * ldc), NR) };
-                        epilogue(row, bias.map(|b| &b[j0..j0 + NR]), relu);
+                        ep.apply_row(row, j0);
                     }
                 }
                 continue;
@@ -1138,26 +1128,10 @@ unsafe fn macro_kernel<T: Tiles>(
             unsafe { block(tiles, ab, ks, bp.as_ptr(), kp, tailp, cb, ROW_BYTES, load_c) };
             for r in 0..mrb {
                 let row = &mut cblock.0[r * NR..][..nrb];
-                epilogue(row, bias.map(|b| &b[j0..j0 + nrb]), relu);
+                ep.apply_row(row, j0);
                 // SAFETY: row i0 + r < mc holds nrb <= nc - j0 floats from column j0, ours.
                 let dst = unsafe { std::slice::from_raw_parts_mut(ctile.add(r * ldc), nrb) };
                 dst.copy_from_slice(row);
-            }
-        }
-    }
-}
-
-/// Bias and ReLU on a row of finished sums, as the reference applies them (NaN stays NaN).
-fn epilogue(row: &mut [f32], bias: Option<&[f32]>, relu: bool) {
-    if let Some(bias) = bias {
-        for (v, b) in row.iter_mut().zip(bias) {
-            *v += b;
-        }
-    }
-    if relu {
-        for v in row.iter_mut() {
-            if *v < 0.0 {
-                *v = 0.0;
             }
         }
     }

@@ -294,16 +294,10 @@ pub fn gemm_bf16_pairs(m: usize, a: &[u32], ks: usize, b: &PackedBBf16, c: &mut 
         k.is_multiple_of(2) && k <= KC,
         "gemm_bf16_pairs: K = {k} must be even and <= {KC}"
     );
-    let kp = k / 2;
-    assert!(ks >= kp, "gemm_bf16_pairs: row stride {ks} < {kp} pairs");
+    check_pairs("gemm_bf16_pairs", m, a, ks, b, c, ldc);
     if m == 0 || n == 0 {
         return;
     }
-    assert!(
-        a.len() >= (m - 1) * ks + kp,
-        "gemm_bf16_pairs: A is too short"
-    );
-    check_operand("C", c.len(), m, n, ldc);
     if k == 0 {
         for row in c.chunks_mut(ldc).take(m) {
             row[..n].fill(0.0);
@@ -312,6 +306,27 @@ pub fn gemm_bf16_pairs(m: usize, a: &[u32], ks: usize, b: &PackedBBf16, c: &mut 
     }
     #[cfg(target_arch = "x86_64")]
     x86::run_pairs(a, ks, m, b, CPtr(c.as_mut_ptr()), ldc);
+}
+
+/// The checks of a product over `b` whose A is `m` rows of bf16 pairs in place, `ks` pairs
+/// apart (`gemm_bf16_pairs`, `amx::gemm_amx_pairs`; each checks K first): the rows hold K's
+/// pairs, and A and C are long enough. Returns K's pairs; `what` names the caller.
+pub(super) fn check_pairs(
+    what: &str,
+    m: usize,
+    a: &[u32],
+    ks: usize,
+    b: &PackedBBf16,
+    c: &[f32],
+    ldc: usize,
+) -> usize {
+    let kp = b.k.div_ceil(2);
+    assert!(ks >= kp, "{what}: row stride {ks} < {kp} pairs");
+    if m > 0 && b.n > 0 {
+        assert!(a.len() >= (m - 1) * ks + kp, "{what}: A is too short");
+        check_operand("C", c.len(), m, b.n, ldc);
+    }
+    kp
 }
 
 /// One cache line of packed pairs: the element type of the packing buffers, so that every

@@ -70,8 +70,26 @@ impl<'a> Epilogue<'a> {
     /// The epilogue of one element in column `j`, for the scalar kernels.
     #[inline]
     pub fn apply(self, v: f32, j: usize) -> f32 {
-        let v = v + self.bias.map_or(0.0, |b| b[j]);
+        let v = self.bias.map_or(v, |b| v + b[j]);
         if self.relu && v < 0.0 { 0.0 } else { v }
+    }
+
+    /// The epilogue of a row of finished sums from column `j0` on, a pass each for the bias
+    /// and ReLU (so that both vectorize), for kernels that finish C outside their registers
+    /// (AMX's tiles). The same values as [`Epilogue::apply`] element by element.
+    pub fn apply_row(self, row: &mut [f32], j0: usize) {
+        if let Some(bias) = self.bias {
+            for (v, b) in row.iter_mut().zip(&bias[j0..]) {
+                *v += b;
+            }
+        }
+        if self.relu {
+            for v in row.iter_mut() {
+                if *v < 0.0 {
+                    *v = 0.0;
+                }
+            }
+        }
     }
 }
 
@@ -254,6 +272,36 @@ pub fn gemm_bf16_packed_best(
         amx::gemm_amx_packed(m, a, lda, b, c, ldc, ep, parallel);
     } else {
         bf16::gemm_bf16_packed(m, a, lda, b, c, ldc, ep, parallel);
+    }
+}
+
+/// Whether [`gemm_bf16_pairs_best`] reads an A of bf16 pairs `k` deep in place: on
+/// AVX512-BF16 an even `k` (a pair must not straddle two elements) within one K block, on
+/// AMX also whole tile rows of 32 values ([`amx::pairs_fit`]; VGG's 64 to 512 channels are).
+pub fn bf16_pairs_fit(k: usize) -> bool {
+    if bf16_kernel() == Kernel::AmxBf16 {
+        amx::pairs_fit(k)
+    } else {
+        k.is_multiple_of(2) && k <= bf16::KC
+    }
+}
+
+/// [`bf16::gemm_bf16_pairs`] on [`bf16_kernel`]'s rung (where [`bf16_pairs_fit`]).
+///
+/// # Panics
+/// As [`bf16::gemm_bf16_pairs`] or [`amx::gemm_amx_pairs`].
+pub fn gemm_bf16_pairs_best(
+    m: usize,
+    a: &[u32],
+    ks: usize,
+    b: &bf16::PackedBBf16,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    if bf16_kernel() == Kernel::AmxBf16 {
+        amx::gemm_amx_pairs(m, a, ks, b, c, ldc);
+    } else {
+        bf16::gemm_bf16_pairs(m, a, ks, b, c, ldc);
     }
 }
 
