@@ -30,13 +30,21 @@ mod pool {
 
     use super::Block;
 
-    /// Buffers of at least this many blocks (16 MB) are pooled. At 32 MB, VGG16's 29.5 MB
+    /// Buffers of at least this many blocks (1 MB) are pooled. At 32 MB, VGG16's 29.5 MB
     /// activations (block3 at 240x240, batch 8) came fresh every pass, and their page faults
     /// made block3_conv2 take 22-31 ms from one pass to the next; at 16 MB the bf16 pass ran
     /// 6% faster (Xeon, 3 alternating runs: 0.188 s -> 0.177 s median), fp32 the same, and
-    /// `keel features` on the 153 validation photos peaked lower (480 MB against 528), on one
-    /// 224x224 image the same (241 MB, whose largest activation is 12.8 MB).
-    pub const MIN_BLOCKS: usize = (16 << 20) / 64;
+    /// `keel features` on the 153 validation photos peaked lower (480 MB against 528). At batch
+    /// 1 every activation is below 16 MB, and each came fresh: glibc hands a freed block back
+    /// for the next one and clears it first, a pass over memory per layer. At 1 MB
+    /// block1_conv1 at 240x240 took 2.1 ms instead of 3.5 (its 14.7 MB output was cleared
+    /// before being written) and block2_conv1 4.2 instead of 6.6 at 8 MB (issue 14's eighth
+    /// session, Xeon family 6 model 167, medians of 28 passes). Peak RSS: one 224x224 image
+    /// 235 MB against 242 (bf16 174 against 172), the 153 validation photos 459 against 465.
+    /// That needs [`give`] to keep the largest buffers: keeping the first two it was given,
+    /// the small ones took the places, and batch 8's 118 MB block1_conv1 output came fresh
+    /// again (17 ms -> 41 ms).
+    pub const MIN_BLOCKS: usize = (1 << 20) / 64;
     /// At most this many buffers and this many blocks (1 GB) are kept. VGG needs two: a layer's
     /// input and output alternate between them (a third and fourth only raised peak memory:
     /// `--augment crop` at 224x224 peaked at 654 MB with four, 565 MB with two).
@@ -71,6 +79,17 @@ mod pool {
             return;
         }
         if let Ok(mut pool) = POOL.lock() {
+            // Full: the largest buffers are the ones worth keeping (the cost of a fresh
+            // buffer grows with its size), so a smaller pooled one makes room.
+            if pool.len() == MAX_BUFFERS
+                && let Some((i, _)) = pool
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, p)| p.capacity())
+                    .filter(|(_, p)| p.capacity() < v.capacity())
+            {
+                pool.swap_remove(i);
+            }
             let held: usize = pool.iter().map(Vec::capacity).sum();
             if pool.len() < MAX_BUFFERS && held + v.capacity() <= MAX_BLOCKS {
                 pool.push(v);
