@@ -250,6 +250,7 @@ fn conv(
                 })
                 .filter(|(packed_for, _)| *packed_for == isa);
             let b = match packed {
+                Some((_, p)) if gemm::streams_packed_b(p.bytes()) => BSource::Streamed(p),
                 Some((_, p)) => BSource::Packed(p),
                 None => BSource::Matrix {
                     data: kd,

@@ -457,6 +457,7 @@ impl Job<'_> {
 
             // 2. One GEMM per tile element e: M_e = V_e * U_e.
             let v = &*v;
+            let streams = gemm::streams_packed_b(w.bytes());
             let product = |(e, me): (usize, &mut [f32])| {
                 if w.is_bf16() {
                     let ld = aa * g.cin;
@@ -479,16 +480,12 @@ impl Job<'_> {
                     cols: g.cin,
                     ld: aa * g.cin,
                 };
-                gemm::gemm_source(
-                    w.isa,
-                    &ve,
-                    BSource::Packed(&w.u[e]),
-                    g.cout,
-                    me,
-                    g.cout,
-                    Epilogue::NONE,
-                    false,
-                );
+                let u = if streams {
+                    BSource::Streamed(&w.u[e])
+                } else {
+                    BSource::Packed(&w.u[e])
+                };
+                gemm::gemm_source(w.isa, &ve, u, g.cout, me, g.cout, Epilogue::NONE, false);
             };
             if parallel {
                 mm.par_chunks_mut(es).enumerate().for_each(product);

@@ -33,6 +33,20 @@ pub enum BSource<'a> {
     Matrix { data: &'a [f32], ld: usize },
     /// Packed once beforehand for this kernel's `NR` and `KC`.
     Packed(&'a PackedB),
+    /// [`BSource::Packed`], and in memory (or L3), not L2, when the product starts: a layer's
+    /// weights read once per pass (see [`super::streams_packed_b`]). The first row of tiles
+    /// of each B block then asks L2 for the next panel while it works on this one.
+    Streamed(&'a PackedB),
+}
+
+impl<'a> BSource<'a> {
+    /// The packed B, if packed beforehand.
+    fn packed(self) -> Option<&'a PackedB> {
+        match self {
+            BSource::Packed(p) | BSource::Streamed(p) => Some(p),
+            BSource::Matrix { .. } => None,
+        }
+    }
 }
 
 /// C as a raw pointer, so that tasks can write disjoint tiles of it in parallel (the f32 and
@@ -87,7 +101,7 @@ pub fn gemm<K: Micro>(
         ..blk
     };
     assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "C is too small");
-    if let BSource::Packed(p) = b {
+    if let Some(p) = b.packed() {
         assert!(
             p.k == k && p.n == n && p.nr == K::NR && p.kc == blk.kc,
             "B was packed for another shape or kernel"
@@ -237,7 +251,9 @@ fn run<K: Micro>(
             // after, so they are reused from call to call.
             let mut bbuf = B_BUF.take();
             let (bpanels, fill) = match b {
-                BSource::Packed(p) => (p.panels(pc, jc / K::NR, panels).as_ptr(), None),
+                BSource::Packed(p) | BSource::Streamed(p) => {
+                    (p.panels(pc, jc / K::NR, panels).as_ptr(), None)
+                }
                 BSource::Matrix { data, ld } => {
                     let len = panels * kc * K::NR;
                     if bbuf.len() < len {
@@ -331,6 +347,7 @@ fn run<K: Micro>(
                     bpanels,
                     panels,
                     if ib == 0 { fill } else { None },
+                    ib == 0 && matches!(b, BSource::Streamed(_)),
                     kc,
                     mcb,
                     (jc, jc + nc),
@@ -402,13 +419,15 @@ impl APanels<'_> {
 
 /// The ir and jr loops over one block of A's rows (packed or in place) and the packed B panels
 /// covering columns `cols.0..cols.1` of C: `panels` panels of `kc * NR` floats from
-/// `bpanels`. With `fill`, the first row of tiles packs the whole panels as it reads them.
+/// `bpanels`. With `fill`, the first row of tiles packs the whole panels as it reads them;
+/// with `fetch_b`, it asks L2 for each next panel (see [`BSource::Streamed`]).
 #[allow(clippy::too_many_arguments)]
 fn macro_kernel<K: Micro>(
     apanels: APanels,
     bpanels: *const f32,
     panels: usize,
     fill: Option<FillB>,
+    fetch_b: bool,
     kc: usize,
     mc: usize,
     cols: (usize, usize),
@@ -441,6 +460,9 @@ fn macro_kernel<K: Micro>(
                     lines_per_row,
                     first..(first + lines_per_tile).min(mr * lines_per_row),
                 );
+            }
+            if fetch_b && ip == 0 && jp + 1 < panels {
+                prefetch_panel(bpanels.wrapping_add((jp + 1) * kc * nr), kc * nr);
             }
             let j0 = cols.0 + jp * nr;
             let nrb = nr.min(cols.1 - j0);
@@ -549,6 +571,24 @@ fn prefetch_rows(a: *const f32, lda: usize, lines_per_row: usize, lines: std::op
             line = 0;
             row += 1;
         }
+    }
+}
+
+/// Asks L2 for the `floats` floats of a packed B panel at `panel`, a line at a time.
+///
+/// A layer's packed weights come from memory on the first row of tiles: Winograd's `U_e`
+/// at 1 MB apiece (block4, 512 channels) or block5's 9.4 MB for implicit GEMM. The hardware
+/// prefetcher does not follow a stream across a 4 KB page (`U_e` is too small for keel to
+/// ask for huge pages), so it starts again 16 times per 64 KB panel; asked for a panel
+/// ahead, the lines are in L2 when the tiles reach them. VGG16 at 240x240, batch 1, two threads (Xeon family
+/// 6 model 167, issue 14's eighth session, per-layer medians of 28 passes): blocks 3-5
+/// 1.4-9% faster each, the pass 4%. Where B was in L2 already (blocks 1-2, whose `U` stays
+/// in cache) the same prefetches made the layers 3-5% slower, hence only for
+/// [`BSource::Streamed`].
+fn prefetch_panel(panel: *const f32, floats: usize) {
+    for line in 0..floats.div_ceil(16) {
+        // `wrapping_add`: only a hint, never dereferenced.
+        crate::cpu::prefetch::l2(panel.wrapping_add(line * 16));
     }
 }
 

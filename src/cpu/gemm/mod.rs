@@ -368,6 +368,19 @@ pub fn gemm_source_blocked(
     }
 }
 
+/// Whether a layer's packed weights of `bytes` in all (every product the layer runs reads
+/// them back to back) should be passed as [`BSource::Streamed`]: more than `STREAMED_B_MIN`
+/// cannot have stayed in this core's L2 since the last time they were read.
+pub fn streams_packed_b(bytes: usize) -> bool {
+    bytes > STREAMED_B_MIN
+}
+
+/// Bytes of packed weights above which they are read from L3 or memory. Measured on VGG16 at
+/// 240x240, batch 1 (Xeon with 2 MB of L2 per core): prefetching Winograd's `U` helped from
+/// block3 on (4.7 MB and more), and made block2 (1.2 and 2.4 MB, still mostly in cache)
+/// slower.
+const STREAMED_B_MIN: usize = 4 << 20;
+
 /// Pack row-major `b` (`k x n`, leading dimension `ldb`) once, for repeated products with the
 /// kernel of `isa` (with its block sizes on this machine, [`blocking_for`]).
 pub fn pack_b_for(isa: Isa, b: &[f32], ldb: usize, k: usize, n: usize) -> PackedB {
