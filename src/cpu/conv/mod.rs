@@ -15,6 +15,7 @@ mod backward;
 mod bf16;
 mod direct;
 mod im2col;
+mod planar;
 mod winograd;
 
 use std::sync::OnceLock;
@@ -23,6 +24,7 @@ pub use backward::{conv2d_backward_bf16, conv2d_backward_with};
 pub use bf16::conv2d_bf16;
 pub use direct::conv_direct;
 pub use im2col::{Im2col, Im2colT};
+pub use planar::PlanarIm2col;
 pub use winograd::{Variant, WinogradWeights, conv_winograd, kernel_grad_winograd};
 
 use crate::cpu::conv2d_reference;
@@ -241,7 +243,14 @@ fn conv(
         ConvAlgo::Reference => unreachable!("handled above"),
         ConvAlgo::Direct => conv_direct(isa, xd, kd, bias, relu, &g, out.data_mut()),
         ConvAlgo::ImplicitGemm => {
-            let a = Im2col { x: xd, g };
+            let (nhwc, planar);
+            let a: &dyn gemm::ASource = if PlanarIm2col::suits(&g) {
+                planar = PlanarIm2col::new(xd, g);
+                &planar
+            } else {
+                nhwc = Im2col { x: xd, g };
+                &nhwc
+            };
             let k = g.kh * g.kw * g.cin;
             let packed = plan
                 .map(|p| {
@@ -258,7 +267,7 @@ fn conv(
                 },
             };
             let ep = Epilogue::new(bias, relu);
-            gemm::gemm_source(isa, &a, b, g.cout, out.data_mut(), g.cout, ep, true);
+            gemm::gemm_source(isa, a, b, g.cout, out.data_mut(), g.cout, ep, true);
         }
         ConvAlgo::Winograd2 | ConvAlgo::Winograd4 => {
             let (variant, cell) = if algo == ConvAlgo::Winograd2 {
