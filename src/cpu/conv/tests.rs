@@ -27,7 +27,7 @@ fn tolerance(algo: ConvAlgo) -> f32 {
 /// (n, h, w, cin, cout, kernel, stride, padding)
 type Case = (usize, usize, usize, usize, usize, usize, usize, Padding);
 
-const CASES: [Case; 9] = [
+const CASES: [Case; 10] = [
     (1, 1, 1, 1, 1, 3, 1, Padding::Same),
     (1, 3, 5, 3, 17, 3, 1, Padding::Same),
     (2, 7, 9, 17, 33, 3, 1, Padding::Same),
@@ -37,6 +37,8 @@ const CASES: [Case; 9] = [
     (1, 15, 14, 20, 48, 5, 2, Padding::Same),
     (1, 8, 9, 9, 31, 1, 1, Padding::Valid),
     (1, 30, 31, 64, 96, 3, 1, Padding::Same),
+    // F(4x4)'s V rows would be a multiple of 4 KB apart (36 * 256 floats): laid out further.
+    (1, 6, 7, 256, 20, 3, 1, Padding::Same),
 ];
 
 #[test]

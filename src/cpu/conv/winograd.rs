@@ -299,6 +299,7 @@ pub(crate) fn conv_winograd_scheduled(
         tw,
         th,
         pairs_allowed: pairs,
+        v_stride: gemm::spread_ld(w.isa, aa * g.cin),
     };
     // The output of each block of tile rows: consecutive rows of the output (pooled or not).
     let (row_len, rows_of) = if pool {
@@ -319,7 +320,7 @@ pub(crate) fn conv_winograd_scheduled(
         blocks.push((r0, r1, chunk));
         out_rest = rest;
     }
-    let vlen = rows_per_block * tw * aa * g.cin;
+    let vlen = rows_per_block * tw * job.v_stride;
     // The longest `e_stride` of any block: `tiles * cout` plus at most two lines.
     let mlen = aa * (rows_per_block * tw * g.cout + 32);
     match schedule {
@@ -385,6 +386,10 @@ struct Job<'a> {
     th: usize,
     /// Whether bf16 weights may take V as bf16 pairs in place (see `Job::bf16_pairs`).
     pairs_allowed: bool,
+    /// Floats from one tile's V to the next in f32: `a^2 * Cin`, or a line or two more where
+    /// that is a multiple of 4 KB (Cin 256 and 512), so that the GEMM reads V's rows in place
+    /// instead of first copying them apart ([`gemm::spread_ld`]).
+    v_stride: usize,
 }
 
 impl Job<'_> {
@@ -396,19 +401,19 @@ impl Job<'_> {
     }
 
     /// The input transform of the tiles of this block (from tile row `r0`) into `v`, `a^2 Cin`
-    /// values per tile.
-    fn input<T: VElem>(&self, r0: usize, v: &mut [T], parallel: bool) {
+    /// values per tile, the tiles `stride` values apart.
+    fn input<T: VElem>(&self, r0: usize, v: &mut [T], stride: usize, parallel: bool) {
         let (w, g, tw, th) = (self.w, self.g, self.tw, self.th);
-        let (m, a) = (w.variant.m(), w.variant.a());
+        let m = w.variant.m();
         let input = |(t, vt): (usize, &mut [T])| {
             let (row, tx) = (r0 + t / tw, t % tw);
             let (n, ty) = (row / th, row % th);
             dispatch_input(w.variant, w.isa, self.x, g, n, ty * m, tx * m, vt);
         };
         if parallel {
-            v.par_chunks_mut(a * a * g.cin).enumerate().for_each(input);
+            v.par_chunks_mut(stride).enumerate().for_each(input);
         } else {
-            v.chunks_mut(a * a * g.cin).enumerate().for_each(input);
+            v.chunks_mut(stride).enumerate().for_each(input);
         }
     }
 
@@ -431,7 +436,8 @@ impl Job<'_> {
         let (m, a) = (w.variant.m(), w.variant.a());
         let aa = a * a;
         let tiles = (r1 - r0) * tw;
-        let v = &mut vbuf[..tiles * aa * g.cin];
+        let vs = self.v_stride;
+        let v = &mut vbuf[..tiles * vs];
         let es = e_stride(tiles, g.cout);
         let mm = &mut mbuf[..aa * es];
 
@@ -440,7 +446,7 @@ impl Job<'_> {
         if self.bf16_pairs() {
             // Half of `v`'s f32s hold the tiles' bf16 values, as pairs of the GEMM's layout.
             let vh: &mut [u16] = bytemuck::cast_slice_mut(&mut v[..tiles * aa * g.cin / 2]);
-            self.input(r0, vh, parallel);
+            self.input(r0, vh, aa * g.cin, parallel);
             let pairs: &[u32] = bytemuck::cast_slice(&v[..tiles * aa * g.cin / 2]);
             let (ks, kp) = (aa * g.cin / 2, g.cin / 2);
             let product = |(e, me): (usize, &mut [f32])| {
@@ -453,19 +459,18 @@ impl Job<'_> {
             }
         } else {
             // 1. Input transform, a tile at a time.
-            self.input(r0, v, parallel);
+            self.input(r0, v, vs, parallel);
 
             // 2. One GEMM per tile element e: M_e = V_e * U_e.
             let v = &*v;
             let streams = gemm::streams_packed_b(w.bytes());
             let product = |(e, me): (usize, &mut [f32])| {
                 if w.is_bf16() {
-                    let ld = aa * g.cin;
-                    let ve = &v[e * g.cin..][..(tiles - 1) * ld + g.cin];
+                    let ve = &v[e * g.cin..][..(tiles - 1) * vs + g.cin];
                     gemm_bf16_packed_best(
                         tiles,
                         ve,
-                        ld,
+                        vs,
                         &w.u_bf16[e],
                         me,
                         g.cout,
@@ -478,7 +483,7 @@ impl Job<'_> {
                     data: &v[e * g.cin..],
                     rows: tiles,
                     cols: g.cin,
-                    ld: aa * g.cin,
+                    ld: vs,
                 };
                 let u = if streams {
                     BSource::Streamed(&w.u[e])

@@ -374,7 +374,7 @@ fn run<K: Micro>(
 /// twelve rows of an AVX-512 tile compete for 8 ways. More than 6 rows per set (the B panel
 /// needs ways too) counts as crowded; VGG's K = 4608 puts 6 rows per set and measured faster
 /// read in place.
-fn aliases_in_l1(lda: usize, mr: usize) -> bool {
+pub(super) fn aliases_in_l1(lda: usize, mr: usize) -> bool {
     const WAY_BYTES: usize = 4096;
     // One bit per 64-byte set within a 4 KB way.
     let sets = (0..mr).fold(0u64, |bits, r| bits | 1 << ((r * lda * 4) % WAY_BYTES / 64));

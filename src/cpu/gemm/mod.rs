@@ -381,6 +381,19 @@ pub fn streams_packed_b(bytes: usize) -> bool {
 /// slower.
 const STREAMED_B_MIN: usize = 4 << 20;
 
+/// The leading dimension, `ld` or a little more (whole 64-byte lines), at which an A the
+/// kernel of `isa` reads in place does not crowd its rows into a few L1 sets. With `ld` a
+/// multiple of 4 KB the driver would otherwise copy A, block by block, to rows further
+/// apart (see `driver::aliases_in_l1`); an A laid out at this spacing from the start is read
+/// as it is.
+pub fn spread_ld(isa: Isa, ld: usize) -> usize {
+    let (mr, _) = blocking::tile(isa);
+    (ld..)
+        .step_by(16)
+        .find(|&ld| !driver::aliases_in_l1(ld, mr))
+        .expect("some spacing spreads the rows")
+}
+
 /// Pack row-major `b` (`k x n`, leading dimension `ldb`) once, for repeated products with the
 /// kernel of `isa` (with its block sizes on this machine, [`blocking_for`]).
 pub fn pack_b_for(isa: Isa, b: &[f32], ldb: usize, k: usize, n: usize) -> PackedB {
