@@ -3,7 +3,8 @@
 //!
 //! - `direct`: register-tiled direct loops, for layers with few input channels (block1_conv1);
 //! - `implicit-gemm`: the packed GEMM with im2col gathered block by block, never stored; any
-//!   kernel size, stride and padding;
+//!   kernel size, stride and padding (with few input channels and stride 1, gathered from a
+//!   channel-planar copy of the image: `planar.rs`);
 //! - `winograd2` / `winograd4`: F(2x2,3x3) / F(4x4,3x3) for 3x3 stride-1 layers.
 //!
 //! [`ConvAlgo::auto`] picks per layer; the choices and the measurements behind them are in
