@@ -220,7 +220,7 @@ impl ASource for Im2colT<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::rng::Rng;
 
@@ -264,63 +264,100 @@ mod tests {
             (1, 9, 8, 5, 5, 2, 2, 1, 5, 4),
             (3, 3, 4, 17, 3, 1, 2, 0, 2, 2),
         ];
-        for &(n, h, w, cin, k, s, pt, pl, oh, ow) in &cases {
-            let g = ConvGeometry {
-                n,
-                h,
-                w,
-                cin,
-                kh: k,
-                kw: k,
-                cout: 1,
-                oh,
-                ow,
-                stride: [s, s],
-                pad_top: pt,
-                pad_left: pl,
-            };
-            let x: Vec<f32> = (0..n * h * w * cin).map(|_| rng.normal() + 3.0).collect();
+        for case in cases {
+            let g = geometry(case);
+            let x: Vec<f32> = (0..g.n * g.h * g.w * g.cin)
+                .map(|_| rng.normal() + 3.0)
+                .collect();
             let want = im2col(&x, &g);
             let a = Im2col { x: &x, g };
             let (rows, cols) = (a.rows(), a.cols());
-            for mr in [1, 4, 12] {
-                for (i0, mc) in [
-                    (0, rows),
-                    (1, 7),
-                    (rows - 1, 1),
-                    (rows / 2, rows - rows / 2),
-                ] {
-                    for (p0, kc) in [
-                        (0, cols),
-                        (1, cols - 1),
-                        (cin + 1, 2 * cin + 3),
-                        (cols - 2, 2),
-                    ] {
-                        let kc = kc.min(cols - p0);
-                        let panels = mc.div_ceil(mr);
-                        let mut dst = vec![f32::NAN; panels * mr * kc];
-                        a.pack(i0, mc, p0, kc, mr, &mut dst);
-                        for (panel, out) in dst.chunks_exact(kc * mr).enumerate() {
-                            for r in 0..mr {
-                                let row = i0 + panel * mr + r;
-                                for q in 0..kc {
-                                    let expect = if row < i0 + mc && row < rows {
-                                        want[row * cols + p0 + q]
-                                    } else {
-                                        0.0
-                                    };
-                                    assert_eq!(
-                                        out[q * mr + r].to_bits(),
-                                        expect.to_bits(),
-                                        "{g:?} mr {mr} row {row} col {}",
-                                        p0 + q
-                                    );
-                                }
-                            }
+            for (mr, i0, mc, p0, kc) in blocks(rows, cols, g.cin) {
+                let panels = mc.div_ceil(mr);
+                let mut dst = vec![f32::NAN; panels * mr * kc];
+                a.pack(i0, mc, p0, kc, mr, &mut dst);
+                for (panel, out) in dst.chunks_exact(kc * mr).enumerate() {
+                    for r in 0..mr {
+                        let row = i0 + panel * mr + r;
+                        for q in 0..kc {
+                            let expect = if row < i0 + mc && row < rows {
+                                want[row * cols + p0 + q]
+                            } else {
+                                0.0
+                            };
+                            assert_eq!(
+                                out[q * mr + r].to_bits(),
+                                expect.to_bits(),
+                                "{g:?} mr {mr} row {row} col {}",
+                                p0 + q
+                            );
                         }
                     }
                 }
             }
         }
+    }
+
+    /// The geometry of `(n, h, w, cin, k, stride, pad_top, pad_left, oh, ow)`, one output
+    /// channel (the gathers do not see it).
+    pub(in crate::cpu::conv) fn geometry(
+        (n, h, w, cin, k, s, pad_top, pad_left, oh, ow): (
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+            usize,
+        ),
+    ) -> ConvGeometry {
+        ConvGeometry {
+            n,
+            h,
+            w,
+            cin,
+            kh: k,
+            kw: k,
+            cout: 1,
+            oh,
+            ow,
+            stride: [s, s],
+            pad_top,
+            pad_left,
+        }
+    }
+
+    /// The blocks `(mr, i0, mc, p0, kc)` the gather tests ask for from an im2col of `rows x
+    /// cols` with `cin` channels: whole and ragged panels, rows past the end, column ranges
+    /// that start and end inside a tap.
+    pub(in crate::cpu::conv) fn blocks(
+        rows: usize,
+        cols: usize,
+        cin: usize,
+    ) -> Vec<(usize, usize, usize, usize, usize)> {
+        let mut out = Vec::new();
+        for mr in [1, 4, 6, 12] {
+            for (i0, mc) in [
+                (0, rows),
+                (1, 7.min(rows - 1)),
+                (rows - 1, 1),
+                (rows / 2, rows - rows / 2),
+            ] {
+                for (p0, kc) in [
+                    (0, cols),
+                    (1, cols - 1),
+                    (cin + 1, 2 * cin + 3),
+                    (cols - 2, 2),
+                ] {
+                    if p0 < cols {
+                        out.push((mr, i0, mc, p0, kc.min(cols - p0)));
+                    }
+                }
+            }
+        }
+        out
     }
 }

@@ -113,6 +113,7 @@ impl ASource for PlanarIm2col {
 mod tests {
     use super::*;
     use crate::cpu::conv::Im2col;
+    use crate::cpu::conv::im2col::tests::{blocks, geometry};
     use crate::rng::Rng;
 
     /// Every block the driver could ask for (column ranges starting and ending inside a tap,
@@ -121,59 +122,30 @@ mod tests {
     #[test]
     fn pack_matches_the_nhwc_gather() {
         let mut rng = Rng::new(11);
-        // (n, h, w, cin, k, pad_top, pad_left, oh, ow)
+        // (n, h, w, cin, k, stride, pad_top, pad_left, oh, ow)
         let cases = [
-            (2, 5, 7, 3, 3, 1, 1, 5, 7),
-            (1, 6, 5, 1, 3, 0, 0, 4, 3),
-            (3, 4, 3, 3, 3, 2, 2, 6, 5),
-            (1, 17, 13, 7, 5, 2, 1, 15, 11),
-            (2, 3, 4, 2, 1, 0, 0, 3, 4),
+            (2, 5, 7, 3, 3, 1, 1, 1, 5, 7),
+            (1, 6, 5, 1, 3, 1, 0, 0, 4, 3),
+            (3, 4, 3, 3, 3, 1, 2, 2, 6, 5),
+            (1, 17, 13, 7, 5, 1, 2, 1, 15, 11),
+            (2, 3, 4, 2, 1, 1, 0, 0, 3, 4),
         ];
-        for &(n, h, w, cin, k, pt, pl, oh, ow) in &cases {
-            let g = ConvGeometry {
-                n,
-                h,
-                w,
-                cin,
-                kh: k,
-                kw: k,
-                cout: 1,
-                oh,
-                ow,
-                stride: [1, 1],
-                pad_top: pt,
-                pad_left: pl,
-            };
-            let x: Vec<f32> = (0..n * h * w * cin).map(|_| rng.normal() + 3.0).collect();
+        for case in cases {
+            let g = geometry(case);
+            let x: Vec<f32> = (0..g.n * g.h * g.w * g.cin)
+                .map(|_| rng.normal() + 3.0)
+                .collect();
             let want = Im2col { x: &x, g };
             let got = PlanarIm2col::new(&x, g);
             let (rows, cols) = (got.rows(), got.cols());
             assert_eq!((rows, cols), (want.rows(), want.cols()));
-            for mr in [1, 4, 6, 12] {
-                for (i0, mc) in [
-                    (0, rows),
-                    (1, 7.min(rows - 1)),
-                    (rows - 1, 1),
-                    (rows / 2, rows - rows / 2),
-                ] {
-                    for (p0, kc) in [
-                        (0, cols),
-                        (1, cols - 1),
-                        (cin + 1, 2 * cin + 3),
-                        (cols - 2, 2),
-                    ] {
-                        if p0 >= cols {
-                            continue; // the 1x1 case has too few columns for this range
-                        }
-                        let kc = kc.min(cols - p0);
-                        let len = mc.div_ceil(mr) * mr * kc;
-                        let (mut a, mut b) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-                        want.pack(i0, mc, p0, kc, mr, &mut a);
-                        got.pack(i0, mc, p0, kc, mr, &mut b);
-                        let same = a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits());
-                        assert!(same, "{g:?} mr {mr} rows {i0}+{mc} cols {p0}+{kc}");
-                    }
-                }
+            for (mr, i0, mc, p0, kc) in blocks(rows, cols, g.cin) {
+                let len = mc.div_ceil(mr) * mr * kc;
+                let (mut a, mut b) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                want.pack(i0, mc, p0, kc, mr, &mut a);
+                got.pack(i0, mc, p0, kc, mr, &mut b);
+                let same = a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{g:?} mr {mr} rows {i0}+{mc} cols {p0}+{kc}");
             }
         }
     }
