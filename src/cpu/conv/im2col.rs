@@ -125,14 +125,14 @@ struct Run {
 
 /// An output pixel as image, row and column, stepped along the rows of im2col in order.
 #[derive(Clone, Copy)]
-struct Pixel {
-    n: usize,
-    oy: usize,
-    ox: usize,
+pub(super) struct Pixel {
+    pub(super) n: usize,
+    pub(super) oy: usize,
+    pub(super) ox: usize,
 }
 
 impl Pixel {
-    fn at(row: usize, g: &ConvGeometry) -> Pixel {
+    pub(super) fn at(row: usize, g: &ConvGeometry) -> Pixel {
         let (n, rem) = (row / (g.oh * g.ow), row % (g.oh * g.ow));
         Pixel {
             n,

@@ -9,6 +9,7 @@
 //! micro-panel is `kh * kw * cin` short contiguous copies. The copy is made once per call:
 //! `cin * (oh + kh - 1) * (ow + kw - 1)` floats per image (0.7 MB at 240x240).
 
+use super::im2col::Pixel;
 use crate::cpu::gemm::ASource;
 use crate::tensor::ConvGeometry;
 
@@ -95,8 +96,7 @@ impl ASource for PlanarIm2col {
                     }
                     break;
                 }
-                let (n, rem) = (row / (g.oh * g.ow), row % (g.oh * g.ow));
-                let (oy, ox) = (rem / g.ow, rem % g.ow);
+                let Pixel { n, oy, ox } = Pixel::at(row, g);
                 let len = (mr - r).min(g.ow - ox).min(rows - row);
                 let base = (n * g.cin * ph + oy) * pw + ox;
                 for (q, &col) in cols.iter().enumerate() {

@@ -59,6 +59,16 @@ impl Case {
         }
     }
 
+    /// A as the GEMM's row-major source.
+    fn matrix_a(&self) -> MatrixA<'_> {
+        MatrixA {
+            data: &self.a,
+            rows: self.m,
+            cols: self.k,
+            ld: self.lda,
+        }
+    }
+
     /// The f64 result and the per-element error scale.
     fn reference(&self, ep: Epilogue) -> (Vec<f64>, Vec<f64>) {
         let mut out = vec![0f64; self.m * self.n];
@@ -185,12 +195,7 @@ fn packed_and_streamed_b_give_the_same_product() {
         for (s, &(m, n, k)) in SIZES.iter().enumerate() {
             let case = Case::new(m, n, k, 0, 200 + s as u64);
             let packed = pack_b_for(isa, &case.b, case.ldb, k, n);
-            let a = MatrixA {
-                data: &case.a,
-                rows: m,
-                cols: k,
-                ld: case.lda,
-            };
+            let a = case.matrix_a();
             let ep = Epilogue::new(Some(&case.bias), true);
             let mut c = vec![f32::NAN; m * case.ldc];
             gemm_source(
@@ -449,12 +454,7 @@ fn block_sizes_never_change_a_bit_of_c() {
             .enumerate()
         {
             let case = Case::new(m, n, k, 3, 300 + s as u64);
-            let a = MatrixA {
-                data: &case.a,
-                rows: m,
-                cols: k,
-                ld: case.lda,
-            };
+            let a = case.matrix_a();
             let ep = Epilogue::new(Some(&case.bias), true);
             let b = BSource::Matrix {
                 data: &case.b,
