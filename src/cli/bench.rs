@@ -190,7 +190,7 @@ pub(super) fn report_speed(flops: f64, times: &[f64]) {
 
 fn bench_gemm(a: GemmArgs) -> anyhow::Result<()> {
     let kernel = match &a.kernel {
-        None => Kernel::best(),
+        None => Kernel::for_isa(Isa::from_env()?),
         Some(s) => Kernel::parse(s).with_context(|| {
             format!(
                 "unknown --kernel {s}: use naive, blocked, packed, avx2, avx512, neon, avx512bf16 \
