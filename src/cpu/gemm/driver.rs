@@ -443,7 +443,8 @@ fn macro_kernel<K: Micro>(
     let mut edge_bias = [0f32; 64];
     debug_assert!(mr * nr <= edge.len() && nr <= edge_bias.len());
     // The next A micro-panel, when read in place, is asked for a share at a time before each
-    // tile of this one: MR rows of KC floats, `lda` apart.
+    // tile of this one: MR rows of KC floats, `lda` apart, where the kernel wants it (see
+    // `Micro::FETCHES_NEXT_A`).
     let lines_per_row = (kc * 4).div_ceil(64) + 1;
     let lines_per_tile = (mr * lines_per_row).div_ceil(panels.max(1));
     for ip in 0..mc.div_ceil(mr) {
@@ -452,7 +453,7 @@ fn macro_kernel<K: Micro>(
         let mrb = mr.min(ic + mc - i0);
         for jp in 0..panels {
             let bp = bpanels.wrapping_add(jp * kc * nr);
-            if lda != 0 {
+            if K::FETCHES_NEXT_A && lda != 0 {
                 let first = jp * lines_per_tile;
                 prefetch_rows(
                     ap.wrapping_add(mr * lda),

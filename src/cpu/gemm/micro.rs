@@ -61,6 +61,15 @@ pub trait Micro: Sync {
         unsafe { Self::tile(kc, a, lda, b, c, ldc, accumulate, bias, relu) }
     }
 
+    /// Whether the driver asks L2 for the next A micro-panel read in place while the tiles of
+    /// this one run (`driver::prefetch_rows`). Measured per kernel: it made the AVX2 kernel
+    /// 3-4% faster over VGG16's GEMM shapes on a Zen 3 (issue 14's fourth session), and on a
+    /// Xeon (family 6 model 167, ninth session) 15-19% faster where K is one block
+    /// (50176x64x576, 12544x128x576) and 8% slower on 12544x128x1152; the AVX-512 kernel ran
+    /// without it as fast or faster on every VGG16 shape there, 12544x128x1152 25% and
+    /// 3136x256x2304 13% on one thread. Zen 4's AVX-512 kernel has not been measured with it.
+    const FETCHES_NEXT_A: bool = true;
+
     /// Whether [`Micro::tile_packing_b`] packs B's panel inside its k loop. When it does, the
     /// driver packs a block's whole panels during the block's first row of tiles instead of
     /// in a pass of its own.
