@@ -64,7 +64,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         bail!("--batch sizes must be at least 1");
     }
     let m = machine::get();
-    let isa = Isa::best();
+    // The kernel the other commands run: the best here, under KEEL_ISA's cap.
+    let isa = Isa::from_env()?;
     let threads = rayon::current_num_threads();
     eprintln!("tuning for {}", m.describe());
     eprintln!("kernel {isa} on {threads} threads, {} rounds", a.rounds);
@@ -74,12 +75,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for &batch in &a.batch {
         conv.extend(tune_convs(isa, a.input, batch, a.rounds)?);
     }
+    let path = Tuning::path(&crate::io::fetch::keel_home(), &m.id());
+    // Block sizes tuned before for another kernel (under another KEEL_ISA) are kept; the
+    // convolution algorithms are this run's, measured on this kernel. An unreadable old file
+    // is replaced.
+    let mut blockings = vec![blocking];
+    if let Ok(Some(old)) = Tuning::load(&path) {
+        blockings.extend(old.blocking.into_iter().filter(|b| b.isa != isa.name()));
+    }
     let tuning = Tuning {
         version: VERSION,
         cpu_id: m.id(),
         cpu: m.describe(),
         threads,
-        blocking: vec![blocking],
+        blocking: blockings,
         conv,
     };
     eprintln!("measured in {:.0} s", started.elapsed().as_secs_f64());
@@ -89,7 +98,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         eprintln!("--dry-run: nothing written");
         return Ok(());
     }
-    let path = Tuning::path(&crate::io::fetch::keel_home(), &tuning.cpu_id);
     tuning.save(&path)?;
     eprintln!(
         "wrote {}: keel uses it from the next run on this CPU model (KEEL_TUNING=off ignores it)",
