@@ -77,6 +77,13 @@ impl<'a> Epilogue<'a> {
     /// The epilogue of a row of finished sums from column `j0` on, a pass each for the bias
     /// and ReLU (so that both vectorize), for kernels that finish C outside their registers
     /// (AMX's tiles). The same values as [`Epilogue::apply`] element by element.
+    ///
+    /// Never inlined: inlined into AMX's `macro_kernel` (where codegen-unit partitioning
+    /// happened to allow it, after an unrelated change elsewhere in the crate), its loops
+    /// unrolled into 2,000 scalar compares, the function's spills to the stack tripled, and
+    /// the bf16 VGG16 pass at batch 8 ran 5-8% slower (Xeon, issue 14's ninth session), though
+    /// the tile loop itself was the same.
+    #[inline(never)]
     pub fn apply_row(self, row: &mut [f32], j0: usize) {
         if let Some(bias) = self.bias {
             for (v, b) in row.iter_mut().zip(&bias[j0..]) {
