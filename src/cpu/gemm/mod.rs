@@ -92,9 +92,8 @@ impl<'a> Epilogue<'a> {
         }
         if self.relu {
             for v in row.iter_mut() {
-                if *v < 0.0 {
-                    *v = 0.0;
-                }
+                // A select, not a conditional store, so that it vectorizes (NaN and -0.0 stay).
+                *v = if *v < 0.0 { 0.0 } else { *v };
             }
         }
     }

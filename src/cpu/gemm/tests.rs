@@ -219,6 +219,47 @@ fn packed_and_streamed_b_give_the_same_product() {
     }
 }
 
+/// The row epilogue (AMX's) gives [`Epilogue::apply`]'s bits on every kind of value: NaN and
+/// -0.0 pass the ReLU, negatives become +0.0, on rows of odd lengths from an odd column.
+#[test]
+fn the_row_epilogue_gives_the_element_epilogues_bits() {
+    let mut rng = Rng::new(5);
+    let bias = rng.uniform_vec(80, -1.0, 1.0);
+    let specials = [
+        f32::NAN,
+        -0.0,
+        0.0,
+        -1.5,
+        2.5,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ];
+    for len in [1, 3, 17, 63] {
+        let mut row = rng.uniform_vec(len, -2.0, 2.0);
+        for (v, s) in row.iter_mut().zip(specials.iter().cycle()).step_by(2) {
+            *v = *s;
+        }
+        for (relu, b) in [
+            (false, None),
+            (true, None),
+            (false, Some(&bias[..])),
+            (true, Some(&bias[..])),
+        ] {
+            let ep = Epilogue::new(b, relu);
+            let j0 = 7;
+            let want: Vec<u32> = row
+                .iter()
+                .enumerate()
+                .map(|(j, &v)| ep.apply(v, j0 + j).to_bits())
+                .collect();
+            let mut got = row.clone();
+            ep.apply_row(&mut got, j0);
+            let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "len {len}, relu {relu}, bias {}", b.is_some());
+        }
+    }
+}
+
 #[test]
 fn k_zero_gives_the_epilogue_of_zero() {
     let bias = [1.0, -2.0, 3.0];
