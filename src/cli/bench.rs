@@ -110,7 +110,7 @@ struct GemmArgs {
     k: usize,
     /// Rung of the ladder: naive, blocked, packed, avx2, avx512, neon, or avx512bf16 or
     /// amxbf16 (bf16 operands, f32 sums; amxbf16 on Intel's AMX tiles) (default: the fastest
-    /// f32 rung here).
+    /// f32 rung here, under KEEL_ISA's cap).
     #[arg(long)]
     kernel: Option<String>,
     /// Timed repetitions after one warm-up (default: REPS from the environment, else 5).
