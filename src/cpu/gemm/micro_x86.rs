@@ -59,8 +59,8 @@ const PACK_AHEAD: usize = 32;
 /// row addresses of A read in place every step (8 integer and branch instructions beside 12
 /// FMAs), and 1024^3 ran at 82% of the two 256-bit FMA pipes' peak on a Xeon (family 6 model
 /// 167, issue 14's ninth session, `KEEL_ISA=avx2`); with two steps, A is addressed from one
-/// register per row (6 such instructions per 24 FMAs) and 1024^3 ran at 91%, the VGG shapes
-/// 9-17% faster. Four spill registers: 12 accumulators, 2 B rows and the broadcast leave one of
+/// register per row (6 such instructions per 24 FMAs) and 1024^3 ran at 91%, VGG16's GEMM
+/// shapes 9-17% faster (K = 27: 2%). Four spill registers: 12 accumulators, 2 B rows and the broadcast leave one of
 /// the 16 ymm registers free, and LLVM hoists the next steps' loads.
 const UNROLL_AVX2: usize = 2;
 
@@ -263,7 +263,7 @@ impl Micro for Avx512 {
     const MR: usize = 12;
     const NR: usize = 32;
     const ISA: Isa = Isa::Avx512;
-    // `perf` put the prefetch loop among the hot spots on the Xeon: see `Micro::FETCHES_NEXT_A`.
+    // As fast or faster without on every VGG16 shape on the Xeon: see `Micro::FETCHES_NEXT_A`.
     const FETCHES_NEXT_A: bool = false;
 
     unsafe fn tile(
