@@ -60,6 +60,47 @@ fn tune_writes_a_file_that_info_then_reports() {
         .unwrap();
     assert_eq!(row["source"], "tuned");
 
+    // Under KEEL_ISA's cap the tuner measures the capped kernel, and the block sizes tuned
+    // before for the other kernel stay in the file.
+    if isa == "avx512" {
+        let capped = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(quick)
+            .env("KEEL_HOME", &home)
+            .env("KEEL_ISA", "avx2")
+            .env_remove("KEEL_TUNING")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&capped.stderr);
+        assert!(
+            capped.status.success(),
+            "keel tune under KEEL_ISA=avx2 failed:\n{stderr}"
+        );
+        assert!(stderr.contains("kernel avx2"), "{stderr}");
+        let t: serde_json::Value = serde_json::from_slice(&capped.stdout).unwrap();
+        let isas: Vec<&str> = t["blocking"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["isa"].as_str().unwrap())
+            .collect();
+        assert_eq!(isas, ["avx2", "avx512"]);
+        let info = keel(&home, &["info", "--format", "json"]);
+        let i: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        for isa in ["avx2", "avx512"] {
+            let row = i["blocking"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["isa"] == isa)
+                .unwrap();
+            assert_eq!(row["source"], "tuned", "{isa}");
+        }
+    } else {
+        common::skip(format!(
+            "tune under KEEL_ISA=avx2 keeping the avx512 block sizes: this CPU's kernel is {isa}"
+        ));
+    }
+
     // KEEL_TUNING=off falls back to the model.
     let off = Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(["info", "--format", "json"])
