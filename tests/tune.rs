@@ -6,12 +6,29 @@ mod common;
 use std::process::Command;
 
 fn keel(home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    keel_with(home, args, &[])
+}
+
+/// [`keel`] with variables set for this run only.
+fn keel_with(home: &std::path::Path, args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_keel"))
         .args(args)
         .env("KEEL_HOME", home)
         .env_remove("KEEL_TUNING")
+        .envs(vars.iter().copied())
         .output()
         .unwrap()
+}
+
+/// Where `keel info --format json` says `isa`'s block sizes come from.
+fn blocking_source(info: &serde_json::Value, isa: &str) -> String {
+    let row = info["blocking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["isa"] == isa)
+        .unwrap_or_else(|| panic!("no blocking row for {isa}: {info}"));
+    row["source"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -52,24 +69,12 @@ fn tune_writes_a_file_that_info_then_reports() {
     let tuning = i["tuning"].as_str().unwrap();
     assert!(tuning.contains("tune"), "{tuning}");
     let isa = b["isa"].as_str().unwrap();
-    let row = i["blocking"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["isa"] == isa)
-        .unwrap();
-    assert_eq!(row["source"], "tuned");
+    assert_eq!(blocking_source(&i, isa), "tuned");
 
     // Under KEEL_ISA's cap the tuner measures the capped kernel, and the block sizes tuned
     // before for the other kernel stay in the file.
     if isa == "avx512" {
-        let capped = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(quick)
-            .env("KEEL_HOME", &home)
-            .env("KEEL_ISA", "avx2")
-            .env_remove("KEEL_TUNING")
-            .output()
-            .unwrap();
+        let capped = keel_with(&home, &quick, &[("KEEL_ISA", "avx2")]);
         let stderr = String::from_utf8_lossy(&capped.stderr);
         assert!(
             capped.status.success(),
@@ -87,13 +92,7 @@ fn tune_writes_a_file_that_info_then_reports() {
         let info = keel(&home, &["info", "--format", "json"]);
         let i: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
         for isa in ["avx2", "avx512"] {
-            let row = i["blocking"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|r| r["isa"] == isa)
-                .unwrap();
-            assert_eq!(row["source"], "tuned", "{isa}");
+            assert_eq!(blocking_source(&i, isa), "tuned", "{isa}");
         }
     } else {
         common::skip(format!(
@@ -102,12 +101,11 @@ fn tune_writes_a_file_that_info_then_reports() {
     }
 
     // KEEL_TUNING=off falls back to the model.
-    let off = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["info", "--format", "json"])
-        .env("KEEL_HOME", &home)
-        .env("KEEL_TUNING", "off")
-        .output()
-        .unwrap();
+    let off = keel_with(
+        &home,
+        &["info", "--format", "json"],
+        &[("KEEL_TUNING", "off")],
+    );
     let o: serde_json::Value = serde_json::from_slice(&off.stdout).unwrap();
     assert!(
         o["blocking"]
