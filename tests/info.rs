@@ -98,6 +98,14 @@ fn json_reports_the_machine_and_valid_blocking_for_every_kernel() {
         "avx512bf16" => assert_ne!(amx, "usable"),
         other => assert!(other.starts_with("not available: "), "{other}"),
     }
+    // vdpbf16ps's measured rate against f32's: given exactly where bf16 runs on it.
+    let ratio = &v["bf16_dot_over_f32"];
+    if bf16 == "avx512bf16" {
+        let r = ratio.as_f64().unwrap();
+        assert!(r.is_finite() && r > 0.1 && r < 10.0, "{r}");
+    } else {
+        assert_eq!(*ratio, Value::Null, "{bf16}");
+    }
     let best = v["best_kernel"].as_str().unwrap();
     let last = blocking.last().unwrap()["isa"].as_str().unwrap();
     assert!(
@@ -138,6 +146,9 @@ fn text_shows_the_same_machine_and_each_section() {
     assert!(text.contains(&amx), "'{amx}' missing from:\n{text}");
     let bf16 = format!("bf16       {} ", v["bf16"].as_str().unwrap());
     assert!(text.contains(&bf16), "'{bf16}' missing from:\n{text}");
+    if v["bf16_dot_over_f32"].is_f64() {
+        assert!(text.contains("vdpbf16ps runs at "), "{text}");
+    }
 }
 
 #[test]

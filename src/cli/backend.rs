@@ -72,8 +72,24 @@ impl BackendArgs {
         }
         if bf16 {
             cpu = cpu.with_bf16()?;
+            warn_if_bf16_is_slow();
         }
         Ok(Arc::new(cpu))
+    }
+}
+
+/// `--precision bf16` on a CPU whose `vdpbf16ps` does fewer flops than its f32 FMA (an Intel
+/// core without AMX, or with AMX hidden by a hypervisor) runs slower than fp32; the user asked
+/// for bf16 and gets it, told why it is slow. 0.9 leaves room for the measurement's noise.
+fn warn_if_bf16_is_slow() {
+    if let Some(r) = crate::cpu::peak::bf16_dot_over_f32(0.02)
+        && r < 0.9
+    {
+        eprintln!(
+            "note: --precision bf16 runs on AVX512-BF16 here, whose vdpbf16ps does {r:.2}x the \
+             f32 FMA's flops on this CPU: expect it slower than fp32; it still halves the \
+             transformed weights' memory (keel info, keel bench peak)"
+        );
     }
 }
 

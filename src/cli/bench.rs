@@ -17,7 +17,7 @@ use crate::cpu::conv::{
 };
 use crate::cpu::gemm::{self, Epilogue, Kernel};
 use crate::cpu::isa::Isa;
-use crate::cpu::peak::fma_peak_gflops;
+use crate::cpu::peak::{bf16_dot_peak_gflops, fma_peak_gflops};
 use crate::cpu::{conv2d_backward_reference, conv2d_reference};
 use crate::nn::{Arch, LayerKind, Vgg, VggConfig};
 use crate::rng::Rng;
@@ -129,6 +129,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     "{isa:>8}: {:.1} GFLOP/s on {} threads",
                     fma_peak_gflops(isa, 0.3),
                     rayon::current_num_threads()
+                );
+            }
+            if let Some(g) = bf16_dot_peak_gflops(0.3) {
+                let f32_peak = fma_peak_gflops(Isa::Avx512, 0.3);
+                eprintln!(
+                    "avx512bf16: {g:.1} GFLOP/s on {} threads (vdpbf16ps; {:.2}x the avx512 f32 \
+                     FMA peak just measured again)",
+                    rayon::current_num_threads(),
+                    g / f32_peak
                 );
             }
             Ok(())

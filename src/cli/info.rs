@@ -59,6 +59,8 @@ struct Report {
     amx_bf16: String,
     /// The GEMM rung `--precision bf16` runs on here, or why it cannot run.
     bf16: String,
+    /// Where that rung is AVX512-BF16: `vdpbf16ps`'s flops over the f32 FMA's, measured now.
+    bf16_dot_over_f32: Option<f64>,
     /// KEEL_ISA as set (null when unset).
     keel_isa: Option<String>,
     /// Why KEEL_ISA cannot be used, when it cannot.
@@ -117,6 +119,7 @@ impl Report {
             } else {
                 "not available: needs AVX512-BF16, and KEEL_ISA not below avx512".to_string()
             },
+            bf16_dot_over_f32: crate::cpu::peak::bf16_dot_over_f32(0.05),
             keel_isa,
             keel_isa_error,
             threads: rayon::current_num_threads(),
@@ -196,6 +199,16 @@ impl Report {
             "bf16       {} (what --precision bf16 runs on)",
             self.bf16
         ));
+        if let Some(r) = self.bf16_dot_over_f32 {
+            line(format!(
+                "           vdpbf16ps runs at {r:.2}x the f32 FMA's flops here (measured now): {}",
+                if r < 1.0 {
+                    "bf16 saves memory on this CPU, not time"
+                } else {
+                    "bf16 is faster where the products dominate"
+                }
+            ));
+        }
         match (&self.keel_isa, &self.keel_isa_error) {
             (None, _) => line("KEEL_ISA   not set".to_string()),
             (Some(v), None) => line(format!("KEEL_ISA   {v} (a cap)")),
