@@ -12,17 +12,24 @@ const CHAINS: usize = 12;
 
 /// GFLOP/s of `isa` FMAs on all threads of the current rayon pool, over about `seconds`.
 pub fn fma_peak_gflops(isa: Isa, seconds: f64) -> f64 {
-    // Calibrate the iteration count on one short run, then time the real one.
+    gflops(seconds, CHAINS * lanes(isa) * 2, |iters| {
+        fma_loop(isa, iters)
+    })
+}
+
+/// GFLOP/s of `run(iters)`, which does `flops_per_iter` per iteration, on every thread of the
+/// current rayon pool at once for about `seconds`: the iteration count is calibrated on one
+/// short run first.
+fn gflops(seconds: f64, flops_per_iter: usize, run: impl Fn(usize) -> f32 + Sync) -> f64 {
     let probe = 1 << 16;
     let t = Instant::now();
-    std::hint::black_box(fma_loop(isa, probe));
+    std::hint::black_box(run(probe));
     let per_iter = t.elapsed().as_secs_f64() / probe as f64;
     let iters = ((seconds / per_iter.max(1e-12)) as usize).clamp(probe, 1 << 30);
-    let threads = rayon::current_num_threads();
     let t = Instant::now();
-    rayon::broadcast(|_| std::hint::black_box(fma_loop(isa, iters)));
+    rayon::broadcast(|_| std::hint::black_box(run(iters)));
     let secs = t.elapsed().as_secs_f64();
-    let flops = threads as f64 * iters as f64 * (CHAINS * lanes(isa) * 2) as f64;
+    let flops = rayon::current_num_threads() as f64 * iters as f64 * flops_per_iter as f64;
     flops / secs / 1e9
 }
 
@@ -34,20 +41,10 @@ pub fn fma_peak_gflops(isa: Isa, seconds: f64) -> f64 {
 pub fn bf16_dot_peak_gflops(seconds: f64) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::gemm::bf16::available() {
-        let run = |iters: usize| {
+        return Some(gflops(seconds, CHAINS * 64, |iters| {
             // SAFETY: AVX-512F and AVX512-BF16 are available (bf16::available checks both).
             unsafe { x86::dpbf16(iters) }
-        };
-        let probe = 1 << 14;
-        let t = Instant::now();
-        std::hint::black_box(run(probe));
-        let per_iter = t.elapsed().as_secs_f64() / probe as f64;
-        let iters = ((seconds / per_iter.max(1e-12)) as usize).clamp(probe, 1 << 30);
-        let t = Instant::now();
-        rayon::broadcast(|_| std::hint::black_box(run(iters)));
-        let secs = t.elapsed().as_secs_f64();
-        let flops = rayon::current_num_threads() as f64 * iters as f64 * (CHAINS * 64) as f64;
-        return Some(flops / secs / 1e9);
+        }));
     }
     let _ = seconds;
     None
