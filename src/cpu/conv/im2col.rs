@@ -33,6 +33,15 @@ impl ASource for Im2col<'_> {
         self.g.kh * self.g.kw * self.g.cin
     }
 
+    /// Row by row, a block of im2col is a few copies of whole channel runs (9 of 512 floats
+    /// per pixel in VGG's block5), where the interleaved panel takes one scalar store per value.
+    /// On the Emerald Rapids of issue 14's tenth session the gather fell from 11-17% of
+    /// block5_conv2's time at 240x240, batch 1, one thread (`perf`) to 3%, and the layer from
+    /// 6.3 to 6.0 ms in the VGG16 pass on two threads (4 alternating runs of 10 passes).
+    fn gathers_rows(&self) -> bool {
+        true
+    }
+
     fn pack(&self, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
         // No division per element: a block's columns are the same runs of channels for every
         // row, so they are worked out once, and each row's pixel (image, y, x) is stepped from
@@ -74,34 +83,41 @@ impl ASource for Im2col<'_> {
                     }
                     continue;
                 }
+                // Column `q` of this row is `out[q * mr + r]`: contiguous when mr is 1 (rows
+                // gathered row-major, see `gathers_rows`), a copy then.
+                let mut put = |q: usize, src: Option<&[f32]>, n: usize| {
+                    if mr == 1 {
+                        let dst = &mut out[q..q + n];
+                        match src {
+                            Some(src) => dst.copy_from_slice(src),
+                            None => dst.fill(0.0),
+                        }
+                    } else {
+                        let col = out[q * mr + r..].iter_mut().step_by(mr).take(n);
+                        match src {
+                            Some(src) => col.zip(src).for_each(|(d, &v)| *d = v),
+                            None => col.for_each(|d| *d = 0.0),
+                        }
+                    }
+                };
                 for run in &runs {
-                    let col = out[run.offset * mr + r..].iter_mut().step_by(mr);
                     let last_kx = run.kx + (run.ci + run.len - 1) / cin;
                     match (pixel.tap(run.ky, run.kx, g), pixel.tap(run.ky, last_kx, g)) {
                         // Both ends inside the image: so is everything between.
                         (Some(at), Some(_)) => {
                             let src = &self.x[at + run.ci..at + run.ci + run.len];
-                            for (d, &v) in col.take(run.len).zip(src) {
-                                *d = v;
-                            }
+                            put(run.offset, Some(src), run.len);
                         }
                         _ => {
                             // Part of the run reads padding: tap by tap.
-                            let mut col = col;
                             let mut q = 0;
                             while q < run.len {
                                 let c = run.ci + q;
                                 let (kx, ci) = (run.kx + c / cin, c % cin);
                                 let n = (cin - ci).min(run.len - q);
-                                let part = col.by_ref().take(n);
-                                match pixel.tap(run.ky, kx, g) {
-                                    Some(at) => {
-                                        for (d, &v) in part.zip(&self.x[at + ci..at + ci + n]) {
-                                            *d = v;
-                                        }
-                                    }
-                                    None => part.for_each(|d| *d = 0.0),
-                                }
+                                let src =
+                                    pixel.tap(run.ky, kx, g).map(|at| &self.x[at + ci..][..n]);
+                                put(run.offset + q, src, n);
                                 q += n;
                             }
                         }

@@ -218,6 +218,10 @@ impl ASource for RowRange<'_> {
             .direct()
             .map(|(data, lda)| (&data[self.i0 * lda..], lda))
     }
+
+    fn gathers_rows(&self) -> bool {
+        self.a.gathers_rows()
+    }
 }
 
 /// The loop nest for all of A's rows and columns `0..n` of C at `c`, on this thread.
@@ -301,13 +305,15 @@ fn run<K: Micro>(
                 // other (1024^3 ran at 93 GFLOP/s, 1040^3 at 103): then the block's
                 // rows are first copied, untransposed, to rows `kc + 16` apart.
                 let direct = a.direct();
-                let (first_row, rows) = match direct {
-                    Some(_) => (ic + mcb / K::MR * K::MR, mcb % K::MR),
-                    None => (ic, mcb),
+                let gather = direct.is_none() && a.gathers_rows();
+                let (first_row, rows) = if direct.is_some() || gather {
+                    (ic + mcb / K::MR * K::MR, mcb % K::MR)
+                } else {
+                    (ic, mcb)
                 };
                 let restride = direct.is_some_and(|(_, lda)| aliases_in_l1(lda, K::MR));
                 let copy_ld = kc + 16;
-                let copy_len = if restride {
+                let copy_len = if restride || gather {
                     mcb / K::MR * K::MR * copy_ld
                 } else {
                     0
@@ -340,6 +346,17 @@ fn run<K: Micro>(
                         full: mcb / K::MR,
                         tail: packed,
                     },
+                    None if gather => {
+                        for (r, dst) in copy.chunks_exact_mut(copy_ld).enumerate() {
+                            a.pack(ic + r, 1, pc, kc, 1, &mut dst[..kc]);
+                        }
+                        APanels::Direct {
+                            base: copy.as_ptr(),
+                            lda: copy_ld,
+                            full: mcb / K::MR,
+                            tail: packed,
+                        }
+                    }
                     None => APanels::Packed(packed),
                 };
                 macro_kernel::<K>(

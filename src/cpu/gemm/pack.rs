@@ -24,6 +24,12 @@ pub trait ASource: Sync {
     fn direct(&self) -> Option<(&[f32], usize)> {
         None
     }
+    /// Whether the driver should gather whole micro-panels of rows row-major (`pack` one row
+    /// at a time with `mr = 1`) and let the micro-kernel read them in place, rather than pack
+    /// them interleaved.
+    fn gathers_rows(&self) -> bool {
+        false
+    }
 }
 
 /// A row-major matrix `rows x cols` with leading dimension `ld`.

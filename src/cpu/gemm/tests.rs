@@ -521,3 +521,72 @@ fn block_sizes_never_change_a_bit_of_c() {
         }
     }
 }
+
+/// An A that is neither read in place nor packed by the driver's matrix path: it packs on
+/// request, like a convolution's gather, and says whether to be gathered row by row.
+struct Gathered<'a> {
+    a: MatrixA<'a>,
+    rows: bool,
+}
+
+impl ASource for Gathered<'_> {
+    fn rows(&self) -> usize {
+        self.a.rows()
+    }
+
+    fn cols(&self) -> usize {
+        self.a.cols()
+    }
+
+    fn pack(&self, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
+        self.a.pack(i0, mc, p0, kc, mr, dst);
+    }
+
+    fn gathers_rows(&self) -> bool {
+        self.rows
+    }
+}
+
+/// A source gathered row by row and read in place gives the bits of the same source packed
+/// into micro-panels: the same values in the same order of k, at every size (ragged panels
+/// packed apart), block size and thread count.
+#[test]
+fn rows_gathered_in_place_give_the_packed_bits() {
+    for isa in Isa::all_available() {
+        let (mr, nr) = blocking::tile(isa);
+        let odd = Blocking {
+            mc: 2 * mr,
+            kc: 40,
+            nc: 2 * nr,
+        };
+        for (s, &(m, n, k)) in SIZES.iter().enumerate() {
+            let case = Case::new(m, n, k, 1, 500 + s as u64);
+            let ep = Epilogue::new(Some(&case.bias), true);
+            let b = BSource::Matrix {
+                data: &case.b,
+                ld: case.ldb,
+            };
+            for blk in [blocking_for(isa), odd] {
+                for parallel in [false, true] {
+                    let run = |rows: bool| {
+                        let a = Gathered {
+                            a: case.matrix_a(),
+                            rows,
+                        };
+                        let mut c = vec![f32::NAN; m * case.ldc];
+                        gemm_source_blocked(isa, blk, &a, b, n, &mut c, case.ldc, ep, parallel);
+                        c
+                    };
+                    let (packed, gathered) = (run(false), run(true));
+                    let what = format!("{isa} {m}x{n}x{k} {blk:?} parallel={parallel}");
+                    case.check(&gathered, ep, &format!("{what} gathered"));
+                    let same = packed
+                        .iter()
+                        .zip(&gathered)
+                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                    assert!(same, "{what}: gathering rows changed the product");
+                }
+            }
+        }
+    }
+}
