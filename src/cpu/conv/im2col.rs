@@ -1,8 +1,9 @@
 //! Implicit GEMM: convolution as `out[pixels x Cout] = im2col(x)[pixels x kh*kw*Cin] * kernel`,
 //! where im2col is never built. The GEMM driver asks for one `MC x KC` block of it at a time
-//! and [`Im2col::pack`] gathers that block straight from the NHWC image into the packed
-//! layout, so the only extra memory is the packing buffer the GEMM needs anyway (VGG16's
-//! block1_conv2 would need a 116 MB im2col matrix per 224x224 image).
+//! and [`Im2col::pack`] gathers that block straight from the NHWC image, row by row (the
+//! micro-kernel reads the rows in place; see `gathers_rows`), so the only extra memory is the
+//! packing buffer the GEMM needs anyway (VGG16's block1_conv2 would need a 116 MB im2col
+//! matrix per 224x224 image).
 //!
 //! Keras's kernel layout `(kh, kw, Cin, Cout)` is already the `K x N` row-major B, with
 //! `p = (ky * kw + kx) * Cin + ci`, so the weights are used as they are.
