@@ -124,19 +124,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         What::Conv(c) => bench_conv(c),
         What::Vgg16(v) => bench_vgg16(v),
         What::Peak => {
+            let threads = rayon::current_num_threads();
+            let mut avx512 = None;
             for isa in Isa::all_available() {
-                eprintln!(
-                    "{isa:>8}: {:.1} GFLOP/s on {} threads",
-                    fma_peak_gflops(isa, 0.3),
-                    rayon::current_num_threads()
-                );
+                let g = fma_peak_gflops(isa, 0.3);
+                eprintln!("{isa:>8}: {g:.1} GFLOP/s on {threads} threads");
+                if isa == Isa::Avx512 {
+                    avx512 = Some(g);
+                }
             }
-            if let Some(g) = bf16_dot_peak_gflops(0.3) {
-                let f32_peak = fma_peak_gflops(Isa::Avx512, 0.3);
+            // bf16_dot_peak_gflops runs only where the AVX-512 f32 peak was just measured.
+            if let (Some(g), Some(f32_peak)) = (bf16_dot_peak_gflops(0.3), avx512) {
                 eprintln!(
-                    "avx512bf16: {g:.1} GFLOP/s on {} threads (vdpbf16ps; {:.2}x the avx512 f32 \
-                     FMA peak just measured again)",
-                    rayon::current_num_threads(),
+                    "avx512bf16: {g:.1} GFLOP/s on {threads} threads (vdpbf16ps; {:.2}x the avx512 \
+                     f32 FMA peak above)",
                     g / f32_peak
                 );
             }

@@ -23,37 +23,13 @@ impl Im2col<'_> {
     fn tap(&self, row: usize, ky: usize, kx: usize) -> Option<usize> {
         Pixel::at(row, &self.g).tap(ky, kx, &self.g)
     }
-}
 
-impl ASource for Im2col<'_> {
-    fn rows(&self) -> usize {
-        self.g.n * self.g.oh * self.g.ow
-    }
-
-    fn cols(&self) -> usize {
-        self.g.kh * self.g.kw * self.g.cin
-    }
-
-    /// Row by row, a block of im2col is a few copies of whole channel runs (9 of 512 floats
-    /// per pixel in VGG's block5), where the interleaved panel takes one scalar store per value.
-    /// On the Emerald Rapids of issue 14's tenth session the gather fell from 11-17% of
-    /// block5_conv2's time at 240x240, batch 1, one thread (`perf`) to 3%, and the layer from
-    /// 6.3 to 6.0 ms in the VGG16 pass on two threads (4 alternating runs of 10 passes).
-    fn gathers_rows(&self) -> bool {
-        true
-    }
-
-    fn pack(&self, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
-        // No division per element: a block's columns are the same runs of channels for every
-        // row, so they are worked out once, and each row's pixel (image, y, x) is stepped from
-        // the previous one. With block1_conv1's 3 channels, four divisions per run of three
-        // values had made this gather take longer than the GEMM it feeds (Xeon, batch 8).
-        let g = &self.g;
-        let cin = g.cin;
-        let rows = self.rows().min(i0 + mc);
-        // Runs of columns that are consecutive in the input wherever the pixel's taps are
-        // inside the image: a tap's channels, and the whole channels of the next taps of the
-        // same kernel row (block1_conv1: three runs of 9 values instead of nine of 3).
+    /// Columns `p0..p0 + kc` as runs that are consecutive in the input wherever the pixel's
+    /// taps are inside the image: a tap's channels, and the whole channels of the next taps of
+    /// the same kernel row (block1_conv1: three runs of 9 values instead of nine of 3). They
+    /// are the same for every row, so a block works them out once.
+    fn runs(&self, p0: usize, kc: usize) -> Vec<Run> {
+        let (g, cin) = (&self.g, self.g.cin);
         let mut runs: Vec<Run> = Vec::with_capacity(kc.div_ceil(cin) + 1);
         let mut p = p0;
         while p < p0 + kc {
@@ -74,57 +50,103 @@ impl ASource for Im2col<'_> {
             }
             p += len;
         }
-        let mut pixel = Pixel::at(i0.min(rows), g);
+        runs
+    }
+
+    /// One row of the block, pixel `pixel`, handed to `put(q, values, n)` piece by piece:
+    /// columns `q..q + n` hold `values`, or zeros (padding) where it is None.
+    fn row(&self, pixel: &Pixel, runs: &[Run], mut put: impl FnMut(usize, Option<&[f32]>, usize)) {
+        let (g, cin) = (&self.g, self.g.cin);
+        for run in runs {
+            let last_kx = run.kx + (run.ci + run.len - 1) / cin;
+            match (pixel.tap(run.ky, run.kx, g), pixel.tap(run.ky, last_kx, g)) {
+                // Both ends inside the image: so is everything between.
+                (Some(at), Some(_)) => {
+                    put(run.offset, Some(&self.x[at + run.ci..][..run.len]), run.len);
+                }
+                _ => {
+                    // Part of the run reads padding: tap by tap.
+                    let mut q = 0;
+                    while q < run.len {
+                        let c = run.ci + q;
+                        let (kx, ci) = (run.kx + c / cin, c % cin);
+                        let n = (cin - ci).min(run.len - q);
+                        let src = pixel.tap(run.ky, kx, g).map(|at| &self.x[at + ci..][..n]);
+                        put(run.offset + q, src, n);
+                        q += n;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ASource for Im2col<'_> {
+    fn rows(&self) -> usize {
+        self.g.n * self.g.oh * self.g.ow
+    }
+
+    fn cols(&self) -> usize {
+        self.g.kh * self.g.kw * self.g.cin
+    }
+
+    /// Row by row, a block of im2col is a few copies of whole channel runs (9 of 512 floats
+    /// per pixel in VGG's block5), where the interleaved panel takes one scalar store per value.
+    /// On the Emerald Rapids of issue 14's tenth session the gather fell from 11-17% of
+    /// block5_conv2's time at 240x240, batch 1, one thread (`perf`) to 3%, and the layer from
+    /// 6.3 to 6.0 ms in the VGG16 pass on two threads (4 alternating runs of 10 passes).
+    fn gathers_rows(&self) -> bool {
+        true
+    }
+
+    fn gather_rows(
+        &self,
+        i0: usize,
+        rows: usize,
+        p0: usize,
+        kc: usize,
+        dst: &mut [f32],
+        ld: usize,
+    ) {
+        let runs = self.runs(p0, kc);
+        let mut pixel = Pixel::at(i0, &self.g);
+        for out in dst.chunks_mut(ld).take(rows) {
+            self.row(&pixel, &runs, |q, src, n| {
+                let d = &mut out[q..q + n];
+                match src {
+                    Some(src) => d.copy_from_slice(src),
+                    None => d.fill(0.0),
+                }
+            });
+            pixel.step(&self.g);
+        }
+    }
+
+    fn pack(&self, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, dst: &mut [f32]) {
+        // No division per element: the runs are worked out once per block, and each row's
+        // pixel (image, y, x) is stepped from the previous one. With block1_conv1's 3
+        // channels, four divisions per run of three values had made this gather take longer
+        // than the GEMM it feeds (Xeon, batch 8).
+        let rows = self.rows().min(i0 + mc);
+        let runs = self.runs(p0, kc);
+        let mut pixel = Pixel::at(i0.min(rows), &self.g);
         for (panel, out) in dst.chunks_exact_mut(kc * mr).enumerate() {
             for r in 0..mr {
-                let row = i0 + panel * mr + r;
-                if row >= rows {
+                if i0 + panel * mr + r >= rows {
                     for q in 0..kc {
                         out[q * mr + r] = 0.0;
                     }
                     continue;
                 }
-                // Column `q` of this row is `out[q * mr + r]`: contiguous when mr is 1 (rows
-                // gathered row-major, see `gathers_rows`), a copy then.
-                let mut put = |q: usize, src: Option<&[f32]>, n: usize| {
-                    if mr == 1 {
-                        let dst = &mut out[q..q + n];
-                        match src {
-                            Some(src) => dst.copy_from_slice(src),
-                            None => dst.fill(0.0),
-                        }
-                    } else {
-                        let col = out[q * mr + r..].iter_mut().step_by(mr).take(n);
-                        match src {
-                            Some(src) => col.zip(src).for_each(|(d, &v)| *d = v),
-                            None => col.for_each(|d| *d = 0.0),
-                        }
+                // Column `q` of this row is `out[q * mr + r]`.
+                self.row(&pixel, &runs, |q, src, n| {
+                    let col = out[q * mr + r..].iter_mut().step_by(mr).take(n);
+                    match src {
+                        Some(src) => col.zip(src).for_each(|(d, &v)| *d = v),
+                        None => col.for_each(|d| *d = 0.0),
                     }
-                };
-                for run in &runs {
-                    let last_kx = run.kx + (run.ci + run.len - 1) / cin;
-                    match (pixel.tap(run.ky, run.kx, g), pixel.tap(run.ky, last_kx, g)) {
-                        // Both ends inside the image: so is everything between.
-                        (Some(at), Some(_)) => {
-                            let src = &self.x[at + run.ci..at + run.ci + run.len];
-                            put(run.offset, Some(src), run.len);
-                        }
-                        _ => {
-                            // Part of the run reads padding: tap by tap.
-                            let mut q = 0;
-                            while q < run.len {
-                                let c = run.ci + q;
-                                let (kx, ci) = (run.kx + c / cin, c % cin);
-                                let n = (cin - ci).min(run.len - q);
-                                let src =
-                                    pixel.tap(run.ky, kx, g).map(|at| &self.x[at + ci..][..n]);
-                                put(run.offset + q, src, n);
-                                q += n;
-                            }
-                        }
-                    }
-                }
-                pixel.step(g);
+                });
+                pixel.step(&self.g);
             }
         }
     }
@@ -272,7 +294,7 @@ pub(super) mod tests {
     /// the middle of a tap's channels or of a run of whole taps, rows past the end (zeros),
     /// padding on every side and a stride of 2, against the definition, value for value.
     #[test]
-    fn pack_gathers_every_block_as_the_definition() {
+    fn pack_and_gather_rows_give_every_block_as_the_definition() {
         let mut rng = Rng::new(5);
         // (n, h, w, cin, k, stride, pad_top, pad_left, oh, ow)
         let cases = [
@@ -309,6 +331,25 @@ pub(super) mod tests {
                                 p0 + q
                             );
                         }
+                    }
+                }
+                // The same rows gathered row-major, rows kc + 3 apart: the gap is left alone.
+                let ld = kc + 3;
+                let mut dst = vec![f32::NAN; mc * ld];
+                a.gather_rows(i0, mc, p0, kc, &mut dst, ld);
+                for (r, out) in dst.chunks(ld).enumerate() {
+                    let row = i0 + r;
+                    for (q, v) in out.iter().enumerate() {
+                        let expect = if q < kc {
+                            want[row * cols + p0 + q]
+                        } else {
+                            f32::NAN
+                        };
+                        assert_eq!(
+                            v.to_bits(),
+                            expect.to_bits(),
+                            "{g:?} gathered row {row} col {q}"
+                        );
                     }
                 }
             }

@@ -222,6 +222,19 @@ impl ASource for RowRange<'_> {
     fn gathers_rows(&self) -> bool {
         self.a.gathers_rows()
     }
+
+    fn gather_rows(
+        &self,
+        i0: usize,
+        rows: usize,
+        p0: usize,
+        kc: usize,
+        dst: &mut [f32],
+        ld: usize,
+    ) {
+        let rows = rows.min(self.rows.saturating_sub(i0));
+        self.a.gather_rows(self.i0 + i0, rows, p0, kc, dst, ld);
+    }
 }
 
 /// The loop nest for all of A's rows and columns `0..n` of C at `c`, on this thread.
@@ -347,9 +360,7 @@ fn run<K: Micro>(
                         tail: packed,
                     },
                     None if gather => {
-                        for (r, dst) in copy.chunks_exact_mut(copy_ld).enumerate() {
-                            a.pack(ic + r, 1, pc, kc, 1, &mut dst[..kc]);
-                        }
+                        a.gather_rows(ic, mcb / K::MR * K::MR, pc, kc, copy, copy_ld);
                         APanels::Direct {
                             base: copy.as_ptr(),
                             lda: copy_ld,

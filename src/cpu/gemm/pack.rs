@@ -24,11 +24,27 @@ pub trait ASource: Sync {
     fn direct(&self) -> Option<(&[f32], usize)> {
         None
     }
-    /// Whether the driver should gather whole micro-panels of rows row-major (`pack` one row
-    /// at a time with `mr = 1`) and let the micro-kernel read them in place, rather than pack
-    /// them interleaved.
+    /// Whether the driver should gather whole micro-panels of rows row-major
+    /// ([`ASource::gather_rows`]) and let the micro-kernel read them in place, rather than
+    /// pack them interleaved.
     fn gathers_rows(&self) -> bool {
         false
+    }
+    /// Rows `i0..i0+rows`, columns `p0..p0+kc`, row-major into `dst` with rows `ld` apart.
+    /// By default one `pack` of one row with `mr = 1` per row; a source that gathers rows
+    /// does better where a block shares work between its rows.
+    fn gather_rows(
+        &self,
+        i0: usize,
+        rows: usize,
+        p0: usize,
+        kc: usize,
+        dst: &mut [f32],
+        ld: usize,
+    ) {
+        for (r, out) in dst.chunks_mut(ld).take(rows).enumerate() {
+            self.pack(i0 + r, 1, p0, kc, 1, &mut out[..kc]);
+        }
     }
 }
 
