@@ -490,11 +490,16 @@ fn macro_kernel<K: Micro>(
                     first..(first + lines_per_tile).min(mr * lines_per_row),
                 );
             }
-            if fetch_b && ip == 0 && jp + 1 < panels {
-                prefetch_panel(bpanels.wrapping_add((jp + 1) * kc * nr), kc * nr);
-            }
             let j0 = cols.0 + jp * nr;
             let nrb = nr.min(cols.1 - j0);
+            // The next panel, asked for by the first row of tiles: inside a full tile's k
+            // loop where the kernel can (`Micro::tile_fetching_b`), else all at once here.
+            let next = (fetch_b && ip == 0 && jp + 1 < panels)
+                .then(|| bpanels.wrapping_add((jp + 1) * kc * nr));
+            let full_tile = mrb == mr && nrb == nr && !stream;
+            if let Some(next) = next.filter(|_| !full_tile) {
+                prefetch_panel(next, kc * nr);
+            }
             // SAFETY: (i0, j0) is inside this task's rectangle of C, which no other task
             // touches; the full-tile case writes MR x NR inside C's m x n; the edge case goes
             // through `edge`, a full tile, and copies back only the rows and columns inside C.
@@ -531,7 +536,11 @@ fn macro_kernel<K: Micro>(
                         bias,
                         ep.relu,
                     );
-                } else if mrb == mr && nrb == nr && !stream {
+                } else if let Some(next) = next.filter(|_| full_tile) {
+                    K::tile_fetching_b(
+                        kc, ap, lda, bp, next, ctile, ldc, accumulate, bias, ep.relu,
+                    );
+                } else if full_tile {
                     K::tile(kc, ap, lda, bp, ctile, ldc, accumulate, bias, ep.relu);
                 } else if mrb == mr && nrb == nr {
                     debug_assert!(nr.is_multiple_of(16));
@@ -614,7 +623,15 @@ fn prefetch_rows(a: *const f32, lda: usize, lines_per_row: usize, lines: std::op
 /// 1.4-9% faster each, the pass 4%. Where B was in L2 already (blocks 1-2, whose `U` stays
 /// in cache) the same prefetches made the layers 3-5% slower, hence only for
 /// [`BSource::Streamed`].
-fn prefetch_panel(panel: *const f32, floats: usize) {
+///
+/// Asked for all at once before the tile, the panel's lines (1696 of them at KC 848) filled
+/// the core's few line-fill buffers and the tile waited behind them: this loop took 8% of a
+/// batch-1 pass's time in perf on an Emerald Rapids (issue 14, eleventh session). A full tile
+/// now spreads them over its k loop (`Micro::tile_fetching_b`), and this asks for a ragged
+/// edge tile's next panel only. VGG16 at 240x240, two threads, per-layer medians of 6
+/// alternating rounds there: blocks 3-5 7-16% faster each, the pass 9.5% at batch 1 and 4%
+/// at batch 8; with `KEEL_ISA=avx2`, blocks 3-5 6-11%.
+pub(super) fn prefetch_panel(panel: *const f32, floats: usize) {
     for line in 0..floats.div_ceil(16) {
         // `wrapping_add`: only a hint, never dereferenced.
         crate::cpu::prefetch::l2(panel.wrapping_add(line * 16));

@@ -104,6 +104,32 @@ pub trait Micro: Sync {
             Self::tile(kc, a, lda, packed, c, ldc, accumulate, bias, relu)
         }
     }
+
+    /// [`Micro::tile`] that also asks L2 for the next packed B panel (`kc * NR` floats at
+    /// `next`), for the first row of tiles over B blocks read from memory
+    /// ([`super::driver`]'s `BSource::Streamed`). The default asks for the whole panel first,
+    /// then runs the tile; a kernel that spreads the requests over its k loop keeps them from
+    /// stalling the FMAs while the lines arrive.
+    ///
+    /// # Safety
+    /// As for [`Micro::tile`]; `next` is only prefetched, never read, and may point anywhere.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_fetching_b(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        next: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        super::driver::prefetch_panel(next, kc * Self::NR);
+        // SAFETY: forwarded to the caller.
+        unsafe { Self::tile(kc, a, lda, b, c, ldc, accumulate, bias, relu) }
+    }
 }
 
 /// Plain Rust tile of 4 x 16: fixed-size arrays the compiler keeps in vector registers of

@@ -7,7 +7,7 @@
 //! `MR * NR / lanes` FMAs.
 
 use std::arch::x86_64::*;
-use std::ptr::null_mut;
+use std::ptr::{null, null_mut};
 
 use super::micro::Micro;
 use crate::cpu::isa::Isa;
@@ -84,13 +84,14 @@ impl Micro for Avx2 {
     ) {
         // SAFETY: the caller checked AVX2 and FMA and the buffer sizes (see `Micro::tile`).
         unsafe {
-            avx2::<false>(
+            avx2::<false, false>(
                 kc,
                 a,
                 lda,
                 b,
                 16,
                 null_mut(),
+                null(),
                 c,
                 ldc,
                 accumulate,
@@ -117,7 +118,54 @@ impl Micro for Avx2 {
     ) {
         // SAFETY: the caller checked AVX2 and FMA and the buffer sizes (see
         // `Micro::tile_packing_b`).
-        unsafe { avx2::<true>(kc, a, lda, b, ldb, packed, c, ldc, accumulate, bias, relu) }
+        unsafe {
+            avx2::<true, false>(
+                kc,
+                a,
+                lda,
+                b,
+                ldb,
+                packed,
+                null(),
+                c,
+                ldc,
+                accumulate,
+                bias,
+                relu,
+            )
+        }
+    }
+
+    unsafe fn tile_fetching_b(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        next: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // SAFETY: the caller checked AVX2 and FMA and the buffer sizes (see `Micro::tile`);
+        // `next` is only prefetched, never read.
+        unsafe {
+            avx2::<false, true>(
+                kc,
+                a,
+                lda,
+                b,
+                16,
+                null_mut(),
+                next,
+                c,
+                ldc,
+                accumulate,
+                bias,
+                relu,
+            )
+        }
     }
 }
 
@@ -125,16 +173,19 @@ impl Micro for Avx2 {
 ///
 /// # Safety
 /// As for [`Micro::tile`], and with `PACK_B` as for [`Micro::tile_packing_b`] (B in place,
-/// rows `ldb` apart, packed into `packed`); without, `ldb` is 16 and `packed` unused.
+/// rows `ldb` apart, packed into `packed`); without, `ldb` is 16 and `packed` unused. With
+/// `FETCH`, as for [`Micro::tile_fetching_b`] (`next` only prefetched); without, `next` is
+/// unused.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn avx2<const PACK_B: bool>(
+unsafe fn avx2<const PACK_B: bool, const FETCH: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
     ldb: usize,
     packed: *mut f32,
+    next: *const f32,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -144,22 +195,27 @@ unsafe fn avx2<const PACK_B: bool>(
     // SAFETY: forwarded to the caller.
     unsafe {
         if lda == 0 {
-            tile_avx2::<false, PACK_B>(kc, a, 0, b, ldb, packed, c, ldc, accumulate, bias, relu)
+            tile_avx2::<false, PACK_B, FETCH>(
+                kc, a, 0, b, ldb, packed, next, c, ldc, accumulate, bias, relu,
+            )
         } else {
-            tile_avx2::<true, PACK_B>(kc, a, lda, b, ldb, packed, c, ldc, accumulate, bias, relu)
+            tile_avx2::<true, PACK_B, FETCH>(
+                kc, a, lda, b, ldb, packed, next, c, ldc, accumulate, bias, relu,
+            )
         }
     }
 }
 
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2<const STRIDED: bool, const PACK_B: bool>(
+unsafe fn tile_avx2<const STRIDED: bool, const PACK_B: bool, const FETCH: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
     ldb: usize,
     packed: *mut f32,
+    next: *const f32,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -204,6 +260,11 @@ unsafe fn tile_avx2<const STRIDED: bool, const PACK_B: bool>(
                     let ahead = row.wrapping_add(PACK_AHEAD * ldb);
                     crate::cpu::prefetch::l2(ahead);
                     crate::cpu::prefetch::l2(ahead.wrapping_add(15));
+                }
+                if FETCH {
+                    // The next panel's row p, one line: the whole panel by the end of this
+                    // one, spread over the k loop.
+                    crate::cpu::prefetch::l2(next.wrapping_add(p * 16));
                 }
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let av = _mm256_broadcast_ss(if STRIDED {
@@ -296,13 +357,14 @@ impl Micro for Avx512 {
         // The tile of `$rows` rows over B's packed panel (rows 32 floats apart).
         macro_rules! tile {
             ($rows:literal) => {
-                avx512::<$rows, false>(
+                avx512::<$rows, false, false>(
                     kc,
                     a,
                     lda,
                     b,
                     32,
                     null_mut(),
+                    null(),
                     c,
                     ldc,
                     accumulate,
@@ -340,7 +402,54 @@ impl Micro for Avx512 {
     ) {
         // SAFETY: the caller checked AVX-512F and the buffer sizes (see
         // `Micro::tile_packing_b`).
-        unsafe { avx512::<12, true>(kc, a, lda, b, ldb, packed, c, ldc, accumulate, bias, relu) }
+        unsafe {
+            avx512::<12, true, false>(
+                kc,
+                a,
+                lda,
+                b,
+                ldb,
+                packed,
+                null(),
+                c,
+                ldc,
+                accumulate,
+                bias,
+                relu,
+            )
+        }
+    }
+
+    unsafe fn tile_fetching_b(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        next: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        bias: *const f32,
+        relu: bool,
+    ) {
+        // SAFETY: the caller checked AVX-512F and the buffer sizes (see `Micro::tile`);
+        // `next` is only prefetched, never read.
+        unsafe {
+            avx512::<12, false, true>(
+                kc,
+                a,
+                lda,
+                b,
+                32,
+                null_mut(),
+                next,
+                c,
+                ldc,
+                accumulate,
+                bias,
+                relu,
+            )
+        }
     }
 }
 
@@ -350,13 +459,14 @@ impl Micro for Avx512 {
 /// As for [`tile_avx512`].
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn avx512<const ROWS: usize, const PACK_B: bool>(
+unsafe fn avx512<const ROWS: usize, const PACK_B: bool, const FETCH: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
     ldb: usize,
     packed: *mut f32,
+    next: *const f32,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -366,12 +476,12 @@ unsafe fn avx512<const ROWS: usize, const PACK_B: bool>(
     // SAFETY: forwarded to the caller.
     unsafe {
         if lda == 0 {
-            tile_avx512::<false, ROWS, PACK_B>(
-                kc, a, 0, b, ldb, packed, c, ldc, accumulate, bias, relu,
+            tile_avx512::<false, ROWS, PACK_B, FETCH>(
+                kc, a, 0, b, ldb, packed, next, c, ldc, accumulate, bias, relu,
             )
         } else {
-            tile_avx512::<true, ROWS, PACK_B>(
-                kc, a, lda, b, ldb, packed, c, ldc, accumulate, bias, relu,
+            tile_avx512::<true, ROWS, PACK_B, FETCH>(
+                kc, a, lda, b, ldb, packed, next, c, ldc, accumulate, bias, relu,
             )
         }
     }
@@ -381,16 +491,24 @@ unsafe fn avx512<const ROWS: usize, const PACK_B: bool>(
 ///
 /// # Safety
 /// As for [`Micro::tile`], and with `PACK_B` as for [`Micro::tile_packing_b`] (B in place,
-/// rows `ldb` apart, packed into `packed`); without, `ldb` is 32 and `packed` unused.
+/// rows `ldb` apart, packed into `packed`); without, `ldb` is 32 and `packed` unused. With
+/// `FETCH`, as for [`Micro::tile_fetching_b`] (`next` only prefetched); without, `next` is
+/// unused.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512<const STRIDED: bool, const ROWS: usize, const PACK_B: bool>(
+unsafe fn tile_avx512<
+    const STRIDED: bool,
+    const ROWS: usize,
+    const PACK_B: bool,
+    const FETCH: bool,
+>(
     kc: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
     ldb: usize,
     packed: *mut f32,
+    next: *const f32,
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
@@ -433,6 +551,13 @@ unsafe fn tile_avx512<const STRIDED: bool, const ROWS: usize, const PACK_B: bool
                     _mm512_storeu_ps(packed.add(p * 32 + 16), b1);
                     // B's row PACK_AHEAD rows on, both lines of its NR floats.
                     let ahead = row.wrapping_add(PACK_AHEAD * ldb);
+                    crate::cpu::prefetch::l2(ahead);
+                    crate::cpu::prefetch::l2(ahead.wrapping_add(16));
+                }
+                if FETCH {
+                    // The next panel's row p, both of its lines: the whole panel by the
+                    // end of this one, spread over the k loop.
+                    let ahead = next.wrapping_add(p * 32);
                     crate::cpu::prefetch::l2(ahead);
                     crate::cpu::prefetch::l2(ahead.wrapping_add(16));
                 }
