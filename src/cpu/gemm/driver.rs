@@ -307,6 +307,15 @@ fn run<K: Micro>(
                     (dst.cast_const(), fill)
                 }
             };
+            // The first panel of the B block after this one, for the last tile of this
+            // block's first row to ask for (the panels after it are asked for tile by tile).
+            let after = match b {
+                BSource::Streamed(p) => {
+                    let (pn, jn) = if last { (0, jc + nc) } else { (pc + kc, jc) };
+                    (jn < n).then(|| p.panels(pn, jn / K::NR, 1).as_ptr())
+                }
+                _ => None,
+            };
             for ib in 0..row_blocks {
                 let ic = ib * mc;
                 let mcb = mc.min(m - ic);
@@ -376,6 +385,7 @@ fn run<K: Micro>(
                     panels,
                     if ib == 0 { fill } else { None },
                     ib == 0 && matches!(b, BSource::Streamed(_)),
+                    after,
                     kc,
                     mcb,
                     (jc, jc + nc),
@@ -456,6 +466,7 @@ fn macro_kernel<K: Micro>(
     panels: usize,
     fill: Option<FillB>,
     fetch_b: bool,
+    after: Option<*const f32>,
     kc: usize,
     mc: usize,
     cols: (usize, usize),
@@ -494,8 +505,13 @@ fn macro_kernel<K: Micro>(
             let nrb = nr.min(cols.1 - j0);
             // The next panel, asked for by the first row of tiles: inside a full tile's k
             // loop where the kernel can (`Micro::tile_fetching_b`), else all at once here.
-            let next = (fetch_b && ip == 0 && jp + 1 < panels)
-                .then(|| bpanels.wrapping_add((jp + 1) * kc * nr));
+            let next = if !fetch_b || ip > 0 {
+                None
+            } else if jp + 1 < panels {
+                Some(bpanels.wrapping_add((jp + 1) * kc * nr))
+            } else {
+                after
+            };
             let full_tile = mrb == mr && nrb == nr && !stream;
             if let Some(next) = next.filter(|_| !full_tile) {
                 prefetch_panel(next, kc * nr);

@@ -189,32 +189,36 @@ fn a_streamed_c_matches_the_reference() {
     }
 }
 
+/// B packed beforehand gives the reference's product, and streamed (the same B, with the
+/// next panels and blocks asked for on the way) the same bits; with small blocks too, so that
+/// the first row of tiles asks for the next block's first panel.
 #[test]
 fn packed_and_streamed_b_give_the_same_product() {
     for isa in Isa::all_available() {
+        let (mr, nr) = blocking::tile(isa);
+        let odd = Blocking {
+            mc: 2 * mr,
+            kc: 40,
+            nc: 2 * nr,
+        };
         for (s, &(m, n, k)) in SIZES.iter().enumerate() {
             let case = Case::new(m, n, k, 0, 200 + s as u64);
-            let packed = pack_b_for(isa, &case.b, case.ldb, k, n);
             let a = case.matrix_a();
             let ep = Epilogue::new(Some(&case.bias), true);
-            let mut c = vec![f32::NAN; m * case.ldc];
-            gemm_source(
-                isa,
-                &a,
-                BSource::Packed(&packed),
-                n,
-                &mut c,
-                case.ldc,
-                ep,
-                true,
-            );
-            case.check(&c, ep, &format!("{isa} packed B"));
-            // Streamed only adds prefetches: the same bits.
-            let mut cs = vec![f32::NAN; m * case.ldc];
-            let b = BSource::Streamed(&packed);
-            gemm_source(isa, &a, b, n, &mut cs, case.ldc, ep, true);
-            let same = c.iter().zip(&cs).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "{isa} {m}x{n}x{k}: streamed B changed the product");
+            for blk in [blocking_for(isa), odd] {
+                let packed = PackedB::new(&case.b, case.ldb, k, n, blk.kc_for(k), nr);
+                let what = format!("{isa} {m}x{n}x{k} {blk:?}");
+                let mut c = vec![f32::NAN; m * case.ldc];
+                let b = BSource::Packed(&packed);
+                gemm_source_blocked(isa, blk, &a, b, n, &mut c, case.ldc, ep, true);
+                case.check(&c, ep, &format!("{what} packed B"));
+                // Streamed only adds prefetches: the same bits.
+                let mut cs = vec![f32::NAN; m * case.ldc];
+                let b = BSource::Streamed(&packed);
+                gemm_source_blocked(isa, blk, &a, b, n, &mut cs, case.ldc, ep, true);
+                let same = c.iter().zip(&cs).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same, "{what}: streamed B changed the product");
+            }
         }
     }
 }
