@@ -644,9 +644,9 @@ fn prefetch_rows(a: *const f32, lda: usize, lines_per_row: usize, lines: std::op
 /// the core's few line-fill buffers and the tile waited behind them: this loop took 8% of a
 /// batch-1 pass's time in perf on an Emerald Rapids (issue 14, eleventh session). A full tile
 /// now spreads them over its k loop (`Micro::tile_fetching_b`), and this asks for a ragged
-/// edge tile's next panel only. VGG16 at 240x240, two threads, per-layer medians of 6
-/// alternating rounds there: blocks 3-5 7-16% faster each, the pass 9.5% at batch 1 and 4%
-/// at batch 8; with `KEEL_ISA=avx2`, blocks 3-5 6-11%.
+/// edge tile's next panel only. VGG16 at 240x240, two threads, per-layer medians of 12
+/// alternating rounds there (6 at batch 8): blocks 3-5 5-12% faster each, the pass 6% at
+/// batch 1 and 4% at batch 8; with `KEEL_ISA=avx2` (4 rounds), blocks 3-5 6-11%.
 pub(super) fn prefetch_panel(panel: *const f32, floats: usize) {
     for line in 0..floats.div_ceil(16) {
         // `wrapping_add`: only a hint, never dereferenced.
