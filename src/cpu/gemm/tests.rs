@@ -189,18 +189,29 @@ fn a_streamed_c_matches_the_reference() {
     }
 }
 
+/// Block sizes small enough that the test sizes cross several blocks of every kind: two
+/// micro-panels of rows and of columns, 40 steps of k.
+fn small_blocks(isa: Isa) -> Blocking {
+    let (mr, nr) = blocking::tile(isa);
+    Blocking {
+        mc: 2 * mr,
+        kc: 40,
+        nc: 2 * nr,
+    }
+}
+
+/// Whether two results are the same bit for bit (NaN included).
+fn same_bits(x: &[f32], y: &[f32]) -> bool {
+    x.len() == y.len() && x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits())
+}
+
 /// B packed beforehand gives the reference's product, and streamed (the same B, with the
 /// next panels and blocks asked for on the way) the same bits; with small blocks too, so that
 /// the first row of tiles asks for the next block's first panel.
 #[test]
 fn packed_and_streamed_b_give_the_same_product() {
     for isa in Isa::all_available() {
-        let (mr, nr) = blocking::tile(isa);
-        let odd = Blocking {
-            mc: 2 * mr,
-            kc: 40,
-            nc: 2 * nr,
-        };
+        let (odd, nr) = (small_blocks(isa), blocking::tile(isa).1);
         for (s, &(m, n, k)) in SIZES.iter().enumerate() {
             let case = Case::new(m, n, k, 0, 200 + s as u64);
             let a = case.matrix_a();
@@ -216,8 +227,7 @@ fn packed_and_streamed_b_give_the_same_product() {
                 let mut cs = vec![f32::NAN; m * case.ldc];
                 let b = BSource::Streamed(&packed);
                 gemm_source_blocked(isa, blk, &a, b, n, &mut cs, case.ldc, ep, true);
-                let same = c.iter().zip(&cs).all(|(x, y)| x.to_bits() == y.to_bits());
-                assert!(same, "{what}: streamed B changed the product");
+                assert!(same_bits(&c, &cs), "{what}: streamed B changed the product");
             }
         }
     }
@@ -557,12 +567,7 @@ impl ASource for Gathered<'_> {
 #[test]
 fn rows_gathered_in_place_give_the_packed_bits() {
     for isa in Isa::all_available() {
-        let (mr, nr) = blocking::tile(isa);
-        let odd = Blocking {
-            mc: 2 * mr,
-            kc: 40,
-            nc: 2 * nr,
-        };
+        let odd = small_blocks(isa);
         for (s, &(m, n, k)) in SIZES.iter().enumerate() {
             let case = Case::new(m, n, k, 1, 500 + s as u64);
             let ep = Epilogue::new(Some(&case.bias), true);
@@ -584,10 +589,7 @@ fn rows_gathered_in_place_give_the_packed_bits() {
                     let (packed, gathered) = (run(false), run(true));
                     let what = format!("{isa} {m}x{n}x{k} {blk:?} parallel={parallel}");
                     case.check(&gathered, ep, &format!("{what} gathered"));
-                    let same = packed
-                        .iter()
-                        .zip(&gathered)
-                        .all(|(x, y)| x.to_bits() == y.to_bits());
+                    let same = same_bits(&packed, &gathered);
                     assert!(same, "{what}: gathering rows changed the product");
                 }
             }
